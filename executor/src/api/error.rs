@@ -1,0 +1,166 @@
+//! Request rejections and their one HTTP mapping.
+//!
+//! Every rejection has a stable body: `detail` for compatibility with the reference (a string,
+//! or FastAPI's list of `{type, loc, msg}` for 422) next to a structured
+//! `error: {code, message, field}`. Internal causes are logged where they happen and never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// A request the executor refuses, with everything needed to answer it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    detail: Option<Value>,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>, field: Option<&str>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: field.map(str::to_owned),
+            detail: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>, field: Option<&str>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message, field)
+    }
+
+    /// 422: the body is JSON but not the contract.
+    pub fn invalid(code: &'static str, message: impl Into<String>, field: &str) -> Self {
+        let message = message.into();
+        let mut loc = vec![json!("body")];
+        if field != "body" {
+            loc.extend(field.split('.').map(|part| json!(part)));
+        }
+        let detail = json!([{"type": code, "loc": loc, "msg": message}]);
+        Self { detail: Some(detail), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message, Some(field)) }
+    }
+
+    /// 400 `missing_workflow_payload`, exactly as the reference answers it.
+    pub fn missing_payload() -> Self {
+        Self::bad_request(
+            "missing_workflow_payload",
+            "decision is workflow but data.payload is missing or empty",
+            Some("data.payload"),
+        )
+        .with_detail(json!("missing_workflow_payload"))
+    }
+
+    /// 413.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body exceeds {limit} bytes"), None)
+    }
+
+    /// 415.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+            None,
+        )
+    }
+
+    /// 401: no credentials.
+    pub fn unauthenticated() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "missing_token", "an Authorization: Bearer token is required", None)
+    }
+
+    /// 403: wrong credentials.
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_token", "the caller token is not valid", None)
+    }
+
+    /// 409: the same request is being executed right now.
+    pub fn in_progress() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "execution_in_progress",
+            "an identical request is being executed; retry later for its result",
+            None,
+        )
+        .with_retry_after(1)
+    }
+
+    /// 422: an `Idempotency-Key` reused with another request.
+    pub fn key_reused() -> Self {
+        Self::invalid(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request",
+            "Idempotency-Key",
+        )
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message, None).with_retry_after(retry_after_secs)
+    }
+
+    /// 500 for a failure of our own (store); the cause is logged by the caller.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the executor could not record this execution",
+            None,
+        )
+    }
+
+    /// 404 for unknown routes.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route", None)
+    }
+
+    /// 405.
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route", None)
+    }
+
+    fn with_detail(mut self, detail: Value) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "detail": self.detail.unwrap_or_else(|| json!(self.message)),
+            "error": {"code": self.code, "message": self.message, "field": self.field},
+        });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

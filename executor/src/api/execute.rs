@@ -1,0 +1,124 @@
+//! `POST /api/workflow/execute`: the checks that come before the engine, in cost order.
+//!
+//! Shedding (503 + `Retry-After` beyond `EXECUTOR_MAX_CONCURRENT`), caller tokens (401/403),
+//! media type (415), size (413, checked on `Content-Length` and while reading), the
+//! `Idempotency-Key` header, then the schema layer and the engine, inside a span that carries the
+//! trace id so every log line of the request has it.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::request::{Parsed, parse};
+use super::{AppState, REPLAY_HEADER};
+use crate::engine::Answer;
+
+/// The longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Handles one execute request.
+pub async fn execute(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let Ok(_permit) = state.load.try_acquire() else {
+        state.metrics.rejections.with_label_values(&["overloaded"]).inc();
+        return ApiError::unavailable("overloaded", "too many concurrent requests; retry shortly", 1).into_response();
+    };
+    state.metrics.in_flight.inc();
+    let response = match handle(&state, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.status().is_client_error() {
+                state.metrics.rejections.with_label_values(&[error.code()]).inc();
+            }
+            error.into_response()
+        }
+    };
+    state.metrics.in_flight.dec();
+    response
+}
+
+async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let caller = authenticate(state, headers)?;
+    let is_json =
+        headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(
+            |mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            },
+        );
+    if !is_json {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let limit = state.settings.limits.max_body_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "invalid_idempotency_key",
+                        format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+                        "Idempotency-Key",
+                    )
+                })?,
+        ),
+    };
+    match parse(&bytes)? {
+        Parsed::Skip { trace_id } => {
+            tracing::info!(%trace_id, caller, "EXECUTION_SKIPPED");
+            Ok(axum::Json(json!({"trace_id": trace_id, "status": "skipped", "reason": "decision_not_workflow"}))
+                .into_response())
+        }
+        Parsed::Execute(request) => {
+            let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller);
+            let answer = state.engine.execute(request, idempotency_key).instrument(span).await?;
+            Ok(match answer {
+                Answer::Fresh(body) => (StatusCode::OK, axum::Json(body)).into_response(),
+                Answer::Replay(body) => {
+                    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+                    response.headers_mut().insert(REPLAY_HEADER, HeaderValue::from_static("true"));
+                    response
+                }
+            })
+        }
+    }
+}
+
+/// The caller's name when tokens are configured (`anonymous` otherwise).
+fn authenticate<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a str, ApiError> {
+    let tokens = &state.settings.caller_tokens;
+    if tokens.is_empty() {
+        return Ok("anonymous");
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthenticated)?;
+    tokens
+        .iter()
+        .find(|(_, token)| constant_time_eq(token.expose().as_bytes(), presented.as_bytes()))
+        .map(|(caller, _)| caller.as_str())
+        .ok_or_else(ApiError::forbidden)
+}
+
+/// Compares secrets without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,112 @@
+//! Operational routes: `/healthz`, `/metrics` and `/api/integration/status`.
+//!
+//! `/healthz` always answers 200 while the process serves (so orchestrators do not restart a
+//! healthy executor because a neighbour is down) and says which pillars are `up`, `degraded` or
+//! `down`. The status endpoint gives the detail per pillar; `/metrics` is Prometheus text.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::delivery::{CircuitState, SinkState};
+use crate::now_rfc3339;
+use crate::store::{Sink, now_ms};
+
+/// `GET /healthz`.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let pillars: serde_json::Map<String, Value> =
+        state.sinks.iter().map(|s| (s.sink.name().to_owned(), json!(pillar_state(&state, s)))).collect();
+    let all_up = pillars.values().all(|v| v == "up" || v == "disabled");
+    axum::Json(json!({
+        "status": if all_up { "ok" } else { "degraded" },
+        "service": "workflow-executor",
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": now_rfc3339(),
+        "pillars": pillars,
+    }))
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    for sink in Sink::ALL {
+        let age = oldest_age_seconds(&state, sink).unwrap_or(0.0);
+        state.metrics.outbox_oldest_age.with_label_values(&[sink.name()]).set(age);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// `GET /api/integration/status`.
+pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut alerts = Vec::new();
+    let mut pillars = serde_json::Map::new();
+    for sink_state in state.sinks.iter() {
+        let sink = sink_state.sink;
+        let report = sink_state.report();
+        let gauge = state.store.gauge(sink);
+        if report.dead_lettered > 0 {
+            alerts.push(json!({
+                "pillar": sink.name(),
+                "kind": "dead_letters",
+                "message": format!("{} {} event(s) could not be delivered and were dead-lettered; last reason: {}",
+                    report.dead_lettered, sink.name(), report.last_error.as_deref().unwrap_or("unknown")),
+            }));
+        }
+        if sink_state.circuit() != CircuitState::Closed {
+            alerts.push(json!({
+                "pillar": sink.name(),
+                "kind": "unreachable",
+                "message": format!("{} is unreachable; events are kept and will be delivered after recovery", sink.name()),
+            }));
+        }
+        pillars.insert(
+            sink.name().to_owned(),
+            json!({
+                "state": pillar_state(&state, sink_state),
+                "endpoint": sink_state.endpoint.as_str(),
+                "circuit": sink_state.circuit(),
+                "outbox_depth": gauge.depth.load(Ordering::Relaxed),
+                "outbox_bytes": gauge.bytes.load(Ordering::Relaxed),
+                "oldest_event_age_seconds": oldest_age_seconds(&state, sink),
+                "delivered": report.delivered,
+                "failed_attempts": report.failed_attempts,
+                "dead_lettered": report.dead_lettered,
+                "last_success": report.last_success,
+                "last_error_at": report.last_error_at,
+                "last_error": report.last_error,
+            }),
+        );
+    }
+    axum::Json(json!({
+        "service": "workflow-executor",
+        "version": env!("CARGO_PKG_VERSION"),
+        "timestamp": now_rfc3339(),
+        "pillars": pillars,
+        "alerts": alerts,
+    }))
+}
+
+fn pillar_state(state: &AppState, sink: &SinkState) -> &'static str {
+    let enabled = match sink.sink {
+        Sink::Bucket => state.settings.bucket.enabled,
+        Sink::Karma => state.settings.karma.enabled,
+    };
+    if !enabled {
+        return "disabled";
+    }
+    match sink.circuit() {
+        CircuitState::Open => "down",
+        CircuitState::HalfOpen => "degraded",
+        CircuitState::Closed if sink.report().failing => "degraded",
+        CircuitState::Closed => "up",
+    }
+}
+
+fn oldest_age_seconds(state: &AppState, sink: Sink) -> Option<f64> {
+    let oldest = state.store.oldest_enqueued_ms(sink).ok().flatten()?;
+    Some(now_ms().saturating_sub(oldest) as f64 / 1000.0)
+}

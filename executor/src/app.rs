@@ -1,0 +1,155 @@
+//! Building and running the executor: the caller owns the listener and the shutdown trigger.
+//!
+//! [`Application::build`] opens the store, recovers executions interrupted by a crash, and binds;
+//! [`Application::run_until_stopped`] serves until the token fires, then shuts down in order:
+//! stop accepting and finish in-flight requests, let the deliverers drain for the grace period,
+//! and let the store writer make everything durable. Undelivered events stay on disk and are
+//! delivered after the next start.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapters::Adapters;
+use crate::api::{AppState, router};
+use crate::config::{ConfigError, FullPolicy, Settings};
+use crate::delivery::{Deliverer, SinkState};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::store::{Batch, Op, OutboxBound, Sink, Store, StoreError, WriterThread, now_ms};
+
+/// Why the executor could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener or the server failed.
+    #[error("network error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store could not be opened or recovered.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A built executor, bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    writer: WriterThread,
+}
+
+impl Application {
+    /// Binds `settings.bind` and builds the executor.
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(settings.bind).await?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Builds the executor on a listener the caller bound.
+    pub async fn build_with_listener(settings: Settings, listener: TcpListener) -> Result<Self, StartError> {
+        let metrics = Metrics::new();
+        let bound = |s: &crate::config::SinkSettings| OutboxBound {
+            max_events: s.max_events,
+            max_bytes: s.max_bytes,
+            drop_oldest: s.full_policy == FullPolicy::DropOldest,
+        };
+        let bounds = [bound(&settings.bucket), bound(&settings.karma)];
+        let dir = settings.data_dir.clone();
+        let store_metrics = metrics.clone();
+        let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&dir, bounds, store_metrics))
+            .await
+            .map_err(|e| StoreError::Redb(redb::Error::Io(std::io::Error::other(e))))??;
+        let sinks = [
+            Arc::new(SinkState::new(Sink::Bucket, settings.bucket.endpoint())),
+            Arc::new(SinkState::new(Sink::Karma, settings.karma.endpoint())),
+        ];
+        let adapters = Adapters::new(&settings)?;
+        let engine = Engine::new(&settings, store.clone(), adapters, metrics.clone(), &sinks);
+        let recovered = engine.recover_interrupted().await.map_err(|e| match Arc::try_unwrap(e) {
+            Ok(e) => e,
+            Err(e) => StoreError::Redb(redb::Error::Io(std::io::Error::other(e.to_string()))),
+        })?;
+        if recovered > 0 {
+            tracing::warn!(recovered, "executions interrupted by the last stop are reported as outcome_unknown");
+        }
+        let queued: u64 =
+            Sink::ALL.iter().map(|s| store.gauge(*s).depth.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        if queued > 0 {
+            tracing::info!(queued, "resuming delivery of events queued before the last stop");
+        }
+        let state = Arc::new(AppState {
+            load: Semaphore::new(settings.limits.max_concurrent),
+            settings: Arc::new(settings),
+            engine,
+            metrics,
+            store,
+            sinks,
+        });
+        Ok(Self { listener, state, writer })
+    }
+
+    /// The address the executor listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` fires, then shuts down gracefully.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let Application { listener, state, writer } = self;
+        let settings = state.settings.clone();
+        let background = CancellationToken::new();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(settings.delivery.concurrency)
+            .build()
+            .map_err(std::io::Error::other)?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (sink_state, enabled) in state.sinks.iter().zip([settings.bucket.enabled, settings.karma.enabled]) {
+            if !enabled {
+                continue;
+            }
+            let deliverer = Deliverer::new(
+                sink_state.clone(),
+                state.store.clone(),
+                http.clone(),
+                settings.delivery.clone(),
+                state.metrics.clone(),
+            );
+            tasks.spawn(deliverer.run(background.clone(), settings.shutdown_grace));
+        }
+        tasks.spawn(expire_old_executions(state.store.clone(), settings.idempotency_retention, background.clone()));
+
+        tracing::info!(address = %listener.local_addr()?, "workflow executor listening");
+        let served =
+            axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        tracing::info!("stopped accepting requests; flushing events");
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+        drop(state);
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
+            tracing::error!("store writer did not finish in time");
+        }
+        tracing::info!("workflow executor stopped");
+        served.map_err(StartError::Io)
+    }
+}
+
+/// Drops stored answers older than the retention, every tenth of it (at most hourly).
+async fn expire_old_executions(store: Store, retention: Duration, stop: CancellationToken) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let before_ms = now_ms().saturating_sub(retention.as_millis() as u64);
+        if let Err(error) = store.commit(Batch { ops: vec![Op::Expire { before_ms }], durable: false }).await {
+            tracing::warn!(%error, "cannot expire old executions");
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! Typed settings, read once from the environment and validated at start.
+//!
+//! Every knob has a documented environment variable (see `executor/executor.env.example` and the
+//! README). [`Settings::from_lookup`] takes any `name -> value` function so tests and the
+//! simulator can build settings from a map without touching the process environment; errors name
+//! the variable that is wrong. Secrets are wrapped in [`Secret`], whose `Debug` never prints them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use reqwest::Url;
+
+/// A configuration value that must never be printed (tokens, passwords, API keys).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether no secret was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+    }
+}
+
+/// A setting that failed validation; the message names the environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it, in plain words.
+    pub message: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What happens when a sink's outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Refuse new executions with 503 `audit_spool_full` (nothing is lost, nothing executes).
+    Reject,
+    /// Make room by discarding the oldest queued events of that sink (counted in metrics).
+    DropOldest,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text (local sinks only).
+    None,
+    /// Upgrade with STARTTLS (the usual port 587 setup).
+    StartTls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// One telemetry destination (Bucket or Karma).
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Whether events are produced for this sink at all.
+    pub enabled: bool,
+    /// Base URL of the pillar.
+    pub base_url: Url,
+    /// Path events are posted to.
+    pub path: String,
+    /// Outbox bound, in events.
+    pub max_events: u64,
+    /// Outbox bound, in bytes of serialized events.
+    pub max_bytes: u64,
+    /// What to do when the bound is reached.
+    pub full_policy: FullPolicy,
+}
+
+impl SinkSettings {
+    /// The full URL events are posted to.
+    pub fn endpoint(&self) -> Url {
+        let mut url = self.base_url.clone();
+        let base = url.path().trim_end_matches('/').to_owned();
+        url.set_path(&format!("{base}{}", self.path));
+        url
+    }
+}
+
+/// How the background deliverers retry.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    /// Bound on every delivery attempt (`WORKFLOW_TIMEOUT`).
+    pub attempt_timeout: Duration,
+    /// Events in flight per sink.
+    pub concurrency: usize,
+    /// Attempts on a sink that answers with a server error before the event is dead-lettered.
+    /// Unreachable sinks (refused, timeouts, 502/503/504, 429) are retried without limit.
+    pub max_attempts: u32,
+    /// First backoff step.
+    pub backoff_base: Duration,
+    /// Largest backoff step.
+    pub backoff_max: Duration,
+    /// Consecutive unreachable attempts that open the circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit waits before a probe.
+    pub breaker_open_for: Duration,
+}
+
+/// WhatsApp Business Cloud API.
+#[derive(Debug, Clone)]
+pub struct WhatsAppSettings {
+    /// Base URL (`https://graph.facebook.com` in production).
+    pub api_url: Url,
+    /// Graph API version segment.
+    pub api_version: String,
+    /// Sender phone number id.
+    pub phone_number_id: String,
+    /// Bearer token.
+    pub access_token: Secret,
+    /// Bound on one send.
+    pub timeout: Duration,
+}
+
+/// SMTP relay.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    /// Relay host.
+    pub host: String,
+    /// Relay port.
+    pub port: u16,
+    /// Connection security.
+    pub tls: SmtpTls,
+    /// Login, if the relay needs one.
+    pub username: String,
+    /// Password for `username`.
+    pub password: Secret,
+    /// Envelope and header sender.
+    pub from: String,
+    /// Bound on one send.
+    pub timeout: Duration,
+}
+
+/// OpenAI-compatible chat-completions endpoint.
+#[derive(Debug, Clone)]
+pub struct AiSettings {
+    /// Base URL; requests go to `{api_url}/v1/chat/completions`.
+    pub api_url: Url,
+    /// Bearer key.
+    pub api_key: Secret,
+    /// Model name.
+    pub model: String,
+    /// Bound on one completion.
+    pub timeout: Duration,
+}
+
+/// Input limits and load shedding.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Execute requests served at once; beyond it, 503 with `Retry-After`.
+    pub max_concurrent: usize,
+}
+
+/// The executor's whole configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address (`EXECUTOR_BIND`); port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Where the embedded store lives (`EXECUTOR_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Log format (`EXECUTOR_LOG_FORMAT`).
+    pub log_format: LogFormat,
+    /// Bucket sink.
+    pub bucket: SinkSettings,
+    /// Karma sink.
+    pub karma: SinkSettings,
+    /// Retry policy shared by both sinks.
+    pub delivery: DeliverySettings,
+    /// How long a stored result answers replays.
+    pub idempotency_retention: Duration,
+    /// Mask phone numbers and e-mail addresses in audit events.
+    pub mask_recipients: bool,
+    /// `caller -> token`; empty means no authentication.
+    pub caller_tokens: HashMap<String, Secret>,
+    /// Input limits.
+    pub limits: LimitSettings,
+    /// How long shutdown may spend flushing events.
+    pub shutdown_grace: Duration,
+    /// WhatsApp provider.
+    pub whatsapp: WhatsAppSettings,
+    /// E-mail provider.
+    pub smtp: SmtpSettings,
+    /// AI provider.
+    pub ai: AiSettings,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (an environment variable name to its value).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let bucket = SinkSettings {
+            enabled: env.parse("EXECUTOR_BUCKET_ENABLED", true, parse_bool)?,
+            base_url: env.parse("BUCKET_URL", url("http://127.0.0.1:8001"), parse_url)?,
+            path: env.parse("EXECUTOR_BUCKET_EVENT_PATH", "/core/write-event".into(), parse_path)?,
+            max_events: env.parse("EXECUTOR_BUCKET_OUTBOX_MAX_EVENTS", 200_000, parse_positive)?,
+            max_bytes: env.parse("EXECUTOR_BUCKET_OUTBOX_MAX_BYTES", 256 << 20, parse_positive)?,
+            full_policy: env.parse("EXECUTOR_BUCKET_FULL_POLICY", FullPolicy::Reject, parse_policy)?,
+        };
+        let karma = SinkSettings {
+            enabled: env.parse("EXECUTOR_KARMA_ENABLED", true, parse_bool)?,
+            base_url: env.parse("KARMA_URL", url("http://127.0.0.1:8000"), parse_url)?,
+            path: env.parse("EXECUTOR_KARMA_EVENT_PATH", "/v1/event/".into(), parse_path)?,
+            max_events: env.parse("EXECUTOR_KARMA_OUTBOX_MAX_EVENTS", 200_000, parse_positive)?,
+            max_bytes: env.parse("EXECUTOR_KARMA_OUTBOX_MAX_BYTES", 256 << 20, parse_positive)?,
+            full_policy: env.parse("EXECUTOR_KARMA_FULL_POLICY", FullPolicy::DropOldest, parse_policy)?,
+        };
+        let delivery = DeliverySettings {
+            attempt_timeout: env.parse("WORKFLOW_TIMEOUT", Duration::from_secs(2), parse_seconds)?,
+            concurrency: env.parse("EXECUTOR_DELIVERY_CONCURRENCY", 32, parse_positive)?,
+            max_attempts: env.parse("EXECUTOR_DELIVERY_MAX_ATTEMPTS", 8, parse_positive)?,
+            backoff_base: env.parse("EXECUTOR_DELIVERY_BACKOFF_BASE", Duration::from_millis(100), parse_seconds)?,
+            backoff_max: env.parse("EXECUTOR_DELIVERY_BACKOFF_MAX", Duration::from_secs(30), parse_seconds)?,
+            breaker_threshold: env.parse("EXECUTOR_BREAKER_THRESHOLD", 5, parse_positive)?,
+            breaker_open_for: env.parse("EXECUTOR_BREAKER_OPEN", Duration::from_secs(2), parse_seconds)?,
+        };
+        let settings = Settings {
+            bind: env.parse("EXECUTOR_BIND", "127.0.0.1:8003".parse().expect("literal"), |v| {
+                v.parse().map_err(|_| "expected host:port, e.g. 127.0.0.1:8003".into())
+            })?,
+            data_dir: env
+                .parse("EXECUTOR_DATA_DIR", PathBuf::from("./data/executor"), |v| non_empty(v).map(PathBuf::from))?,
+            log_format: env.parse("EXECUTOR_LOG_FORMAT", LogFormat::Text, |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `text` or `json`".into()),
+            })?,
+            bucket,
+            karma,
+            delivery,
+            idempotency_retention: env.parse(
+                "EXECUTOR_IDEMPOTENCY_RETENTION",
+                Duration::from_secs(24 * 3600),
+                parse_seconds,
+            )?,
+            mask_recipients: env.parse("EXECUTOR_AUDIT_MASK_RECIPIENTS", true, parse_bool)?,
+            caller_tokens: env.parse("EXECUTOR_CALLER_TOKENS", HashMap::new(), parse_tokens)?,
+            limits: LimitSettings {
+                max_body_bytes: env.parse("EXECUTOR_MAX_BODY_BYTES", 64 * 1024, parse_positive)?,
+                max_concurrent: env.parse("EXECUTOR_MAX_CONCURRENT", 512, parse_positive)?,
+            },
+            shutdown_grace: env.parse("EXECUTOR_SHUTDOWN_GRACE", Duration::from_secs(5), parse_seconds)?,
+            whatsapp: WhatsAppSettings {
+                api_url: env.parse("WHATSAPP_API_URL", url("http://127.0.0.1:8010"), parse_url)?,
+                api_version: env.parse("WHATSAPP_API_VERSION", "v21.0".into(), |v| non_empty(v).map(str::to_owned))?,
+                phone_number_id: env
+                    .parse("WHATSAPP_PHONE_NUMBER_ID", "100000000000001".into(), |v| non_empty(v).map(str::to_owned))?,
+                access_token: env.secret("WHATSAPP_ACCESS_TOKEN"),
+                timeout: env.parse("WHATSAPP_TIMEOUT", Duration::from_secs(5), parse_seconds)?,
+            },
+            smtp: SmtpSettings {
+                host: env.parse("SMTP_HOST", "127.0.0.1".into(), |v| non_empty(v).map(str::to_owned))?,
+                port: env.parse("SMTP_PORT", 2525, |v| v.parse().map_err(|_| "expected a port number".into()))?,
+                tls: env.parse("SMTP_TLS", SmtpTls::None, |v| match v {
+                    "none" => Ok(SmtpTls::None),
+                    "starttls" => Ok(SmtpTls::StartTls),
+                    "tls" => Ok(SmtpTls::Tls),
+                    _ => Err("expected `none`, `starttls` or `tls`".into()),
+                })?,
+                username: env.parse("SMTP_USERNAME", String::new(), |v| Ok(v.to_owned()))?,
+                password: env.secret("SMTP_PASSWORD"),
+                from: env.parse("SMTP_FROM", "Workflow Executor <executor@bhiv.local>".into(), |v| {
+                    v.parse::<lettre::message::Mailbox>()
+                        .map(|_| v.to_owned())
+                        .map_err(|e| format!("not a mailbox: {e}"))
+                })?,
+                timeout: env.parse("SMTP_TIMEOUT", Duration::from_secs(10), parse_seconds)?,
+            },
+            ai: AiSettings {
+                api_url: env.parse("AI_API_URL", url("http://127.0.0.1:8010"), parse_url)?,
+                api_key: env.secret("AI_API_KEY"),
+                model: env.parse("AI_MODEL", "gpt-4o-mini".into(), |v| non_empty(v).map(str::to_owned))?,
+                timeout: env.parse("AI_TIMEOUT", Duration::from_secs(20), parse_seconds)?,
+            },
+        };
+        Ok(settings)
+    }
+}
+
+/// A lookup with typed, variable-naming parse helpers.
+struct Env<'a, F>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    fn parse<T>(
+        &self,
+        variable: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match (self.0)(variable) {
+            None => Ok(default),
+            Some(raw) => parse(raw.trim()).map_err(|message| ConfigError { variable, message }),
+        }
+    }
+
+    fn secret(&self, variable: &'static str) -> Secret {
+        Secret::new((self.0)(variable).unwrap_or_default().trim())
+    }
+}
+
+fn url(literal: &str) -> Url {
+    Url::parse(literal).expect("default URLs are valid")
+}
+
+fn non_empty(value: &str) -> Result<&str, String> {
+    if value.is_empty() { Err("must not be empty".into()) } else { Ok(value) }
+}
+
+fn parse_url(value: &str) -> Result<Url, String> {
+    let parsed = Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(parsed),
+        other => Err(format!("scheme must be http or https, not `{other}`")),
+    }
+}
+
+fn parse_path(value: &str) -> Result<String, String> {
+    if value.starts_with('/') { Ok(value.to_owned()) } else { Err("must start with `/`".into()) }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_positive<T: FromStr + PartialOrd + Default>(value: &str) -> Result<T, String> {
+    match value.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => Err("expected a positive whole number".into()),
+    }
+}
+
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 7.0 * 24.0 * 3600.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| "expected a positive number of seconds, e.g. 2.0".into())
+}
+
+fn parse_policy(value: &str) -> Result<FullPolicy, String> {
+    match value {
+        "reject" => Ok(FullPolicy::Reject),
+        "drop_oldest" => Ok(FullPolicy::DropOldest),
+        _ => Err("expected `reject` or `drop_oldest`".into()),
+    }
+}
+
+fn parse_tokens(value: &str) -> Result<HashMap<String, Secret>, String> {
+    let mut tokens = HashMap::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (caller, token) = pair
+            .split_once(':')
+            .filter(|(c, t)| !c.is_empty() && !t.is_empty())
+            .ok_or_else(|| "expected `caller:token` pairs separated by commas".to_owned())?;
+        if tokens.insert(caller.to_owned(), Secret::new(token)).is_some() {
+            return Err(format!("caller `{caller}` is listed twice"));
+        }
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ports_and_timeout() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.bind.port(), 8003);
+        assert_eq!(s.bucket.endpoint().as_str(), "http://127.0.0.1:8001/core/write-event");
+        assert_eq!(s.karma.endpoint().as_str(), "http://127.0.0.1:8000/v1/event/");
+        assert_eq!(s.delivery.attempt_timeout, Duration::from_secs(2));
+        assert!(s.caller_tokens.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = settings(&[("WORKFLOW_TIMEOUT", "soon")]).expect_err("invalid");
+        assert_eq!(err.variable, "WORKFLOW_TIMEOUT");
+        let err = settings(&[("BUCKET_URL", "ftp://x")]).expect_err("invalid");
+        assert!(err.to_string().contains("BUCKET_URL"), "{err}");
+        let err = settings(&[("EXECUTOR_CALLER_TOKENS", "core")]).expect_err("invalid");
+        assert_eq!(err.variable, "EXECUTOR_CALLER_TOKENS");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = settings(&[("EXECUTOR_CALLER_TOKENS", "core:hunter2"), ("AI_API_KEY", "sk-1")]).expect("valid");
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("hunter2") && !printed.contains("sk-1"), "{printed}");
+    }
+}

@@ -1,0 +1,448 @@
+//! Background deliverers: one per sink, draining its durable outbox.
+//!
+//! Each deliverer reads the oldest queued events, posts them with bounded concurrency (every
+//! attempt bounded by `WORKFLOW_TIMEOUT`), and commits the outcome: a delivery removes the event,
+//! an event that can never be delivered moves to the dead-letter table with its reason, anything
+//! else stays queued for the next round. Outcomes are classified so an outage never loses events:
+//!
+//! | answer | meaning | what happens |
+//! |---|---|---|
+//! | 2xx (Bucket: and not `success: false`) | delivered | removed |
+//! | refused, timeout, 408, 429, 502, 503, 504, broken answer | sink unreachable | retried without limit; trips the circuit |
+//! | other 5xx, Bucket `success: false` | sink up but rejecting | retried up to `max_attempts`, then dead-lettered |
+//! | other 4xx | permanent | dead-lettered at once |
+//!
+//! After a failing round the deliverer waits a full-jitter exponential backoff. A circuit breaker
+//! per sink opens after `breaker_threshold` consecutive unreachable attempts; while open nothing is
+//! sent, then a single probe decides whether it closes. On shutdown deliverers keep draining for the
+//! grace period and leave the rest on disk.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::Url;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DeliverySettings;
+use crate::metrics::Metrics;
+use crate::store::{Batch, Op, QueuedEvent, Sink, Store};
+use crate::trace::trace_headers;
+
+/// Events read per round.
+const BATCH: usize = 256;
+
+/// Circuit breaker state, as reported in status and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Sending normally.
+    Closed,
+    /// Sending one probe.
+    HalfOpen,
+    /// Not sending until the open period ends.
+    Open,
+}
+
+impl CircuitState {
+    fn gauge(self) -> i64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Breaker {
+    state: CircuitState,
+    open_until: Instant,
+    consecutive_unreachable: u32,
+    reopenings: u32,
+}
+
+/// What the status endpoint reports about one sink.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkReport {
+    /// Last acknowledged delivery (RFC 3339).
+    pub last_success: Option<String>,
+    /// Last failed attempt (RFC 3339).
+    pub last_error_at: Option<String>,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+    /// Events acknowledged since start.
+    pub delivered: u64,
+    /// Failed attempts since start.
+    pub failed_attempts: u64,
+    /// Events dead-lettered since start.
+    pub dead_lettered: u64,
+    /// Whether the last round failed.
+    pub failing: bool,
+}
+
+/// Shared state of one sink: breaker, counters, and the bell rung when events are committed.
+#[derive(Debug)]
+pub struct SinkState {
+    /// Which sink.
+    pub sink: Sink,
+    /// Where events go.
+    pub endpoint: Url,
+    breaker: Mutex<Breaker>,
+    report: Mutex<SinkReport>,
+    notify: Notify,
+}
+
+impl SinkState {
+    /// A fresh state with a closed circuit.
+    pub fn new(sink: Sink, endpoint: Url) -> Self {
+        Self {
+            sink,
+            endpoint,
+            breaker: Mutex::new(Breaker {
+                state: CircuitState::Closed,
+                open_until: Instant::now(),
+                consecutive_unreachable: 0,
+                reopenings: 0,
+            }),
+            report: Mutex::new(SinkReport::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Wakes the deliverer: new events are committed.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// The circuit's state now.
+    pub fn circuit(&self) -> CircuitState {
+        let breaker = self.breaker.lock().expect("breaker lock");
+        if breaker.state == CircuitState::Open && Instant::now() >= breaker.open_until {
+            CircuitState::HalfOpen
+        } else {
+            breaker.state
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn report(&self) -> SinkReport {
+        self.report.lock().expect("report lock").clone()
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug)]
+enum Outcome {
+    Delivered,
+    Unreachable(String),
+    Rejected(String),
+    Permanent(String),
+}
+
+/// Delivers one sink's outbox until cancelled.
+pub struct Deliverer {
+    state: Arc<SinkState>,
+    store: Store,
+    http: reqwest::Client,
+    settings: DeliverySettings,
+    metrics: Metrics,
+    attempts: HashMap<u64, u32>,
+    failing_rounds: u32,
+}
+
+impl Deliverer {
+    /// A deliverer for `state.sink`.
+    pub fn new(
+        state: Arc<SinkState>,
+        store: Store,
+        http: reqwest::Client,
+        settings: DeliverySettings,
+        metrics: Metrics,
+    ) -> Self {
+        metrics.circuit_state.with_label_values(&[state.sink.name()]).set(0);
+        Self { state, store, http, settings, metrics, attempts: HashMap::new(), failing_rounds: 0 }
+    }
+
+    /// Delivers until `stop` fires, then drains for at most `grace` and returns.
+    pub async fn run(mut self, stop: CancellationToken, grace: Duration) {
+        tokio::select! {
+            _ = self.deliver_forever() => {}
+            _ = stop.cancelled() => {}
+        }
+        let sink = self.state.sink.name();
+        let drained = tokio::time::timeout(grace, async {
+            while self.store.gauge(self.state.sink).depth.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                match self.round().await {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => tokio::task::yield_now().await,
+                }
+            }
+        })
+        .await;
+        let left = self.store.gauge(self.state.sink).depth.load(std::sync::atomic::Ordering::Relaxed);
+        match drained {
+            Ok(()) => tracing::info!(sink, "outbox drained"),
+            Err(_) => {
+                tracing::warn!(sink, left, "shutdown grace over; undelivered events stay on disk for the next start")
+            }
+        }
+    }
+
+    async fn deliver_forever(&mut self) {
+        loop {
+            let state = self.state.clone();
+            let notified = state.notify.notified();
+            match self.round().await {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None if self.store.gauge(self.state.sink).depth.load(std::sync::atomic::Ordering::Relaxed) == 0 => {
+                    // Idle: wait for the bell, with a slow tick as a safety net.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// One round: send what is due and commit the outcomes. Returns how long to wait before the
+    /// next round, if anything failed or the circuit is open.
+    async fn round(&mut self) -> Option<Duration> {
+        let sink = self.state.sink;
+        let limit = match self.admit() {
+            Ok(limit) => limit,
+            Err(wait) => return Some(wait),
+        };
+        let events = match self.store.queued(sink, limit) {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::error!(sink = sink.name(), %error, "cannot read the outbox");
+                return Some(Duration::from_secs(1));
+            }
+        };
+        if events.is_empty() {
+            return None;
+        }
+        let this = &*self;
+        let outcomes: Vec<(QueuedEvent, Outcome)> = futures_util::stream::iter(events)
+            .map(|event| async move {
+                let outcome = this.send(&event).await;
+                (event, outcome)
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+
+        let mut ops = Vec::with_capacity(outcomes.len());
+        let (mut delivered, mut unreachable, mut failed) = (0u64, 0u32, false);
+        let mut last_error = None;
+        for (event, outcome) in outcomes {
+            match outcome {
+                Outcome::Delivered => {
+                    self.attempts.remove(&event.seq);
+                    ops.push(Op::Ack { sink, seq: event.seq });
+                    delivered += 1;
+                }
+                Outcome::Permanent(reason) => {
+                    self.attempts.remove(&event.seq);
+                    last_error = Some(reason.clone());
+                    ops.push(Op::DeadLetter { sink, seq: event.seq, reason });
+                    failed = true;
+                }
+                Outcome::Rejected(reason) => {
+                    failed = true;
+                    let attempts = self.attempts.entry(event.seq).or_insert(0);
+                    *attempts += 1;
+                    if *attempts >= self.settings.max_attempts {
+                        self.attempts.remove(&event.seq);
+                        let reason = format!("{reason} (after {} attempts)", self.settings.max_attempts);
+                        ops.push(Op::DeadLetter { sink, seq: event.seq, reason: reason.clone() });
+                        last_error = Some(reason);
+                    } else {
+                        self.metrics.events_retried.with_label_values(&[sink.name(), "rejected"]).inc();
+                        last_error = Some(reason);
+                    }
+                }
+                Outcome::Unreachable(reason) => {
+                    failed = true;
+                    unreachable += 1;
+                    self.metrics.events_retried.with_label_values(&[sink.name(), "unreachable"]).inc();
+                    last_error = Some(reason);
+                }
+            }
+        }
+        let dead = ops.iter().filter(|op| matches!(op, Op::DeadLetter { .. })).count() as u64;
+        if !ops.is_empty() {
+            if let Err(error) = self.store.commit(Batch { ops, durable: dead > 0 }).await {
+                tracing::error!(sink = sink.name(), %error, "cannot record delivery outcomes");
+                return Some(Duration::from_secs(1));
+            }
+        }
+        self.metrics.events_delivered.with_label_values(&[sink.name()]).inc_by(delivered);
+        if dead > 0 {
+            self.metrics.events_dead_lettered.with_label_values(&[sink.name()]).inc_by(dead);
+            tracing::warn!(sink = sink.name(), count = dead, reason = last_error.as_deref(), "events dead-lettered");
+        }
+        self.record(delivered, dead, unreachable, failed, last_error);
+        if failed {
+            self.failing_rounds += 1;
+            Some(self.backoff())
+        } else {
+            self.failing_rounds = 0;
+            None
+        }
+    }
+
+    /// How many events the breaker lets through now, or how long to wait.
+    fn admit(&self) -> Result<usize, Duration> {
+        let mut breaker = self.state.breaker.lock().expect("breaker lock");
+        match breaker.state {
+            CircuitState::Closed => Ok(BATCH),
+            CircuitState::HalfOpen => Ok(1),
+            CircuitState::Open => {
+                let now = Instant::now();
+                if now >= breaker.open_until {
+                    breaker.state = CircuitState::HalfOpen;
+                    self.metrics.circuit_state.with_label_values(&[self.state.sink.name()]).set(1);
+                    Ok(1)
+                } else {
+                    Err(breaker.open_until - now)
+                }
+            }
+        }
+    }
+
+    fn record(&self, delivered: u64, dead: u64, unreachable: u32, failed: bool, last_error: Option<String>) {
+        let sink = self.state.sink.name();
+        let now = crate::now_rfc3339();
+        {
+            let mut report = self.state.report.lock().expect("report lock");
+            report.delivered += delivered;
+            report.dead_lettered += dead;
+            report.failing = failed;
+            if delivered > 0 {
+                report.last_success = Some(now.clone());
+            }
+            if let Some(error) = last_error {
+                report.failed_attempts += 1;
+                report.last_error_at = Some(now);
+                report.last_error = Some(error);
+            }
+        }
+        let mut breaker = self.state.breaker.lock().expect("breaker lock");
+        let before = breaker.state;
+        if unreachable > 0 && delivered == 0 {
+            breaker.consecutive_unreachable += unreachable;
+            if breaker.state == CircuitState::HalfOpen
+                || breaker.consecutive_unreachable >= self.settings.breaker_threshold
+            {
+                let factor = 1u32 << breaker.reopenings.min(4);
+                let open_for = (self.settings.breaker_open_for * factor).min(self.settings.backoff_max);
+                breaker.state = CircuitState::Open;
+                breaker.open_until = Instant::now() + open_for;
+                breaker.reopenings += 1;
+            }
+        } else if delivered > 0 || !failed || breaker.state == CircuitState::HalfOpen {
+            breaker.state = CircuitState::Closed;
+            breaker.consecutive_unreachable = 0;
+            breaker.reopenings = 0;
+        }
+        if breaker.state != before {
+            self.metrics.circuit_state.with_label_values(&[sink]).set(breaker.state.gauge());
+            match breaker.state {
+                CircuitState::Open => tracing::warn!(sink, "circuit opened: sink unreachable"),
+                CircuitState::Closed => tracing::info!(sink, "circuit closed: sink reachable again"),
+                CircuitState::HalfOpen => {}
+            }
+        }
+    }
+
+    /// Full-jitter exponential backoff: uniform in `[0, min(max, base * 2^rounds)]`.
+    fn backoff(&self) -> Duration {
+        let exp = self.failing_rounds.saturating_sub(1).min(20);
+        let ceiling = (self.settings.backoff_base.saturating_mul(1 << exp)).min(self.settings.backoff_max);
+        ceiling.mul_f64(fastrand::f64())
+    }
+
+    async fn send(&self, event: &QueuedEvent) -> Outcome {
+        let request = self
+            .http
+            .post(self.state.endpoint.clone())
+            .timeout(self.settings.attempt_timeout)
+            .headers(trace_headers(&event.trace_id))
+            .header("idempotency-key", &event.event_id)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(event.body.clone());
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return Outcome::Unreachable(describe(&error)),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) => {
+                return Outcome::Unreachable(format!("HTTP {}: broken answer ({})", status.as_u16(), describe(&error)));
+            }
+        };
+        classify(self.state.sink, status.as_u16(), &body)
+    }
+}
+
+fn classify(sink: Sink, status: u16, body: &[u8]) -> Outcome {
+    let excerpt = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    match status {
+        200..=299 => {
+            if sink == Sink::Bucket {
+                if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) {
+                    if answer.get("success") == Some(&serde_json::Value::Bool(false)) {
+                        let message = answer.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
+                        return Outcome::Rejected(format!("bucket refused the event: {message}"));
+                    }
+                }
+            }
+            Outcome::Delivered
+        }
+        408 | 429 | 502 | 503 | 504 => Outcome::Unreachable(format!("HTTP {status}")),
+        400..=499 => Outcome::Permanent(format!("HTTP {status}: {}", excerpt())),
+        _ => Outcome::Rejected(format!("HTTP {status}: {}", excerpt())),
+    }
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connect() {
+        "connection failed".into()
+    } else {
+        let mut message = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            message = format!("{message}: {cause}");
+            source = cause.source();
+        }
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_success_false_is_a_rejection_not_a_delivery() {
+        let body = br#"{"success": false, "message": "403: Unauthorized requester"}"#;
+        assert!(matches!(classify(Sink::Bucket, 200, body), Outcome::Rejected(m) if m.contains("Unauthorized")));
+        assert!(matches!(classify(Sink::Karma, 200, body), Outcome::Delivered));
+        assert!(matches!(classify(Sink::Bucket, 200, br#"{"success": true}"#), Outcome::Delivered));
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(matches!(classify(Sink::Karma, 503, b""), Outcome::Unreachable(_)));
+        assert!(matches!(classify(Sink::Karma, 429, b""), Outcome::Unreachable(_)));
+        assert!(matches!(classify(Sink::Karma, 500, b"Invalid role"), Outcome::Rejected(_)));
+        assert!(matches!(classify(Sink::Karma, 422, b"{}"), Outcome::Permanent(_)));
+    }
+}

@@ -1,0 +1,355 @@
+//! The execution engine: idempotency, one adapter call, and one atomic commit of the outcome.
+//!
+//! For each workflow request:
+//!
+//! 1. **Admission.** If a sink whose full-outbox policy is `reject` has no room, nothing executes:
+//!    503 `audit_spool_full` (an execution that cannot be audited does not happen).
+//! 2. **Idempotency.** The key is the `Idempotency-Key` header, or the trace id plus the request's
+//!    fingerprint. A key being executed right now answers 409; a stored key replays the stored
+//!    answer (422 if an `Idempotency-Key` comes back with a different request).
+//! 3. **In-flight marker.** Before a remote provider call, a durable marker is committed; if the
+//!    process dies before the outcome is stored, the next start turns the marker into a `failed`
+//!    result with `error_code: "outcome_unknown"` (and its audit events). Nothing is re-sent.
+//! 4. **One attempt.** The adapter runs once; no retries.
+//! 5. **One commit.** The answer, the adapter's own writes (the task row) and the Bucket and Karma
+//!    events are committed in one durable (group) commit before the response is sent. Delivery
+//!    happens later, in the background, so the response never waits for a pillar.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::adapters::{Adapters, Failure, Performed};
+use crate::api::error::ApiError;
+use crate::api::request::ExecuteRequest;
+use crate::config::{FullPolicy, Settings, SinkSettings};
+use crate::delivery::SinkState;
+use crate::events::{ExecutionFacts, bucket_event, karma_event};
+use crate::metrics::Metrics;
+use crate::now_rfc3339;
+use crate::store::{Batch, EXECUTIONS, IN_FLIGHT, Op, Sink, Store, now_ms};
+
+/// The engine's answer to a workflow request.
+#[derive(Debug)]
+pub enum Answer {
+    /// Executed now.
+    Fresh(Value),
+    /// The stored answer of an earlier identical request.
+    Replay(Value),
+}
+
+/// What the store keeps per idempotency key.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredExecution {
+    fingerprint: String,
+    response: Value,
+}
+
+/// What the store keeps for an execution whose provider call may have started.
+#[derive(Debug, Serialize, Deserialize)]
+struct InFlightMarker {
+    fingerprint: String,
+    trace_id: String,
+    action_type: String,
+    user_id: Option<String>,
+    product: Option<String>,
+    metadata: Option<Value>,
+    started_ms: u64,
+}
+
+/// Executes workflow requests.
+pub struct Engine {
+    store: Store,
+    adapters: Adapters,
+    metrics: Metrics,
+    sinks: Vec<(Arc<SinkState>, SinkSettings)>,
+    mask_recipients: bool,
+    executing: Mutex<HashSet<String>>,
+    full: [AtomicBool; 2],
+}
+
+/// Removes a key from the executing set when the request ends, however it ends.
+struct ExecutingGuard<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for ExecutingGuard<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("executing set lock").remove(&self.key);
+    }
+}
+
+impl Engine {
+    /// An engine writing to `store` and waking the given sinks.
+    pub fn new(
+        settings: &Settings,
+        store: Store,
+        adapters: Adapters,
+        metrics: Metrics,
+        sinks: &[Arc<SinkState>; 2],
+    ) -> Self {
+        let sinks = [(sinks[0].clone(), settings.bucket.clone()), (sinks[1].clone(), settings.karma.clone())]
+            .into_iter()
+            .filter(|(_, s)| s.enabled)
+            .collect();
+        Self {
+            store,
+            adapters,
+            metrics,
+            sinks,
+            mask_recipients: settings.mask_recipients,
+            executing: Mutex::new(HashSet::new()),
+            full: [AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+
+    /// Executes one workflow request.
+    pub async fn execute(&self, request: ExecuteRequest, idempotency_key: Option<&str>) -> Result<Answer, ApiError> {
+        self.admit()?;
+        let key = match idempotency_key {
+            Some(k) => format!("key:{k}"),
+            None => format!("trace:{}:{}", request.trace_id, request.fingerprint),
+        };
+        let _guard = {
+            let mut executing = self.executing.lock().expect("executing set lock");
+            if !executing.insert(key.clone()) {
+                self.metrics.rejections.with_label_values(&["in_progress"]).inc();
+                return Err(ApiError::in_progress());
+            }
+            ExecutingGuard { set: &self.executing, key: key.clone() }
+        };
+        match self.store.get(EXECUTIONS, &key) {
+            Ok(Some(bytes)) => return self.replay(&bytes, &request.fingerprint),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "cannot read stored executions");
+                return Err(ApiError::internal());
+            }
+        }
+
+        let started = Instant::now();
+        if let Ok(action) = &request.plan {
+            if action.is_remote() {
+                let marker = InFlightMarker {
+                    fingerprint: request.fingerprint.clone(),
+                    trace_id: request.trace_id.clone(),
+                    action_type: request.action_type.clone(),
+                    user_id: request.user_id.clone(),
+                    product: request.product.clone(),
+                    metadata: request.metadata.clone(),
+                    started_ms: now_ms(),
+                };
+                let record = serde_json::to_vec(&marker).unwrap_or_default();
+                if let Err(error) = self
+                    .store
+                    .commit(Batch { ops: vec![Op::PutInFlight { key: key.clone(), record }], durable: true })
+                    .await
+                {
+                    tracing::error!(%error, "cannot record the in-flight marker; not executing");
+                    return Err(ApiError::internal());
+                }
+            }
+        }
+        let outcome = match &request.plan {
+            Ok(action) => {
+                let adapter_started = Instant::now();
+                let outcome = self.adapters.execute(action, &request.trace_id).await;
+                self.metrics
+                    .adapter_seconds
+                    .with_label_values(&[action.action_type()])
+                    .observe(adapter_started.elapsed().as_secs_f64());
+                outcome
+            }
+            Err(failure) => Err(failure.clone()),
+        };
+        let duration = started.elapsed();
+        let (response, ops) = self.conclude(&request, outcome, duration);
+        let status = response["status"].as_str().unwrap_or("failed").to_owned();
+        let record = StoredExecution { fingerprint: request.fingerprint.clone(), response };
+        let mut batch = vec![Op::PutExecution {
+            key,
+            created_ms: now_ms(),
+            record: serde_json::to_vec(&record).unwrap_or_default(),
+        }];
+        batch.extend(ops);
+        let committed = self.store.commit(Batch { ops: batch, durable: true }).await;
+        self.metrics.executions.with_label_values(&[metric_label(&request.action_type), &status]).inc();
+        match committed {
+            Ok(()) => {
+                for (state, _) in &self.sinks {
+                    self.metrics.events_enqueued.with_label_values(&[state.sink.name()]).inc();
+                    state.wake();
+                }
+                Ok(Answer::Fresh(record.response))
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot store the execution and its events");
+                match request.plan {
+                    // The provider acted: report what happened rather than invite a retry.
+                    Ok(action) if action.is_remote() => Ok(Answer::Fresh(record.response)),
+                    // Nothing happened (the task row shares the failed commit).
+                    _ => Err(ApiError::internal()),
+                }
+            }
+        }
+    }
+
+    /// Builds the response and the ops that record it (adapter writes and events).
+    fn conclude(
+        &self,
+        request: &ExecuteRequest,
+        outcome: Result<Performed, Failure>,
+        duration: Duration,
+    ) -> (Value, Vec<Op>) {
+        let timestamp = now_rfc3339();
+        let mut result = Map::new();
+        let mut ops = Vec::new();
+        match outcome {
+            Ok(performed) => {
+                result.insert("success".into(), json!(true));
+                result.insert("trace_id".into(), json!(request.trace_id));
+                result.insert("timestamp".into(), json!(timestamp));
+                result.extend(performed.fields);
+                ops.extend(performed.ops);
+                tracing::info!(action_type = %request.action_type, duration_ms = duration.as_millis() as u64, "EXECUTION_SUCCESS");
+            }
+            Err(failure) => {
+                result.insert("success".into(), json!(false));
+                result.insert("trace_id".into(), json!(request.trace_id));
+                result.insert("timestamp".into(), json!(timestamp));
+                result.insert("error_code".into(), json!(failure.code));
+                result.insert("message".into(), json!(failure.message));
+                tracing::info!(action_type = %request.action_type, error_code = failure.code, "EXECUTION_FAILED");
+            }
+        }
+        let status = if result["success"] == json!(true) { "success" } else { "failed" };
+        let facts = ExecutionFacts {
+            trace_id: &request.trace_id,
+            action_type: &request.action_type,
+            status,
+            result: &result,
+            user_id: request.user_id.as_deref(),
+            product: request.product.as_deref(),
+            metadata: request.metadata.as_ref(),
+            duration_ms: duration.as_millis() as u64,
+            timestamp: &timestamp,
+        };
+        ops.extend(self.event_ops(&facts));
+        let response = json!({"trace_id": request.trace_id, "status": status, "execution_result": result});
+        (response, ops)
+    }
+
+    fn event_ops(&self, facts: &ExecutionFacts<'_>) -> Vec<Op> {
+        self.sinks
+            .iter()
+            .map(|(state, _)| {
+                let event_id = uuid::Uuid::new_v4().to_string();
+                let body = match state.sink {
+                    Sink::Bucket => bucket_event(facts, &event_id, self.mask_recipients),
+                    Sink::Karma => karma_event(facts, &event_id),
+                };
+                Op::Enqueue {
+                    sink: state.sink,
+                    event_id,
+                    trace_id: facts.trace_id.to_owned(),
+                    body: serde_json::to_vec(&body).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    fn replay(&self, stored: &[u8], fingerprint: &str) -> Result<Answer, ApiError> {
+        let stored: StoredExecution = serde_json::from_slice(stored).map_err(|error| {
+            tracing::error!(%error, "stored execution is unreadable");
+            ApiError::internal()
+        })?;
+        if stored.fingerprint != fingerprint {
+            self.metrics.rejections.with_label_values(&["idempotency_key_reused"]).inc();
+            return Err(ApiError::key_reused());
+        }
+        self.metrics.replays.inc();
+        tracing::info!("EXECUTION_REPLAYED");
+        Ok(Answer::Replay(stored.response))
+    }
+
+    /// Refuses new executions while a fail-closed outbox is full.
+    fn admit(&self) -> Result<(), ApiError> {
+        for (state, settings) in &self.sinks {
+            if settings.full_policy != FullPolicy::Reject {
+                continue;
+            }
+            let gauge = self.store.gauge(state.sink);
+            let full = gauge.depth.load(Ordering::Relaxed) >= settings.max_events
+                || gauge.bytes.load(Ordering::Relaxed) >= settings.max_bytes;
+            let flag = &self.full[state.sink as usize];
+            if full {
+                if !flag.swap(true, Ordering::Relaxed) {
+                    tracing::error!(sink = state.sink.name(), "outbox full: refusing executions until it drains");
+                }
+                self.metrics.rejections.with_label_values(&["audit_spool_full"]).inc();
+                return Err(ApiError::unavailable(
+                    "audit_spool_full",
+                    format!("the {} outbox is full; executions resume when it drains", state.sink.name()),
+                    5,
+                ));
+            }
+            if flag.swap(false, Ordering::Relaxed) {
+                tracing::info!(sink = state.sink.name(), "outbox has room again: accepting executions");
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns executions interrupted by a crash into `outcome_unknown` failures (with events).
+    pub async fn recover_interrupted(&self) -> Result<usize, Arc<crate::store::StoreError>> {
+        let markers = self.store.entries(IN_FLIGHT).map_err(Arc::new)?;
+        let count = markers.len();
+        for (key, bytes) in markers {
+            let Ok(marker) = serde_json::from_slice::<InFlightMarker>(&bytes) else {
+                tracing::error!(key, "unreadable in-flight marker left as is");
+                continue;
+            };
+            tracing::warn!(trace_id = %marker.trace_id, action_type = %marker.action_type,
+                "execution interrupted by a restart: outcome unknown, not retried");
+            let request = ExecuteRequest {
+                trace_id: marker.trace_id,
+                plan: Err(Failure::new(
+                    "outcome_unknown",
+                    "the executor stopped while the provider call was in progress; the action may or may not have happened and is not retried",
+                )),
+                action_type: marker.action_type,
+                user_id: marker.user_id,
+                product: marker.product,
+                metadata: marker.metadata,
+                fingerprint: marker.fingerprint,
+            };
+            let elapsed = Duration::from_millis(now_ms().saturating_sub(marker.started_ms));
+            let (response, mut ops) = self.conclude(&request, Err(request.plan.clone().expect_err("failure")), elapsed);
+            let record = StoredExecution { fingerprint: request.fingerprint.clone(), response };
+            ops.push(Op::PutExecution {
+                key,
+                created_ms: now_ms(),
+                record: serde_json::to_vec(&record).unwrap_or_default(),
+            });
+            self.store.commit(Batch { ops, durable: true }).await?;
+        }
+        Ok(count)
+    }
+}
+
+/// Bounded metric label for an action type.
+fn metric_label(action_type: &str) -> &'static str {
+    match action_type {
+        "task" => "task",
+        "whatsapp" => "whatsapp",
+        "email" => "email",
+        "ai" => "ai",
+        "unknown" => "unknown",
+        _ => "unsupported",
+    }
+}

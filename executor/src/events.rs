@@ -1,0 +1,142 @@
+//! The telemetry events: exactly the Bucket and Karma shapes of DESIGN.md section 3.
+//!
+//! Audit events carry what happened, never the content: the caller's `metadata` object rides
+//! along, but not the payload, and the execution result loses message bodies, prompts and model
+//! answers; recipients are masked unless configured otherwise (Bucket's own governance refuses
+//! personal data, and the as-built fork leaked it).
+
+use serde_json::{Map, Value, json};
+
+/// What one execution produced, as the event builders need it.
+#[derive(Debug)]
+pub struct ExecutionFacts<'a> {
+    /// The caller's trace id.
+    pub trace_id: &'a str,
+    /// The requested action (bounded: one of the four, or what the caller sent, truncated).
+    pub action_type: &'a str,
+    /// `success` or `failed`.
+    pub status: &'a str,
+    /// The response's `execution_result`.
+    pub result: &'a Map<String, Value>,
+    /// `payload.user_id`, if any.
+    pub user_id: Option<&'a str>,
+    /// `payload.product`, if any.
+    pub product: Option<&'a str>,
+    /// `payload.metadata`, if it was an object.
+    pub metadata: Option<&'a Value>,
+    /// Wall time of the execution.
+    pub duration_ms: u64,
+    /// When it finished (RFC 3339, UTC).
+    pub timestamp: &'a str,
+}
+
+/// The requester id the executor writes to Bucket as.
+pub const REQUESTER_ID: &str = "workflow_executor";
+
+/// The body for `POST {BUCKET_URL}/core/write-event`.
+pub fn bucket_event(facts: &ExecutionFacts<'_>, event_id: &str, mask_recipients: bool) -> Value {
+    json!({
+        "requester_id": REQUESTER_ID,
+        "event_data": {
+            "event_type": "workflow_execution",
+            "event_id": event_id,
+            "trace_id": facts.trace_id,
+            "action_type": facts.action_type,
+            "status": facts.status,
+            "execution_result": audit_result(facts.result, mask_recipients),
+            "timestamp": facts.timestamp,
+            "user_id": facts.user_id,
+            "product": facts.product.unwrap_or("unknown"),
+            "duration_ms": facts.duration_ms,
+            "metadata": facts.metadata.cloned().unwrap_or_else(|| json!({})),
+        }
+    })
+}
+
+/// The body for `POST {KARMA_URL}/v1/event/`.
+pub fn karma_event(facts: &ExecutionFacts<'_>, event_id: &str) -> Value {
+    let action = if facts.status == "success" { "workflow_success" } else { "workflow_failure" };
+    json!({
+        "type": "life_event",
+        "event_id": event_id,
+        "timestamp": facts.timestamp,
+        "data": {
+            "user_id": facts.user_id.unwrap_or("system"),
+            "action": action,
+            "role": "user",
+            "note": format!("Workflow execution: {}", facts.action_type),
+            "context": {
+                "trace_id": facts.trace_id,
+                "action_type": facts.action_type,
+                "source": REQUESTER_ID,
+                "event_id": event_id,
+            }
+        },
+        "source": REQUESTER_ID,
+    })
+}
+
+/// Content fields never written to the audit trail.
+const CONTENT_FIELDS: &[&str] = &["body", "prompt", "response"];
+
+/// The execution result as the audit trail keeps it: no content, recipients masked.
+pub fn audit_result(result: &Map<String, Value>, mask_recipients: bool) -> Value {
+    let succeeded = result.get("success") == Some(&Value::Bool(true));
+    let mut audit = Map::with_capacity(result.len());
+    for (key, value) in result {
+        // On success `message` is the WhatsApp text; on failure it is our own error message.
+        if CONTENT_FIELDS.contains(&key.as_str()) || (succeeded && key == "message") {
+            continue;
+        }
+        let value = match (key.as_str(), value) {
+            ("recipient", Value::String(r)) if mask_recipients => Value::String(mask_recipient(r)),
+            _ => value.clone(),
+        };
+        audit.insert(key.clone(), value);
+    }
+    Value::Object(audit)
+}
+
+/// Masks a phone number (`+91******3210`) or an e-mail address (`a***@example.com`).
+pub fn mask_recipient(recipient: &str) -> String {
+    if let Some((local, domain)) = recipient.rsplit_once('@') {
+        let first: String = local.chars().take(1).collect();
+        return format!("{first}***@{domain}");
+    }
+    let chars: Vec<char> = recipient.chars().collect();
+    if chars.len() <= 6 {
+        return "*".repeat(chars.len());
+    }
+    let keep_start = 3.min(chars.len());
+    let keep_end = 4;
+    let masked = chars.len() - keep_start - keep_end;
+    format!(
+        "{}{}{}",
+        chars[..keep_start].iter().collect::<String>(),
+        "*".repeat(masked),
+        chars[chars.len() - keep_end..].iter().collect::<String>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipients_are_masked() {
+        assert_eq!(mask_recipient("+919876543210"), "+91******3210");
+        assert_eq!(mask_recipient("alice@example.com"), "a***@example.com");
+        assert_eq!(mask_recipient("12345"), "*****");
+    }
+
+    #[test]
+    fn audit_result_drops_content_but_keeps_error_messages() {
+        let ok = json!({"success": true, "recipient": "+919876543210", "message": "secret text", "status": "SENT"});
+        let audit = audit_result(ok.as_object().expect("object"), true);
+        assert_eq!(audit, json!({"success": true, "recipient": "+91******3210", "status": "SENT"}));
+        let failed =
+            json!({"success": false, "error_code": "missing_message", "message": "message content is required"});
+        let audit = audit_result(failed.as_object().expect("object"), true);
+        assert_eq!(audit["message"], "message content is required");
+    }
+}

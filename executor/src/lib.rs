@@ -1,0 +1,45 @@
+//! The BHIV Workflow Executor: the pillar that performs real-world actions for Core.
+//!
+//! It reasons about nothing: it executes exactly one adapter for a `workflow` decision, answers
+//! at once, and reports every execution to Bucket (audit) and Karma (behaviour) through a durable
+//! outbox, so a pillar outage never blocks a response nor loses an event.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed settings tree, read from the environment and validated at start.
+//! - [`app`]: [`Application`] builds everything, binds, serves, and shuts down in order.
+//! - [`api`]: the HTTP routes; [`api::request`] is the wire contract's schema layer,
+//!   [`api::error`] the one mapping of rejections to HTTP.
+//! - [`engine`]: idempotency, the one adapter call, and the atomic commit of answer and events.
+//! - [`adapters`]: `task` (local durable store), `whatsapp` (Cloud API), `email` (SMTP), `ai`
+//!   (OpenAI-compatible).
+//! - [`store`]: the embedded redb store and its group-commit writer thread.
+//! - [`events`]: the Bucket and Karma event shapes, with recipient masking.
+//! - [`delivery`]: background deliverers with backoff, circuit breakers and dead letters.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`trace`]: trace-id rules and the `X-Trace-Id` / `traceparent` headers.
+//! - [`client`]: the caller's client (what Core uses to dispatch workflows).
+//! - [`logging`]: tracing subscriber setup (text or JSON).
+
+pub mod adapters;
+pub mod api;
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod delivery;
+pub mod engine;
+pub mod events;
+pub mod logging;
+pub mod metrics;
+pub mod store;
+pub mod trace;
+
+pub use app::{Application, StartError};
+pub use config::Settings;
+
+/// Now, as RFC 3339 in UTC (`2026-11-25T15:14:42.123456789Z`).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+}

@@ -1,0 +1,1 @@
+//! Contract snapshot tests (placeholder until the snapshot suite lands).
