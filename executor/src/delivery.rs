@@ -352,7 +352,10 @@ impl Deliverer {
         if breaker.state != before {
             self.metrics.circuit_state.with_label_values(&[sink]).set(breaker.state.gauge());
             match breaker.state {
-                CircuitState::Open => tracing::warn!(sink, "circuit opened: sink unreachable"),
+                CircuitState::Open if breaker.reopenings == 1 => {
+                    tracing::warn!(sink, "circuit opened: sink unreachable")
+                }
+                CircuitState::Open => tracing::debug!(sink, "circuit re-opened after a failed probe"),
                 CircuitState::Closed => tracing::info!(sink, "circuit closed: sink reachable again"),
                 CircuitState::HalfOpen => {}
             }

@@ -216,7 +216,7 @@ impl Engine {
                 result.insert("timestamp".into(), json!(timestamp));
                 result.extend(performed.fields);
                 ops.extend(performed.ops);
-                tracing::info!(action_type = %request.action_type, duration_ms = duration.as_millis() as u64, "EXECUTION_SUCCESS");
+                tracing::info!(duration_ms = duration.as_millis() as u64, "EXECUTION_SUCCESS");
             }
             Err(failure) => {
                 result.insert("success".into(), json!(false));
@@ -224,7 +224,7 @@ impl Engine {
                 result.insert("timestamp".into(), json!(timestamp));
                 result.insert("error_code".into(), json!(failure.code));
                 result.insert("message".into(), json!(failure.message));
-                tracing::info!(action_type = %request.action_type, error_code = failure.code, "EXECUTION_FAILED");
+                tracing::info!(error_code = failure.code, "EXECUTION_FAILED");
             }
         }
         let status = if result["success"] == json!(true) { "success" } else { "failed" };
