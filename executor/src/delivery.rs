@@ -274,11 +274,11 @@ impl Deliverer {
             }
         }
         let dead = ops.iter().filter(|op| matches!(op, Op::DeadLetter { .. })).count() as u64;
-        if !ops.is_empty() {
-            if let Err(error) = self.store.commit(Batch { ops, durable: dead > 0 }).await {
-                tracing::error!(sink = sink.name(), %error, "cannot record delivery outcomes");
-                return Some(Duration::from_secs(1));
-            }
+        if !ops.is_empty()
+            && let Err(error) = self.store.commit(Batch { ops, durable: dead > 0 }).await
+        {
+            tracing::error!(sink = sink.name(), %error, "cannot record delivery outcomes");
+            return Some(Duration::from_secs(1));
         }
         self.metrics.events_delivered.with_label_values(&[sink.name()]).inc_by(delivered);
         if dead > 0 {
@@ -397,13 +397,12 @@ fn classify(sink: Sink, status: u16, body: &[u8]) -> Outcome {
     let excerpt = || String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
     match status {
         200..=299 => {
-            if sink == Sink::Bucket {
-                if let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) {
-                    if answer.get("success") == Some(&serde_json::Value::Bool(false)) {
-                        let message = answer.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
-                        return Outcome::Rejected(format!("bucket refused the event: {message}"));
-                    }
-                }
+            if sink == Sink::Bucket
+                && let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body)
+                && answer.get("success") == Some(&serde_json::Value::Bool(false))
+            {
+                let message = answer.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
+                return Outcome::Rejected(format!("bucket refused the event: {message}"));
             }
             Outcome::Delivered
         }

@@ -21,12 +21,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::adapters::{Adapters, Failure, Performed};
 use crate::api::error::ApiError;
 use crate::api::request::ExecuteRequest;
 use crate::config::{FullPolicy, Settings, SinkSettings};
+use crate::contract::{ExecuteResponse, ExecutionResult, ExecutionStatus};
 use crate::delivery::SinkState;
 use crate::events::{ExecutionFacts, bucket_event, karma_event};
 use crate::metrics::Metrics;
@@ -133,26 +134,26 @@ impl Engine {
         }
 
         let started = Instant::now();
-        if let Ok(action) = &request.plan {
-            if action.is_remote() {
-                let marker = InFlightMarker {
-                    fingerprint: request.fingerprint.clone(),
-                    trace_id: request.trace_id.clone(),
-                    action_type: request.action_type.clone(),
-                    user_id: request.user_id.clone(),
-                    product: request.product.clone(),
-                    metadata: request.metadata.clone(),
-                    started_ms: now_ms(),
-                };
-                let record = serde_json::to_vec(&marker).unwrap_or_default();
-                if let Err(error) = self
-                    .store
-                    .commit(Batch { ops: vec![Op::PutInFlight { key: key.clone(), record }], durable: true })
-                    .await
-                {
-                    tracing::error!(%error, "cannot record the in-flight marker; not executing");
-                    return Err(ApiError::internal());
-                }
+        if let Ok(action) = &request.plan
+            && action.is_remote()
+        {
+            let marker = InFlightMarker {
+                fingerprint: request.fingerprint.clone(),
+                trace_id: request.trace_id.clone(),
+                action_type: request.action_type.clone(),
+                user_id: request.user_id.clone(),
+                product: request.product.clone(),
+                metadata: request.metadata.clone(),
+                started_ms: now_ms(),
+            };
+            let record = serde_json::to_vec(&marker).unwrap_or_default();
+            if let Err(error) = self
+                .store
+                .commit(Batch { ops: vec![Op::PutInFlight { key: key.clone(), record }], durable: true })
+                .await
+            {
+                tracing::error!(%error, "cannot record the in-flight marker; not executing");
+                return Err(ApiError::internal());
             }
         }
         let outcome = match &request.plan {
@@ -207,32 +208,43 @@ impl Engine {
         duration: Duration,
     ) -> (Value, Vec<Op>) {
         let timestamp = now_rfc3339();
-        let mut result = Map::new();
         let mut ops = Vec::new();
-        match outcome {
+        let result = match outcome {
             Ok(performed) => {
-                result.insert("success".into(), json!(true));
-                result.insert("trace_id".into(), json!(request.trace_id));
-                result.insert("timestamp".into(), json!(timestamp));
-                result.extend(performed.fields);
                 ops.extend(performed.ops);
                 tracing::info!(duration_ms = duration.as_millis() as u64, "EXECUTION_SUCCESS");
+                ExecutionResult {
+                    success: true,
+                    trace_id: request.trace_id.clone(),
+                    timestamp: timestamp.clone(),
+                    error_code: None,
+                    message: None,
+                    fields: performed.fields,
+                }
             }
             Err(failure) => {
-                result.insert("success".into(), json!(false));
-                result.insert("trace_id".into(), json!(request.trace_id));
-                result.insert("timestamp".into(), json!(timestamp));
-                result.insert("error_code".into(), json!(failure.code));
-                result.insert("message".into(), json!(failure.message));
                 tracing::info!(error_code = failure.code, "EXECUTION_FAILED");
+                ExecutionResult {
+                    success: false,
+                    trace_id: request.trace_id.clone(),
+                    timestamp: timestamp.clone(),
+                    error_code: Some(failure.code.to_owned()),
+                    message: Some(failure.message),
+                    fields: Map::new(),
+                }
             }
-        }
-        let status = if result["success"] == json!(true) { "success" } else { "failed" };
+        };
+        let status = if result.success { ExecutionStatus::Success } else { ExecutionStatus::Failed };
+        let response = ExecuteResponse { trace_id: request.trace_id.clone(), status, execution_result: result };
+        let result_map = match serde_json::to_value(&response.execution_result) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
         let facts = ExecutionFacts {
             trace_id: &request.trace_id,
             action_type: &request.action_type,
             status,
-            result: &result,
+            result: &result_map,
             user_id: request.user_id.as_deref(),
             product: request.product.as_deref(),
             metadata: request.metadata.as_ref(),
@@ -240,8 +252,7 @@ impl Engine {
             timestamp: &timestamp,
         };
         ops.extend(self.event_ops(&facts));
-        let response = json!({"trace_id": request.trace_id, "status": status, "execution_result": result});
-        (response, ops)
+        (serde_json::to_value(&response).unwrap_or_default(), ops)
     }
 
     fn event_ops(&self, facts: &ExecutionFacts<'_>) -> Vec<Op> {
@@ -250,14 +261,14 @@ impl Engine {
             .map(|(state, _)| {
                 let event_id = uuid::Uuid::new_v4().to_string();
                 let body = match state.sink {
-                    Sink::Bucket => bucket_event(facts, &event_id, self.mask_recipients),
-                    Sink::Karma => karma_event(facts, &event_id),
+                    Sink::Bucket => serde_json::to_vec(&bucket_event(facts, &event_id, self.mask_recipients)),
+                    Sink::Karma => serde_json::to_vec(&karma_event(facts, &event_id)),
                 };
                 Op::Enqueue {
                     sink: state.sink,
                     event_id,
                     trace_id: facts.trace_id.to_owned(),
-                    body: serde_json::to_vec(&body).unwrap_or_default(),
+                    body: body.unwrap_or_default(),
                 }
             })
             .collect()

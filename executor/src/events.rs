@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::contract::{BucketEvent, BucketEventData, ExecutionStatus, KarmaContext, KarmaEvent, KarmaEventData};
+
 /// What one execution produced, as the event builders need it.
 #[derive(Debug)]
 pub struct ExecutionFacts<'a> {
@@ -15,7 +17,7 @@ pub struct ExecutionFacts<'a> {
     /// The requested action (bounded: one of the four, or what the caller sent, truncated).
     pub action_type: &'a str,
     /// `success` or `failed`.
-    pub status: &'a str,
+    pub status: ExecutionStatus,
     /// The response's `execution_result`.
     pub result: &'a Map<String, Value>,
     /// `payload.user_id`, if any.
@@ -34,46 +36,49 @@ pub struct ExecutionFacts<'a> {
 pub const REQUESTER_ID: &str = "workflow_executor";
 
 /// The body for `POST {BUCKET_URL}/core/write-event`.
-pub fn bucket_event(facts: &ExecutionFacts<'_>, event_id: &str, mask_recipients: bool) -> Value {
-    json!({
-        "requester_id": REQUESTER_ID,
-        "event_data": {
-            "event_type": "workflow_execution",
-            "event_id": event_id,
-            "trace_id": facts.trace_id,
-            "action_type": facts.action_type,
-            "status": facts.status,
-            "execution_result": audit_result(facts.result, mask_recipients),
-            "timestamp": facts.timestamp,
-            "user_id": facts.user_id,
-            "product": facts.product.unwrap_or("unknown"),
-            "duration_ms": facts.duration_ms,
-            "metadata": facts.metadata.cloned().unwrap_or_else(|| json!({})),
-        }
-    })
+pub fn bucket_event(facts: &ExecutionFacts<'_>, event_id: &str, mask_recipients: bool) -> BucketEvent {
+    BucketEvent {
+        requester_id: REQUESTER_ID.into(),
+        event_data: BucketEventData {
+            event_type: "workflow_execution".into(),
+            event_id: event_id.into(),
+            trace_id: facts.trace_id.into(),
+            action_type: facts.action_type.into(),
+            status: facts.status,
+            execution_result: audit_result(facts.result, mask_recipients),
+            timestamp: facts.timestamp.into(),
+            user_id: facts.user_id.map(str::to_owned),
+            product: facts.product.unwrap_or("unknown").into(),
+            duration_ms: facts.duration_ms,
+            metadata: facts.metadata.cloned().unwrap_or_else(|| json!({})),
+        },
+    }
 }
 
 /// The body for `POST {KARMA_URL}/v1/event/`.
-pub fn karma_event(facts: &ExecutionFacts<'_>, event_id: &str) -> Value {
-    let action = if facts.status == "success" { "workflow_success" } else { "workflow_failure" };
-    json!({
-        "type": "life_event",
-        "event_id": event_id,
-        "timestamp": facts.timestamp,
-        "data": {
-            "user_id": facts.user_id.unwrap_or("system"),
-            "action": action,
-            "role": "user",
-            "note": format!("Workflow execution: {}", facts.action_type),
-            "context": {
-                "trace_id": facts.trace_id,
-                "action_type": facts.action_type,
-                "source": REQUESTER_ID,
-                "event_id": event_id,
-            }
+pub fn karma_event(facts: &ExecutionFacts<'_>, event_id: &str) -> KarmaEvent {
+    let action = match facts.status {
+        ExecutionStatus::Success => "workflow_success",
+        ExecutionStatus::Failed => "workflow_failure",
+    };
+    KarmaEvent {
+        kind: "life_event".into(),
+        event_id: event_id.into(),
+        timestamp: facts.timestamp.into(),
+        data: KarmaEventData {
+            user_id: facts.user_id.unwrap_or("system").into(),
+            action: action.into(),
+            role: "user".into(),
+            note: format!("Workflow execution: {}", facts.action_type),
+            context: KarmaContext {
+                trace_id: facts.trace_id.into(),
+                action_type: facts.action_type.into(),
+                source: REQUESTER_ID.into(),
+                event_id: event_id.into(),
+            },
         },
-        "source": REQUESTER_ID,
-    })
+        source: REQUESTER_ID.into(),
+    }
 }
 
 /// Content fields never written to the audit trail.

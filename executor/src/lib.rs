@@ -10,6 +10,7 @@
 //! - [`app`]: [`Application`] builds everything, binds, serves, and shuts down in order.
 //! - [`api`]: the HTTP routes; [`api::request`] is the wire contract's schema layer,
 //!   [`api::error`] the one mapping of rejections to HTTP.
+//! - [`contract`]: the wire contract as types; `executor/contracts/` holds their JSON Schemas.
 //! - [`engine`]: idempotency, the one adapter call, and the atomic commit of answer and events.
 //! - [`adapters`]: `task` (local durable store), `whatsapp` (Cloud API), `email` (SMTP), `ai`
 //!   (OpenAI-compatible).
@@ -26,6 +27,7 @@ pub mod api;
 pub mod app;
 pub mod client;
 pub mod config;
+pub mod contract;
 pub mod delivery;
 pub mod engine;
 pub mod events;

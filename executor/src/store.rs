@@ -410,10 +410,8 @@ impl Writer {
             }
         }
         // Every handle is gone: make lazily committed acknowledgements durable before exiting.
-        if dirty {
-            if let Err(e) = self.db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?)) {
-                tracing::error!(error = %e, "final store flush failed");
-            }
+        if dirty && let Err(e) = self.db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?)) {
+            tracing::error!(error = %e, "final store flush failed");
         }
     }
 

@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::contract::{ErrorBody, ErrorInfo};
+
 /// A request the executor refuses, with everything needed to answer it.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -150,10 +152,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "detail": self.detail.unwrap_or_else(|| json!(self.message)),
-            "error": {"code": self.code, "message": self.message, "field": self.field},
-        });
+        let body = ErrorBody {
+            detail: self.detail.unwrap_or_else(|| json!(self.message)),
+            error: ErrorInfo { code: self.code.to_owned(), message: self.message, field: self.field },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

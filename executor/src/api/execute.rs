@@ -11,12 +11,12 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use tracing::Instrument;
 
 use super::error::ApiError;
 use super::request::{Parsed, parse};
 use super::{AppState, REPLAY_HEADER};
+use crate::contract::SkippedResponse;
 use crate::engine::Answer;
 
 /// The longest accepted `Idempotency-Key`.
@@ -79,9 +79,10 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
     };
     match parse(&bytes)? {
         Parsed::Skip { trace_id } => {
-            tracing::info!(%trace_id, caller, "EXECUTION_SKIPPED");
-            Ok(axum::Json(json!({"trace_id": trace_id, "status": "skipped", "reason": "decision_not_workflow"}))
-                .into_response())
+            tracing::info!(trace_id = %trace_id, caller, "EXECUTION_SKIPPED");
+            let skipped =
+                SkippedResponse { trace_id, status: "skipped".into(), reason: "decision_not_workflow".into() };
+            Ok(axum::Json(skipped).into_response())
         }
         Parsed::Execute(request) => {
             let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller);

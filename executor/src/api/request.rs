@@ -209,7 +209,7 @@ impl<'a> PayloadFields<'a> {
                             &field,
                         ));
                     }
-                    let forbidden = |c: char| c.is_control() && !(!single_line && matches!(c, '\n' | '\r' | '\t'));
+                    let forbidden = |c: char| c.is_control() && (single_line || !matches!(c, '\n' | '\r' | '\t'));
                     if s.chars().any(forbidden) {
                         return Err(ApiError::invalid(
                             "invalid_characters",
