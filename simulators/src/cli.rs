@@ -1,0 +1,582 @@
+//! The `pillar-sim` command line.
+//!
+//! - `pillar-sim up [--profile spec|as-built|<pillar>=<profile>]... [--seed N] [--no-executor]
+//!   [--data-dir DIR] [--ip ADDR]` runs the stack on the documented ports (Karma 8000, Bucket 8001,
+//!   Core 8002, executor 8003, providers 8010, SMTP 2525, control 8090), prints what runs where,
+//!   and stops cleanly on Ctrl-C or SIGTERM. Bucket reads `WORKFLOW_EVENTS_ENABLED`, Karma
+//!   `WORKFLOW_BEHAVIORAL_TRACKING`, Core `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
+//!   and `WORKFLOW_TIMEOUT`; the executor gets the fakes' URLs plus any `EXECUTOR_*`,
+//!   `WORKFLOW_TIMEOUT`, `*_TIMEOUT`, `WHATSAPP_API_VERSION`, `AI_MODEL`, `SMTP_USERNAME` and
+//!   `SMTP_PASSWORD` from the environment.
+//! - `pillar-sim fault <pillar> <kind> [--status N] [--probability P] [--retry-after S]
+//!   [--ms N | --dist D --min-ms/--max-ms/--mean-ms/--stddev-ms/--p50-ms/--p99-ms]
+//!   [--bytes-per-sec N] [--for 30s] [--count N] [--route /path] [--method POST] [--id ID]`
+//!   sets a rule; `pillar-sim fault list`, `pillar-sim fault clear [ID]`.
+//! - `pillar-sim scenario run FILE [--wait]`, `scenario list`, `scenario cancel ID`.
+//! - `pillar-sim journal [--pillar P] [--trace ID] [--limit N] [--json]`.
+//! - `pillar-sim reset`, `pillar-sim status`.
+//!
+//! Every command but `up` talks to the control API at `--control` / `PILLAR_SIM_CONTROL`
+//! (default `http://127.0.0.1:8090`); the server validates, and its errors (which name the field)
+//! are shown with the matching flag.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use crate::pillar::{Pillar, Profile};
+use crate::scenario::Scenario;
+use crate::stack::{Ports, Stack, StackError};
+
+/// The default control API address.
+pub const DEFAULT_CONTROL: &str = "http://127.0.0.1:8090";
+
+/// `pillar-sim`: fakes of the BHIV pillars with fault injection.
+#[derive(Debug, Parser)]
+#[command(name = "pillar-sim", version, about)]
+pub struct Cli {
+    /// The control API of a running simulator.
+    #[arg(long, global = true, env = "PILLAR_SIM_CONTROL", default_value = DEFAULT_CONTROL)]
+    pub control: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Karma, Bucket, Core, the providers, the SMTP sink, the executor and the control API.
+    Up(UpArgs),
+    /// Set, list or clear fault rules.
+    Fault(FaultArgs),
+    /// Run, list or cancel scenarios.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
+    /// Read the request journal.
+    Journal(JournalArgs),
+    /// Clear faults, scenarios, the journal and every fake's state.
+    Reset,
+    /// Show what runs where.
+    Status,
+}
+
+/// `pillar-sim up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// `spec` or `as-built` for Karma, Bucket and Core, or `<pillar>=<profile>` (repeatable).
+    #[arg(long = "profile", value_name = "PROFILE")]
+    pub profiles: Vec<String>,
+    /// Seed of every random fault decision.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run the fakes only (for a team's own executor on :8003).
+    #[arg(long)]
+    pub no_executor: bool,
+    /// The executor's data directory.
+    #[arg(long, default_value = "./data/executor")]
+    pub data_dir: PathBuf,
+    /// The address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: std::net::IpAddr,
+}
+
+/// `pillar-sim fault …`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct FaultArgs {
+    /// `list` or `clear`.
+    #[command(subcommand)]
+    pub action: Option<FaultAction>,
+    /// The rule to set.
+    #[command(flatten)]
+    pub rule: FaultRuleArgs,
+}
+
+/// `fault list` / `fault clear`.
+#[derive(Debug, Subcommand)]
+pub enum FaultAction {
+    /// List the active rules.
+    List,
+    /// Clear one rule, or all of them.
+    Clear {
+        /// The rule's id (all rules when absent).
+        id: Option<String>,
+    },
+}
+
+/// The flags of a fault rule (see the fault schema).
+#[derive(Debug, Args)]
+pub struct FaultRuleArgs {
+    /// karma, bucket, core, providers or smtp.
+    #[arg(required = true)]
+    pub pillar: Option<String>,
+    /// latency, http_error, refuse, blackhole, reset, slow_body, truncated_body, malformed_json.
+    #[arg(required = true)]
+    pub kind: Option<String>,
+    /// HTTP status for http_error.
+    #[arg(long)]
+    pub status: Option<u16>,
+    /// Chance that a matching request is hit (0 to 1).
+    #[arg(long)]
+    pub probability: Option<f64>,
+    /// Retry-After seconds for http_error.
+    #[arg(long)]
+    pub retry_after: Option<u64>,
+    /// Latency distribution: fixed, uniform, normal, lognormal.
+    #[arg(long)]
+    pub dist: Option<String>,
+    /// Fixed latency, ms.
+    #[arg(long)]
+    pub ms: Option<f64>,
+    /// Uniform lower bound, ms.
+    #[arg(long)]
+    pub min_ms: Option<f64>,
+    /// Uniform upper bound, ms.
+    #[arg(long)]
+    pub max_ms: Option<f64>,
+    /// Normal mean, ms.
+    #[arg(long)]
+    pub mean_ms: Option<f64>,
+    /// Normal standard deviation, ms.
+    #[arg(long)]
+    pub stddev_ms: Option<f64>,
+    /// Log-normal median, ms.
+    #[arg(long)]
+    pub p50_ms: Option<f64>,
+    /// Log-normal 99th percentile, ms.
+    #[arg(long)]
+    pub p99_ms: Option<f64>,
+    /// Body rate for slow_body.
+    #[arg(long)]
+    pub bytes_per_sec: Option<u64>,
+    /// How long the rule lasts (`30s`, `500ms`, `2m`).
+    #[arg(long = "for", value_name = "DURATION")]
+    pub lasting: Option<String>,
+    /// How many matching requests the rule lasts.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Exact path, or a prefix ending with `*`.
+    #[arg(long)]
+    pub route: Option<String>,
+    /// HTTP method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// The rule's id.
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+impl FaultRuleArgs {
+    /// The rule's JSON form (validated by the server).
+    pub fn to_json(&self) -> Value {
+        let mut rule = Map::new();
+        let mut put = |name: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                rule.insert(name.to_owned(), value);
+            }
+        };
+        put("pillar", self.pillar.clone().map(Value::from));
+        put("kind", self.kind.clone().map(Value::from));
+        put("id", self.id.clone().map(Value::from));
+        put("route", self.route.clone().map(Value::from));
+        put("method", self.method.clone().map(Value::from));
+        put("status", self.status.map(Value::from));
+        put("probability", self.probability.map(Value::from));
+        put("retry_after_s", self.retry_after.map(Value::from));
+        put("dist", self.dist.clone().map(Value::from));
+        put("ms", self.ms.map(Value::from));
+        put("min_ms", self.min_ms.map(Value::from));
+        put("max_ms", self.max_ms.map(Value::from));
+        put("mean_ms", self.mean_ms.map(Value::from));
+        put("stddev_ms", self.stddev_ms.map(Value::from));
+        put("p50_ms", self.p50_ms.map(Value::from));
+        put("p99_ms", self.p99_ms.map(Value::from));
+        put("bytes_per_sec", self.bytes_per_sec.map(Value::from));
+        put("for", self.lasting.clone().map(Value::from));
+        put("count", self.count.map(Value::from));
+        Value::Object(rule)
+    }
+}
+
+/// `pillar-sim scenario …`.
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run a scenario file.
+    Run {
+        /// The JSON scenario file.
+        file: PathBuf,
+        /// Wait until every step has run.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List scenario runs.
+    List,
+    /// Cancel a run (clearing the rules it set).
+    Cancel {
+        /// The run's id.
+        id: String,
+    },
+}
+
+/// `pillar-sim journal`.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// Only this pillar's requests.
+    #[arg(long)]
+    pub pillar: Option<String>,
+    /// Only requests with this trace id.
+    #[arg(long)]
+    pub trace: Option<String>,
+    /// At most this many (the most recent).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The control API could not be reached.
+    #[error(
+        "cannot reach the pillar-sim control API at {url} ({source}); is `pillar-sim up` running? \
+         Point PILLAR_SIM_CONTROL or --control at it"
+    )]
+    Unreachable {
+        /// The control URL.
+        url: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// The control API refused the request.
+    #[error("{0}")]
+    Rejected(String),
+    /// Bad command-line input.
+    #[error("{0}")]
+    Usage(String),
+    /// The stack failed.
+    #[error(transparent)]
+    Stack(#[from] StackError),
+}
+
+/// A client of the control API.
+struct ControlClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ControlClient {
+    fn new(base: &str) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a plain client builds");
+        Self { base: base.trim_end_matches('/').to_owned(), http }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response =
+            request.send().await.map_err(|source| CliError::Unreachable { url: self.base.clone(), source })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|source| CliError::Unreachable { url: self.base.clone(), source })?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let field = value["error"]["field"].as_str().unwrap_or("?");
+        let message = value["error"]["message"].as_str().unwrap_or("(no message)");
+        let flag = flag_for(field).map(|f| format!(" (set with {f})")).unwrap_or_default();
+        Err(CliError::Rejected(format!("the simulator refused this ({status}): {field}: {message}{flag}")))
+    }
+}
+
+/// The command-line flag that sets a rule field, if there is one.
+fn flag_for(field: &str) -> Option<String> {
+    match field {
+        "pillar" | "kind" => Some(format!("the <{}> argument", field.to_uppercase())),
+        "for" => Some("--for".into()),
+        "retry_after_s" => Some("--retry-after".into()),
+        "status" | "probability" | "dist" | "ms" | "min_ms" | "max_ms" | "mean_ms" | "stddev_ms" | "p50_ms"
+        | "p99_ms" | "bytes_per_sec" | "count" | "route" | "method" | "id" => {
+            Some(format!("--{}", field.replace('_', "-")))
+        }
+        _ => None,
+    }
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let control = ControlClient::new(&cli.control);
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Fault(FaultArgs { action: Some(FaultAction::List), .. }) => {
+            let rules = control.call(reqwest::Method::GET, "/faults", None).await?;
+            let list = rules["rules"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no active fault rules");
+            }
+            for rule in list {
+                println!(
+                    "{:<28} {:<60} matched {:>5}  hit {:>5}{}",
+                    rule["id"].as_str().unwrap_or_default(),
+                    rule["rule"].to_string(),
+                    rule["matched"],
+                    rule["hit"],
+                    rule["expires_in_ms"]
+                        .as_u64()
+                        .map(|ms| format!("  ends in {:.1}s", ms as f64 / 1000.0))
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(())
+        }
+        Command::Fault(FaultArgs { action: Some(FaultAction::Clear { id }), .. }) => {
+            let path = id.map_or_else(|| "/faults".to_owned(), |id| format!("/faults/{id}"));
+            let cleared = control.call(reqwest::Method::DELETE, &path, None).await?;
+            println!("cleared {}", cleared["cleared"]);
+            Ok(())
+        }
+        Command::Fault(FaultArgs { action: None, rule }) => {
+            let status = control.call(reqwest::Method::POST, "/faults", Some(&rule.to_json())).await?;
+            println!("set {}: {}", status["id"].as_str().unwrap_or_default(), status["rule"]);
+            Ok(())
+        }
+        Command::Scenario(ScenarioCommand::Run { file, wait }) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("{} is not valid JSON: {e}", file.display())))?;
+            Scenario::from_json(&value).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+            let status = control.call(reqwest::Method::POST, "/scenarios", Some(&value)).await?;
+            let id = status["id"].as_str().unwrap_or_default().to_owned();
+            println!("started {id}: {} steps over {} ms", status["steps"], status["duration_ms"]);
+            while wait {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let now = control.call(reqwest::Method::GET, &format!("/scenarios/{id}"), None).await?;
+                if now["finished"] == true || now["cancelled"] == true {
+                    println!(
+                        "{id}: {} of {} steps run{}",
+                        now["steps_done"],
+                        now["steps"],
+                        if now["cancelled"] == true { " (cancelled)" } else { "" }
+                    );
+                    break;
+                }
+            }
+            Ok(())
+        }
+        Command::Scenario(ScenarioCommand::List) => {
+            print_json(&control.call(reqwest::Method::GET, "/scenarios", None).await?);
+            Ok(())
+        }
+        Command::Scenario(ScenarioCommand::Cancel { id }) => {
+            print_json(&control.call(reqwest::Method::DELETE, &format!("/scenarios/{id}"), None).await?);
+            Ok(())
+        }
+        Command::Journal(args) => journal(&control, args).await,
+        Command::Reset => {
+            control.call(reqwest::Method::POST, "/reset", None).await?;
+            println!("reset");
+            Ok(())
+        }
+        Command::Status => {
+            print_json(&control.call(reqwest::Method::GET, "/", None).await?);
+            Ok(())
+        }
+    }
+}
+
+async fn journal(control: &ControlClient, args: JournalArgs) -> Result<(), CliError> {
+    let mut query = vec![format!("limit={}", args.limit)];
+    if let Some(pillar) = &args.pillar {
+        query.push(format!("pillar={pillar}"));
+    }
+    if let Some(trace) = &args.trace {
+        query.push(format!(
+            "trace_id={}",
+            trace.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "")
+        ));
+    }
+    let answer = control.call(reqwest::Method::GET, &format!("/journal?{}", query.join("&")), None).await?;
+    if args.json {
+        print_json(&answer);
+        return Ok(());
+    }
+    for entry in answer["entries"].as_array().cloned().unwrap_or_default() {
+        let faults: Vec<String> = entry["faults"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["hit"] == true)
+            .map(|f| f["kind"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        println!(
+            "{:>6} {:<9} {:<6} {:<40} {:<5} {:>8.1}ms trace={} {}",
+            entry["seq"],
+            entry["pillar"].as_str().unwrap_or_default(),
+            entry["method"].as_str().unwrap_or_default(),
+            entry["path"].as_str().unwrap_or_default(),
+            entry["status"]
+                .as_u64()
+                .map_or_else(|| entry["outcome"].as_str().unwrap_or_default().to_owned(), |s| s.to_string()),
+            entry["duration_ms"].as_f64().unwrap_or_default(),
+            entry["trace_id"].as_str().unwrap_or("-"),
+            if faults.is_empty() { String::new() } else { format!("faults={}", faults.join(",")) },
+        );
+    }
+    Ok(())
+}
+
+/// Reads `--profile` values: `spec`, `as-built`, or `<pillar>=<profile>`.
+pub fn parse_profiles(values: &[String]) -> Result<Vec<(Pillar, Profile)>, CliError> {
+    let mut out = Vec::new();
+    for value in values {
+        let usage = |e: crate::pillar::UnknownName| CliError::Usage(format!("--profile {value}: {e}"));
+        match value.split_once('=') {
+            None => {
+                let profile: Profile = value.parse().map_err(usage)?;
+                out.extend(Pillar::ALL.into_iter().filter(|p| p.has_profiles()).map(|p| (p, profile)));
+            }
+            Some((pillar, profile)) => {
+                let pillar: Pillar = pillar.parse().map_err(usage)?;
+                let profile: Profile = profile.parse().map_err(usage)?;
+                if !pillar.has_profiles() && profile == Profile::AsBuilt {
+                    return Err(CliError::Usage(format!("--profile {value}: {pillar} has no as-built profile")));
+                }
+                out.push((pillar, profile));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn env_flag(name: &str) -> Result<Option<bool>, CliError> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(Some(true)),
+        Ok(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(Some(false)),
+        Ok(v) => Err(CliError::Usage(format!("{name}={v}: expected true or false"))),
+    }
+}
+
+/// Whether an environment variable is passed to the executor by `up`.
+fn executor_passthrough(name: &str) -> bool {
+    name.starts_with("EXECUTOR_")
+        || name.ends_with("_TIMEOUT")
+        || matches!(name, "WHATSAPP_API_VERSION" | "AI_MODEL" | "SMTP_USERNAME" | "SMTP_PASSWORD")
+}
+
+async fn up(args: UpArgs) -> Result<(), CliError> {
+    let mut builder = Stack::builder()
+        .seed(args.seed)
+        .ip(args.ip)
+        .ports(Ports::standard())
+        .executor(!args.no_executor)
+        .executor_data_dir(args.data_dir.clone());
+    for (pillar, profile) in parse_profiles(&args.profiles)? {
+        builder = builder.profile(pillar, profile);
+    }
+    if let Some(enabled) = env_flag("WORKFLOW_EVENTS_ENABLED")? {
+        builder = builder.workflow_events_enabled(enabled);
+    }
+    if let Some(enabled) = env_flag("WORKFLOW_BEHAVIORAL_TRACKING")? {
+        builder = builder.behavioral_tracking(enabled);
+    }
+    for name in ["ENABLE_WORKFLOW_EXECUTION", "WORKFLOW_EXECUTOR_URL", "WORKFLOW_TIMEOUT", "WORKFLOW_EXECUTOR_TOKEN"] {
+        if let Ok(value) = std::env::var(name) {
+            builder = builder.core_env(name, value);
+        }
+    }
+    for (name, value) in std::env::vars().filter(|(n, _)| executor_passthrough(n)) {
+        builder = builder.executor_env(name, value);
+    }
+    let stack = builder.start().await?;
+    println!("pillar-sim is up (seed {})", stack.seed());
+    for pillar in [Pillar::Karma, Pillar::Bucket, Pillar::Core] {
+        println!("  {:<10} {:<28} profile {}", pillar.as_str(), stack.url(pillar), stack.profile(pillar));
+    }
+    match stack.executor_url() {
+        Some(url) => println!("  {:<10} {url:<28} data {}", "executor", args.data_dir.display()),
+        None => println!("  {:<10} {:<28} (not started: --no-executor)", "executor", "-"),
+    }
+    println!(
+        "  {:<10} {:<28} WhatsApp /{{version}}/{{phone_number_id}}/messages, AI /v1/chat/completions",
+        "providers",
+        stack.providers_url()
+    );
+    println!("  {:<10} {:<28} plain SMTP (SMTP_TLS=none)", "smtp", stack.url(Pillar::Smtp));
+    println!("  {:<10} {:<28} PILLAR_SIM_CONTROL", "control", stack.control_url().unwrap_or_default());
+    println!("Ctrl-C to stop.");
+    shutdown_signal().await;
+    println!("stopping…");
+    stack.stop().await;
+    println!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_parse_globally_and_per_pillar() {
+        let parsed = parse_profiles(&["as-built".into(), "core=spec".into()]).unwrap();
+        assert_eq!(parsed.len(), 4);
+        assert_eq!(parsed[3], (Pillar::Core, Profile::Spec));
+        assert!(parse_profiles(&["smtp=as-built".into()]).is_err());
+        assert!(parse_profiles(&["karma=fancy".into()]).unwrap_err().to_string().contains("fancy"));
+    }
+
+    #[test]
+    fn fault_flags_become_the_rule_schema() {
+        let cli = Cli::parse_from([
+            "pillar-sim",
+            "fault",
+            "bucket",
+            "http_error",
+            "--status",
+            "503",
+            "--for",
+            "30s",
+            "--route",
+            "/core/*",
+        ]);
+        let Command::Fault(FaultArgs { action: None, rule }) = cli.command else { panic!("a rule") };
+        let rule = crate::FaultRule::from_json(&rule.to_json()).expect("valid rule");
+        assert_eq!(rule.lasting, Some(Duration::from_secs(30)));
+        let list = Cli::parse_from(["pillar-sim", "fault", "list"]);
+        assert!(matches!(list.command, Command::Fault(FaultArgs { action: Some(FaultAction::List), .. })));
+        assert_eq!(flag_for("retry_after_s").as_deref(), Some("--retry-after"));
+    }
+}

@@ -1,0 +1,305 @@
+//! The control API (:8090): drives a running stack at run time. It listens on its own port with
+//! no faults applied, so a refused or blackholed pillar never takes control down.
+//!
+//! | route | body | answer |
+//! |---|---|---|
+//! | `GET /health` | | `{"status": "ok"}` |
+//! | `GET /` | | `{seed, pillars: {<pillar>: {url, profile}}, executor, toggles}` |
+//! | `GET /faults` | | `{"rules": [RuleStatus]}` |
+//! | `POST /faults` | a fault rule ([`crate::fault`]) | 201 `RuleStatus` |
+//! | `DELETE /faults` | | `{"cleared": n}` |
+//! | `DELETE /faults/{id}` | | `{"cleared": 1}`, 404 when unknown |
+//! | `POST /scenarios` | a scenario ([`crate::scenario`]) | 202 `ScenarioStatus` (it runs in the background) |
+//! | `GET /scenarios`, `GET /scenarios/{id}` | | `{"scenarios": [ScenarioStatus]}` / one |
+//! | `DELETE /scenarios/{id}` | | cancels it (clearing its rules); its status |
+//! | `GET /journal?pillar&trace_id&after_seq&limit` | | `{"entries": [JournalEntry], "count"}` |
+//! | `DELETE /journal` | | `{"cleared": true}` |
+//! | `POST /reset` | | clears faults, scenarios, journal and every fake's state |
+//! | `GET /profiles`, `PUT /profiles/{pillar}` | `{"profile": "spec"\|"as-built"}` | the profiles |
+//! | `PATCH /toggles` | `{"workflow_events_enabled"?: bool, "behavioral_tracking"?: bool}` | the toggles |
+//! | `GET /bucket/events`, `GET /bucket/verify` | | Bucket's stored events / chain report |
+//! | `GET /karma/users/{id}`, `GET /karma/qtable` | | a Karma user (404 when unknown) / the Q-table |
+//! | `GET /smtp/messages`, `GET /providers/whatsapp`, `GET /providers/chat` | | what the sinks received |
+//! | `GET /metrics` | | Prometheus text |
+//!
+//! Every rejection is `{"error": {"field", "message"}}`: 400 when the body is not JSON, 422 when
+//! a value is wrong (the field is named by its path, e.g. `steps[1].fault.status`), 404 for
+//! unknown ids and routes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use serde_json::{Value, json};
+
+use crate::fault::FaultRule;
+use crate::journal::JournalQuery;
+use crate::pillar::{Pillar, Profile};
+use crate::scenario::Scenario;
+use crate::schema::{Fields, SpecError};
+use crate::stack::Shared;
+use crate::wire;
+
+type Control = State<Arc<Shared>>;
+
+/// The control API's routes over a stack.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { wire::json_response(StatusCode::OK, &json!({"status": "ok"})) }))
+        .route("/", get(info))
+        .route("/faults", get(list_faults).post(set_fault).delete(clear_faults))
+        .route("/faults/{id}", delete(clear_fault))
+        .route("/scenarios", get(list_scenarios).post(run_scenario))
+        .route("/scenarios/{id}", get(get_scenario).delete(cancel_scenario))
+        .route("/journal", get(read_journal).delete(clear_journal))
+        .route("/reset", post(reset))
+        .route("/profiles", get(profiles))
+        .route("/profiles/{pillar}", put(set_profile))
+        .route("/toggles", axum::routing::patch(set_toggles))
+        .route("/bucket/events", get(|State(s): Control| async move { ok(&json!({"events": s.bucket.events()})) }))
+        .route("/bucket/verify", get(|State(s): Control| async move { ok(&json!(s.bucket.verify_chain())) }))
+        .route("/karma/users/{id}", get(karma_user))
+        .route("/karma/qtable", get(|State(s): Control| async move { ok(&json!(s.karma.q_table())) }))
+        .route("/smtp/messages", get(|State(s): Control| async move { ok(&json!({"messages": s.smtp.messages()})) }))
+        .route(
+            "/providers/whatsapp",
+            get(|State(s): Control| async move { ok(&json!({"messages": s.providers.whatsapp_messages()})) }),
+        )
+        .route(
+            "/providers/chat",
+            get(|State(s): Control| async move { ok(&json!({"requests": s.providers.chat_requests()})) }),
+        )
+        .route("/metrics", get(metrics))
+        .fallback(|| async { rejected(StatusCode::NOT_FOUND, &SpecError::new("path", "no such control route")) })
+        .method_not_allowed_fallback(|| async {
+            rejected(StatusCode::METHOD_NOT_ALLOWED, &SpecError::new("method", "this route does not take that method"))
+        })
+        .with_state(shared)
+}
+
+fn ok(body: &Value) -> Response {
+    wire::json_response(StatusCode::OK, body)
+}
+
+fn rejected(status: StatusCode, error: &SpecError) -> Response {
+    wire::json_response(status, &json!({"error": {"field": error.field, "message": error.message}}))
+}
+
+/// Parses a JSON body, or answers 400 naming the problem.
+fn json_body(bytes: &Bytes) -> Result<Value, Response> {
+    if bytes.is_empty() {
+        return Err(rejected(StatusCode::BAD_REQUEST, &SpecError::new("body", "a JSON body is required")));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| rejected(StatusCode::BAD_REQUEST, &SpecError::new("body", format!("not valid JSON: {e}"))))
+}
+
+fn parse_pillar(field: &str, raw: &str) -> Result<Pillar, Response> {
+    raw.parse().map_err(|e: crate::pillar::UnknownName| {
+        rejected(StatusCode::UNPROCESSABLE_ENTITY, &SpecError::new(field, e.to_string()))
+    })
+}
+
+fn profiles_json(shared: &Shared) -> Value {
+    Pillar::ALL.iter().map(|p| (p.as_str().to_owned(), json!(shared.profile(*p).as_str()))).collect()
+}
+
+fn toggles_json(shared: &Shared) -> Value {
+    json!({"workflow_events_enabled": shared.bucket.workflow_events_enabled(),
+        "behavioral_tracking": shared.karma.behavioral_tracking(),
+        "core_dispatch_enabled": shared.core.dispatch_enabled()})
+}
+
+async fn info(State(shared): Control) -> Response {
+    let pillars: serde_json::Map<String, Value> = Pillar::ALL
+        .iter()
+        .map(|p| (p.as_str().to_owned(), json!({"url": shared.url(*p), "profile": shared.profile(*p).as_str()})))
+        .collect();
+    ok(&json!({
+        "seed": shared.sim.seed,
+        "pillars": pillars,
+        "executor": shared.executor_addr().map(|a| format!("http://{a}")),
+        "toggles": toggles_json(&shared),
+    }))
+}
+
+async fn list_faults(State(shared): Control) -> Response {
+    ok(&json!({"rules": shared.sim.faults.list()}))
+}
+
+async fn set_fault(State(shared): Control, body: Bytes) -> Response {
+    let value = match json_body(&body) {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    match FaultRule::from_json(&value).and_then(|rule| shared.sim.faults.set(rule)) {
+        Ok(status) => wire::json_response(StatusCode::CREATED, &json!(status)),
+        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    }
+}
+
+async fn clear_faults(State(shared): Control) -> Response {
+    ok(&json!({"cleared": shared.sim.faults.clear_all()}))
+}
+
+async fn clear_fault(State(shared): Control, Path(id): Path<String>) -> Response {
+    if shared.sim.faults.clear(&id) {
+        ok(&json!({"cleared": 1}))
+    } else {
+        rejected(StatusCode::NOT_FOUND, &SpecError::new("id", format!("no fault rule with id `{id}`")))
+    }
+}
+
+async fn run_scenario(State(shared): Control, body: Bytes) -> Response {
+    let value = match json_body(&body) {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    match Scenario::from_json(&value) {
+        Ok(scenario) => {
+            let status = shared.scenarios.start(shared.sim.clone(), scenario, &shared.shutdown);
+            wire::json_response(StatusCode::ACCEPTED, &json!(status))
+        }
+        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    }
+}
+
+async fn list_scenarios(State(shared): Control) -> Response {
+    ok(&json!({"scenarios": shared.scenarios.list()}))
+}
+
+fn unknown_scenario(id: &str) -> Response {
+    rejected(StatusCode::NOT_FOUND, &SpecError::new("id", format!("no scenario run with id `{id}`")))
+}
+
+async fn get_scenario(State(shared): Control, Path(id): Path<String>) -> Response {
+    match shared.scenarios.get(&id) {
+        Some(run) => ok(&json!(run.status())),
+        None => unknown_scenario(&id),
+    }
+}
+
+async fn cancel_scenario(State(shared): Control, Path(id): Path<String>) -> Response {
+    match shared.scenarios.get(&id) {
+        Some(run) => {
+            run.cancel(&shared.sim);
+            ok(&json!(run.status()))
+        }
+        None => unknown_scenario(&id),
+    }
+}
+
+async fn read_journal(State(shared): Control, Query(query): Query<HashMap<String, String>>) -> Response {
+    let mut journal_query = JournalQuery::default();
+    for (key, raw) in &query {
+        let number = |field: &str| {
+            raw.parse::<u64>().map_err(|_| {
+                rejected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &SpecError::new(field, format!("expected a whole number, got `{raw}`")),
+                )
+            })
+        };
+        let parsed = match key.as_str() {
+            "pillar" => parse_pillar("pillar", raw).map(|p| journal_query.pillar = Some(p)),
+            "trace_id" | "trace" => {
+                journal_query.trace_id = Some(raw.clone());
+                Ok(())
+            }
+            "limit" => number("limit").map(|n| journal_query.limit = Some(n as usize)),
+            "after_seq" => number("after_seq").map(|n| journal_query.after_seq = Some(n)),
+            other => Err(rejected(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &SpecError::new(other, "unknown query parameter; use pillar, trace_id, after_seq or limit"),
+            )),
+        };
+        if let Err(response) = parsed {
+            return response;
+        }
+    }
+    let entries = shared.sim.journal.query(&journal_query);
+    ok(&json!({"count": entries.len(), "entries": entries}))
+}
+
+async fn clear_journal(State(shared): Control) -> Response {
+    shared.sim.journal.clear();
+    ok(&json!({"cleared": true}))
+}
+
+async fn reset(State(shared): Control) -> Response {
+    shared.reset();
+    ok(&json!({"reset": true}))
+}
+
+async fn profiles(State(shared): Control) -> Response {
+    ok(&profiles_json(&shared))
+}
+
+async fn set_profile(State(shared): Control, Path(pillar): Path<String>, body: Bytes) -> Response {
+    let pillar = match parse_pillar("pillar", &pillar) {
+        Ok(pillar) => pillar,
+        Err(response) => return response,
+    };
+    let value = match json_body(&body) {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    let profile = Fields::of(&value).and_then(|mut f| {
+        let raw = f.str("profile")?;
+        let profile: Profile =
+            raw.parse().map_err(|e: crate::pillar::UnknownName| SpecError::new("profile", e.to_string()))?;
+        f.finish("a profile change")?;
+        Ok(profile)
+    });
+    match profile.map(|p| shared.set_profile(pillar, p)) {
+        Ok(Ok(())) => ok(&profiles_json(&shared)),
+        Ok(Err(error)) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &SpecError::new("profile", error.to_string())),
+        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    }
+}
+
+async fn set_toggles(State(shared): Control, body: Bytes) -> Response {
+    let value = match json_body(&body) {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    let parsed = Fields::of(&value).and_then(|mut f| {
+        let flag = |v: Option<&Value>, name: &str| match v {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(SpecError::new(name, "expected true or false")),
+        };
+        let events = flag(f.opt_value("workflow_events_enabled"), "workflow_events_enabled")?;
+        let tracking = flag(f.opt_value("behavioral_tracking"), "behavioral_tracking")?;
+        f.finish("the toggles")?;
+        Ok((events, tracking))
+    });
+    match parsed {
+        Ok((events, tracking)) => {
+            if let Some(enabled) = events {
+                shared.bucket.set_workflow_events_enabled(enabled);
+            }
+            if let Some(enabled) = tracking {
+                shared.karma.set_behavioral_tracking(enabled);
+            }
+            ok(&toggles_json(&shared))
+        }
+        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    }
+}
+
+async fn karma_user(State(shared): Control, Path(id): Path<String>) -> Response {
+    match shared.karma.user(&id) {
+        Some(user) => ok(&json!(user)),
+        None => rejected(StatusCode::NOT_FOUND, &SpecError::new("id", format!("Karma has no user `{id}`"))),
+    }
+}
+
+async fn metrics(State(shared): Control) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.sim.metrics.render()).into_response()
+}

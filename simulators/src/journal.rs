@@ -1,0 +1,359 @@
+//! The request journal: what every fake received, what it answered and which faults it applied.
+//!
+//! A bounded ring buffer (oldest entries fall off) behind a `std::sync::Mutex` held only to push
+//! or copy. Bodies are kept as the raw bytes the fake read (a cheap reference-counted slice, cut
+//! at [`BODY_LIMIT`]) and parsed into JSON only when someone reads the journal, so recording
+//! costs the hot path almost nothing. Secrets never enter it: of `Authorization` only the scheme
+//! is kept. Readers can wait for an entry without polling: every push wakes them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::injector::AppliedFault;
+use crate::pillar::Pillar;
+
+/// The most body bytes an entry keeps.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// The default number of entries kept.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An answer was sent (see `status`).
+    Answered,
+    /// The request was read and never answered (a blackhole fault).
+    Blackholed,
+    /// The connection was reset (a reset fault).
+    Reset,
+}
+
+/// One journaled request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JournalEntry {
+    /// Position in the journal, increasing from 1 across all pillars.
+    pub seq: u64,
+    /// Which fake received it.
+    pub pillar: Pillar,
+    /// HTTP method (`DATA` for an SMTP message).
+    pub method: String,
+    /// Path and query (the first recipient for an SMTP message).
+    pub path: String,
+    /// `X-Trace-Id`, else the trace id the fake found in the body (Core: the task id it minted).
+    pub trace_id: Option<String>,
+    /// `x-trace-id`, `traceparent`, `idempotency-key`, `content-type` and the scheme of
+    /// `authorization` (never its secret).
+    pub headers: BTreeMap<String, String>,
+    /// The body: JSON when it parses, else text; `null` when empty.
+    pub body: Value,
+    /// Whether the body was longer than [`BODY_LIMIT`] and was cut.
+    pub body_truncated: bool,
+    /// The status sent (the SMTP reply code for the sink); none when no answer was sent.
+    pub status: Option<u16>,
+    /// How the request ended.
+    pub outcome: Outcome,
+    /// Every rule that matched, with its draws, whether or not it hit.
+    pub faults: Vec<AppliedFault>,
+    /// When the request arrived (RFC 3339, UTC).
+    pub received_at: String,
+    /// From arrival to the answer's head (or to the fault that ended it), milliseconds.
+    pub duration_ms: f64,
+}
+
+/// What a fake hands the journal; the journal assigns `seq`.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub pillar: Pillar,
+    pub method: String,
+    pub path: String,
+    pub trace_id: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub body: Bytes,
+    pub body_truncated: bool,
+    pub status: Option<u16>,
+    pub outcome: Outcome,
+    pub faults: Vec<AppliedFault>,
+    pub received_at: String,
+    pub duration: Duration,
+}
+
+impl Record {
+    fn entry(&self, seq: u64) -> JournalEntry {
+        let body = if self.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&self.body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&self.body).into_owned()))
+        };
+        JournalEntry {
+            seq,
+            pillar: self.pillar,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            trace_id: self.trace_id.clone(),
+            headers: self.headers.clone(),
+            body,
+            body_truncated: self.body_truncated,
+            status: self.status,
+            outcome: self.outcome,
+            faults: self.faults.clone(),
+            received_at: self.received_at.clone(),
+            duration_ms: self.duration.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// The headers an entry keeps.
+pub(crate) fn selected_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for name in ["x-trace-id", "traceparent", "idempotency-key", "content-type"] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            out.insert(name.to_owned(), v.to_owned());
+        }
+    }
+    if let Some(auth) = headers.get("authorization") {
+        let scheme = auth.to_str().ok().and_then(|v| v.split_whitespace().next()).unwrap_or("");
+        out.insert("authorization".to_owned(), format!("{scheme} [redacted]").trim_start().to_owned());
+    }
+    out
+}
+
+/// A trace id named in a JSON body: `trace_id`, `event_data.trace_id` (Bucket events) or
+/// `data.context.trace_id` (Karma events).
+pub(crate) fn trace_from_body(body: &[u8]) -> Option<String> {
+    if body.first() != Some(&b'{') {
+        return None;
+    }
+    let value: Value = serde_json::from_slice(body).ok()?;
+    trace_from_value(&value)
+}
+
+/// The same lookup on a parsed body.
+pub(crate) fn trace_from_value(value: &Value) -> Option<String> {
+    ["/trace_id", "/event_data/trace_id", "/data/context/trace_id"]
+        .iter()
+        .find_map(|p| value.pointer(p).and_then(Value::as_str))
+        .map(str::to_owned)
+}
+
+/// Which entries to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalQuery {
+    /// Only this pillar's requests.
+    pub pillar: Option<Pillar>,
+    /// Only requests carrying this trace id.
+    pub trace_id: Option<String>,
+    /// Only entries after this sequence number.
+    pub after_seq: Option<u64>,
+    /// At most this many (the most recent ones).
+    pub limit: Option<usize>,
+}
+
+impl JournalQuery {
+    /// Every entry.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only `pillar`'s entries.
+    pub fn pillar(mut self, pillar: Pillar) -> Self {
+        self.pillar = Some(pillar);
+        self
+    }
+
+    /// Only entries with this trace id.
+    pub fn trace(mut self, trace_id: impl Into<String>) -> Self {
+        self.trace_id = Some(trace_id.into());
+        self
+    }
+
+    /// At most the `n` most recent entries.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    fn matches(&self, seq: u64, record: &Record) -> bool {
+        self.pillar.is_none_or(|p| p == record.pillar)
+            && self.after_seq.is_none_or(|s| seq > s)
+            && self.trace_id.as_deref().is_none_or(|t| record.trace_id.as_deref() == Some(t))
+    }
+}
+
+/// The journal of one stack. Read it through [`crate::Stack::journal`].
+#[derive(Debug)]
+pub struct Journal {
+    records: Mutex<(u64, VecDeque<(u64, Record)>)>,
+    capacity: usize,
+    pushed: Notify,
+}
+
+impl Journal {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self { records: Mutex::new((0, VecDeque::new())), capacity: capacity.max(1), pushed: Notify::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<(u64, Record)>)> {
+        self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn push(&self, record: Record) {
+        {
+            let mut guard = self.lock();
+            let (last, records) = &mut *guard;
+            *last += 1;
+            if records.len() == self.capacity {
+                records.pop_front();
+            }
+            records.push_back((*last, record));
+        }
+        self.pushed.notify_waiters();
+    }
+
+    /// The entries a query selects, oldest first.
+    pub fn query(&self, query: &JournalQuery) -> Vec<JournalEntry> {
+        let guard = self.lock();
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let mut picked: Vec<JournalEntry> = guard
+            .1
+            .iter()
+            .rev()
+            .filter(|(seq, r)| query.matches(*seq, r))
+            .take(limit)
+            .map(|(seq, r)| r.entry(*seq))
+            .collect();
+        picked.reverse();
+        picked
+    }
+
+    /// Every entry kept, oldest first.
+    pub fn entries(&self) -> Vec<JournalEntry> {
+        self.query(&JournalQuery::all())
+    }
+
+    /// The entries carrying `trace_id`, oldest first.
+    pub fn for_trace(&self, trace_id: &str) -> Vec<JournalEntry> {
+        self.query(&JournalQuery::all().trace(trace_id))
+    }
+
+    /// How many entries are kept.
+    pub fn len(&self) -> usize {
+        self.lock().1.len()
+    }
+
+    /// Whether the journal is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The most entries kept before the oldest fall off.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every entry (sequence numbers keep increasing).
+    pub fn clear(&self) {
+        self.lock().1.clear();
+    }
+
+    /// Waits until an entry satisfies `predicate` (checking those already there first), for at
+    /// most `timeout`; returns the first such entry.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&JournalEntry) -> bool,
+    ) -> Option<JournalEntry> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut checked = 0;
+        loop {
+            let notified = self.pushed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let fresh = self.query(&JournalQuery { after_seq: Some(checked), ..JournalQuery::default() });
+            if let Some(found) = fresh.iter().find(|e| predicate(e)) {
+                return Some(found.clone());
+            }
+            checked = fresh.last().map_or(checked, |e| e.seq);
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(pillar: Pillar, trace: Option<&str>, body: &'static [u8]) -> Record {
+        Record {
+            pillar,
+            method: "POST".into(),
+            path: "/x".into(),
+            trace_id: trace.map(str::to_owned),
+            headers: BTreeMap::new(),
+            body: Bytes::from_static(body),
+            body_truncated: false,
+            status: Some(200),
+            outcome: Outcome::Answered,
+            faults: Vec::new(),
+            received_at: "2026-01-01T00:00:00Z".into(),
+            duration: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn ring_keeps_the_newest_and_queries_filter() {
+        let journal = Journal::new(3);
+        journal.push(record(Pillar::Karma, Some("a"), b""));
+        journal.push(record(Pillar::Bucket, Some("a"), b"{\"k\":1}"));
+        journal.push(record(Pillar::Bucket, Some("b"), b"not json"));
+        journal.push(record(Pillar::Core, None, b""));
+        let all = journal.entries();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        assert_eq!(all[0].body, serde_json::json!({"k": 1}));
+        assert_eq!(all[1].body, "not json");
+        assert_eq!(journal.query(&JournalQuery::all().pillar(Pillar::Bucket).limit(1))[0].seq, 3);
+        assert_eq!(journal.for_trace("a").len(), 1);
+    }
+
+    #[test]
+    fn authorization_keeps_only_its_scheme() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer s3cr3t".parse().unwrap());
+        headers.insert("x-trace-id", "t-1".parse().unwrap());
+        let kept = selected_headers(&headers);
+        assert_eq!(kept["authorization"], "Bearer [redacted]");
+        assert_eq!(kept["x-trace-id"], "t-1");
+    }
+
+    #[test]
+    fn trace_ids_are_found_in_pillar_bodies() {
+        assert_eq!(trace_from_body(br#"{"event_data":{"trace_id":"t-9"}}"#).as_deref(), Some("t-9"));
+        assert_eq!(trace_from_body(br#"{"data":{"context":{"trace_id":"t-8"}}}"#).as_deref(), Some("t-8"));
+        assert_eq!(trace_from_body(b"[1]"), None);
+    }
+
+    #[tokio::test]
+    async fn waiting_wakes_on_push() {
+        let journal = std::sync::Arc::new(Journal::new(10));
+        let writer = journal.clone();
+        let handle = tokio::spawn(async move {
+            writer.push(record(Pillar::Karma, Some("x"), b""));
+            writer.push(record(Pillar::Karma, Some("wanted"), b""));
+        });
+        let found = journal.wait_for(Duration::from_secs(5), |e| e.trace_id.as_deref() == Some("wanted")).await;
+        handle.await.unwrap();
+        assert_eq!(found.map(|e| e.seq), Some(2));
+        assert!(journal.wait_for(Duration::from_millis(10), |_| false).await.is_none());
+    }
+}

@@ -1,0 +1,101 @@
+//! # pillar-sim: the BHIV pillars, faked faithfully and broken on purpose
+//!
+//! Karma, Bucket and Core (each an independent model of the real service's contract, in a
+//! `spec` and an `as-built` profile), the providers the executor's adapters call (WhatsApp Cloud
+//! API, an OpenAI-compatible endpoint, an SMTP sink), seeded fault injection down to the TCP
+//! level, a request journal, Prometheus metrics and a control API — as a library for tests and
+//! as the `pillar-sim` binary for people.
+//!
+//! ## A stack in a test
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use pillar_sim::{Fault, FaultRule, JournalQuery, Pillar, Profile, Stack};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Karma, Bucket, Core, providers, SMTP sink, executor and control API on 127.0.0.1:0.
+//! let stack = Stack::builder()
+//!     .seed(7)
+//!     .profile(Pillar::Karma, Profile::AsBuilt)
+//!     .executor(true)
+//!     .executor_env("WORKFLOW_TIMEOUT", "2.0")
+//!     .start()
+//!     .await?;
+//!
+//! // Break Bucket: 30 % of writes fail with 503 for the next 20 s.
+//! stack.faults().set(
+//!     FaultRule::new(Pillar::Bucket, Fault::http_error(503))
+//!         .route("/core/write-event")
+//!         .probability(0.3)
+//!         .lasting(Duration::from_secs(20)),
+//! )?;
+//!
+//! // Ask Core for a task; it dispatches to the executor with the task id as trace id.
+//! let answer: serde_json::Value = reqwest::Client::new()
+//!     .post(format!("{}/handle_task", stack.core_url()))
+//!     .json(&serde_json::json!({"agent": "edumentor_agent", "input": "Remind me: call the bank"}))
+//!     .send().await?.json().await?;
+//! let trace = answer["task_id"].as_str().unwrap();
+//!
+//! // Wait until the executor's audit event reached Bucket, then read what happened.
+//! stack.journal()
+//!     .wait_for(Duration::from_secs(10), |e| e.pillar == Pillar::Bucket && e.trace_id.as_deref() == Some(trace))
+//!     .await;
+//! let events = stack.bucket().events_for_trace(trace);
+//! assert!(stack.bucket().verify_chain().valid);
+//! let calls = stack.journal().query(&JournalQuery::all().trace(trace));
+//! let karma_user = stack.karma().user("system");
+//! let mails = stack.smtp().messages();
+//! # let _ = (events, calls, karma_user, mails);
+//! stack.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The executor can be stopped and started again on the same port and data directory
+//! ([`Stack::stop_executor`], [`Stack::start_executor`]); [`Stack::reset`] clears every fake's
+//! state between scenarios; dropping the stack stops everything.
+//!
+//! ## Layout
+//!
+//! - [`pillar`]: [`Pillar`] and [`Profile`], the names everything is keyed by.
+//! - [`fault`]: the one fault-rule schema ([`FaultRule`], [`Fault`], [`Latency`]) shared by the
+//!   control API, the CLI, scenario files and Rust; [`schema`] is its strict JSON reader.
+//! - `injector`: the live rule set and each request's seeded decision ([`RuleStatus`],
+//!   [`AppliedFault`]); `rng`: splitmix64 draws keyed by (seed, rule, match index).
+//! - `listener`: per-connection serving, so `refuse` really closes the port and `reset` really
+//!   sends RST; `middleware`: the HTTP layer that applies faults and journals each request.
+//! - [`bucket`], [`karma`], [`core`], [`providers`], [`smtp`]: the fakes (each module documents
+//!   its routes, rules and profile differences).
+//! - [`journal`]: the bounded request journal; `metrics`: the Prometheus registry.
+//! - [`scenario`]: timelines of fault rules; `control`: the control API (routes in its docs).
+//! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
+//!   commands (`up`, `fault`, `scenario`, `journal`).
+
+pub mod bucket;
+pub mod cli;
+mod control;
+pub mod core;
+pub mod fault;
+mod injector;
+pub mod journal;
+pub mod karma;
+mod listener;
+mod metrics;
+mod middleware;
+pub mod pillar;
+pub mod providers;
+mod rng;
+pub mod scenario;
+pub mod schema;
+mod sim;
+pub mod smtp;
+pub mod stack;
+mod wire;
+
+pub use fault::{Fault, FaultRule, Latency};
+pub use injector::{AppliedFault, RuleStatus};
+pub use journal::{Journal, JournalEntry, JournalQuery, Outcome};
+pub use pillar::{Pillar, Profile};
+pub use scenario::{Scenario, ScenarioStatus};
+pub use schema::SpecError;
+pub use stack::{Faults, Ports, Stack, StackBuilder, StackError};

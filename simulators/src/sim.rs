@@ -1,0 +1,35 @@
+//! What every fake of one stack shares: the seed, the fault set, the journal and the metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::injector::FaultSet;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::rng;
+
+/// The shared state of one stack (held in an `Arc` by every server).
+#[derive(Debug)]
+pub(crate) struct Sim {
+    pub seed: u64,
+    pub faults: FaultSet,
+    pub journal: Journal,
+    pub metrics: Metrics,
+    ids: AtomicU64,
+}
+
+impl Sim {
+    pub(crate) fn new(seed: u64, journal_capacity: usize) -> Self {
+        Self {
+            seed,
+            faults: FaultSet::new(seed),
+            journal: Journal::new(journal_capacity),
+            metrics: Metrics::new(),
+            ids: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh identifier, deterministic for a given seed and issue order (`wamid.…`, `chatcmpl-…`).
+    pub(crate) fn token(&self, prefix: &str) -> String {
+        rng::token(prefix, self.seed, self.ids.fetch_add(1, Ordering::Relaxed))
+    }
+}

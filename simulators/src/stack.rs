@@ -1,0 +1,762 @@
+//! The whole five-pillar stack in one process: [`Stack::builder`] starts Karma, Bucket, Core, the
+//! providers, the SMTP sink, the executor (optional) and the control API, in that order, each
+//! waited on until healthy, and returns typed handles.
+//!
+//! By default everything binds `127.0.0.1:0`, so every test gets its own isolated stack;
+//! `pillar-sim up` uses the same builder with [`Ports::standard`]. The executor runs in-process
+//! (`workflow_executor::Application`) with its pillar and provider URLs pointed at the fakes and a
+//! temporary data directory (removed when the stack stops, unless one was given); it can be
+//! stopped and started again on the same port and data directory. Dropping a `Stack` stops
+//! everything; [`Stack::stop`] does the same and waits for it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::bucket::Bucket;
+use crate::core::Core;
+use crate::fault::FaultRule;
+use crate::injector::RuleStatus;
+use crate::journal::{DEFAULT_CAPACITY, Journal};
+use crate::karma::Karma;
+use crate::listener::{HttpHandler, supervise};
+use crate::pillar::{Pillar, Profile};
+use crate::providers::Providers;
+use crate::scenario::{Scenario, ScenarioStatus, Scenarios};
+use crate::schema::SpecError;
+use crate::sim::Sim;
+use crate::smtp::{SmtpHandler, SmtpSink};
+
+/// How long each service gets to become healthy at start.
+const HEALTH_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Why a stack did not start (or an executor did not restart).
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    /// A port could not be bound.
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which service.
+        what: String,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A service did not become healthy in time.
+    #[error("{what} did not become healthy at {url} within {HEALTH_DEADLINE:?}")]
+    Unhealthy {
+        /// Which service.
+        what: String,
+        /// Its health URL.
+        url: String,
+    },
+    /// Only Karma, Bucket and Core have an `as-built` profile.
+    #[error("{0} has no as-built profile (only karma, bucket and core do)")]
+    NoProfile(Pillar),
+    /// The executor's or Core's settings were refused.
+    #[error("configuration refused: {0}")]
+    Config(String),
+    /// The executor failed to start.
+    #[error("executor: {0}")]
+    Executor(String),
+    /// The stack was built without an executor.
+    #[error("this stack runs no executor")]
+    NoExecutor,
+    /// The data directory could not be prepared.
+    #[error("executor data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The ports to bind; 0 picks a free one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Karma.
+    pub karma: u16,
+    /// Bucket.
+    pub bucket: u16,
+    /// Core.
+    pub core: u16,
+    /// WhatsApp and OpenAI-compatible providers.
+    pub providers: u16,
+    /// SMTP sink.
+    pub smtp: u16,
+    /// The executor.
+    pub executor: u16,
+    /// The control API.
+    pub control: u16,
+}
+
+impl Ports {
+    /// Every port picked by the system (the default).
+    pub fn ephemeral() -> Self {
+        Self { karma: 0, bucket: 0, core: 0, providers: 0, smtp: 0, executor: 0, control: 0 }
+    }
+
+    /// The documented ports: Karma 8000, Bucket 8001, Core 8002, executor 8003, providers 8010,
+    /// SMTP 2525, control 8090.
+    pub fn standard() -> Self {
+        Self { karma: 8000, bucket: 8001, core: 8002, providers: 8010, smtp: 2525, executor: 8003, control: 8090 }
+    }
+
+    fn of(&self, pillar: Pillar) -> u16 {
+        match pillar {
+            Pillar::Karma => self.karma,
+            Pillar::Bucket => self.bucket,
+            Pillar::Core => self.core,
+            Pillar::Providers => self.providers,
+            Pillar::Smtp => self.smtp,
+        }
+    }
+}
+
+/// Configures and starts a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct StackBuilder {
+    seed: u64,
+    profiles: BTreeMap<Pillar, Profile>,
+    executor: bool,
+    executor_env: BTreeMap<String, String>,
+    executor_data_dir: Option<PathBuf>,
+    core_env: BTreeMap<String, String>,
+    ip: IpAddr,
+    ports: Ports,
+    control: bool,
+    workflow_events_enabled: bool,
+    behavioral_tracking: bool,
+    whatsapp_token: Option<String>,
+    ai_api_key: Option<String>,
+    journal_capacity: usize,
+}
+
+impl Default for StackBuilder {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            profiles: BTreeMap::new(),
+            executor: false,
+            executor_env: BTreeMap::new(),
+            executor_data_dir: None,
+            core_env: BTreeMap::new(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: Ports::ephemeral(),
+            control: true,
+            workflow_events_enabled: true,
+            behavioral_tracking: true,
+            whatsapp_token: Some("sim-whatsapp-token".into()),
+            ai_api_key: Some("sim-ai-key".into()),
+            journal_capacity: DEFAULT_CAPACITY,
+        }
+    }
+}
+
+impl StackBuilder {
+    /// The seed of every random fault decision (default 0).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The profile of one pillar (default `spec`; only Karma, Bucket and Core have `as-built`).
+    pub fn profile(mut self, pillar: Pillar, profile: Profile) -> Self {
+        self.profiles.insert(pillar, profile);
+        self
+    }
+
+    /// The same profile for Karma, Bucket and Core.
+    pub fn profile_all(mut self, profile: Profile) -> Self {
+        for pillar in Pillar::ALL.into_iter().filter(|p| p.has_profiles()) {
+            self.profiles.insert(pillar, profile);
+        }
+        self
+    }
+
+    /// Whether to run the executor in-process (default false).
+    pub fn executor(mut self, run: bool) -> Self {
+        self.executor = run;
+        self
+    }
+
+    /// An executor setting (environment variable name and value), over the stack's defaults.
+    pub fn executor_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.executor_env.insert(name.into(), value.into());
+        self
+    }
+
+    /// The executor's data directory (kept when the stack stops); a temporary one otherwise.
+    pub fn executor_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.executor_data_dir = Some(dir.into());
+        self
+    }
+
+    /// A setting of Core's environment: `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
+    /// (default: the in-process executor, else `http://127.0.0.1:8003`), `WORKFLOW_TIMEOUT`,
+    /// `WORKFLOW_EXECUTOR_TOKEN`.
+    pub fn core_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.core_env.insert(name.into(), value.into());
+        self
+    }
+
+    /// The address to bind (default 127.0.0.1).
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.ip = ip;
+        self
+    }
+
+    /// The ports to bind (default: all ephemeral).
+    pub fn ports(mut self, ports: Ports) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    /// Whether to serve the control API (default true).
+    pub fn control(mut self, serve: bool) -> Self {
+        self.control = serve;
+        self
+    }
+
+    /// Bucket's `WORKFLOW_EVENTS_ENABLED` (default true).
+    pub fn workflow_events_enabled(mut self, enabled: bool) -> Self {
+        self.workflow_events_enabled = enabled;
+        self
+    }
+
+    /// Karma's `WORKFLOW_BEHAVIORAL_TRACKING` (default true).
+    pub fn behavioral_tracking(mut self, enabled: bool) -> Self {
+        self.behavioral_tracking = enabled;
+        self
+    }
+
+    /// The WhatsApp access token the provider fake requires (default `sim-whatsapp-token`, given
+    /// to the executor too); `None` accepts any bearer token.
+    pub fn whatsapp_token(mut self, token: Option<String>) -> Self {
+        self.whatsapp_token = token;
+        self
+    }
+
+    /// The AI API key the provider fake requires (default `sim-ai-key`, given to the executor
+    /// too); `None` accepts any or none.
+    pub fn ai_api_key(mut self, key: Option<String>) -> Self {
+        self.ai_api_key = key;
+        self
+    }
+
+    /// How many journal entries are kept (default 10 000).
+    pub fn journal_capacity(mut self, capacity: usize) -> Self {
+        self.journal_capacity = capacity;
+        self
+    }
+
+    /// Starts everything, in order, waiting for each to be healthy.
+    pub async fn start(self) -> Result<Stack, StackError> {
+        Stack::start_with(self).await
+    }
+}
+
+/// The running executor.
+struct ExecutorSlot {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    temporary: bool,
+    env: HashMap<String, String>,
+    running: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+/// What the stack's servers and its control API share.
+pub(crate) struct Shared {
+    pub sim: Arc<Sim>,
+    pub karma: Arc<Karma>,
+    pub bucket: Arc<Bucket>,
+    pub core: Arc<Core>,
+    pub providers: Arc<Providers>,
+    pub smtp: Arc<SmtpSink>,
+    pub scenarios: Scenarios,
+    pub addrs: BTreeMap<Pillar, SocketAddr>,
+    pub shutdown: CancellationToken,
+    executor: tokio::sync::Mutex<Option<ExecutorSlot>>,
+    executor_addr: Mutex<Option<SocketAddr>>,
+    servers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    /// Sets a pillar's profile.
+    pub(crate) fn set_profile(&self, pillar: Pillar, profile: Profile) -> Result<(), StackError> {
+        match pillar {
+            Pillar::Karma => self.karma.set_profile(profile),
+            Pillar::Bucket => self.bucket.set_profile(profile),
+            Pillar::Core => self.core.set_profile(profile),
+            Pillar::Providers | Pillar::Smtp if profile == Profile::Spec => {}
+            Pillar::Providers | Pillar::Smtp => return Err(StackError::NoProfile(pillar)),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn profile(&self, pillar: Pillar) -> Profile {
+        match pillar {
+            Pillar::Karma => self.karma.profile(),
+            Pillar::Bucket => self.bucket.profile(),
+            Pillar::Core => self.core.profile(),
+            Pillar::Providers | Pillar::Smtp => Profile::Spec,
+        }
+    }
+
+    /// Clears faults, scenarios, the journal and every fake's state.
+    pub(crate) fn reset(&self) {
+        self.scenarios.reset(&self.sim);
+        self.sim.faults.reset();
+        self.sim.journal.clear();
+        self.bucket.clear();
+        self.karma.clear();
+        self.providers.clear();
+        self.smtp.clear();
+    }
+
+    pub(crate) fn executor_addr(&self) -> Option<SocketAddr> {
+        *self.executor_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn url(&self, pillar: Pillar) -> String {
+        let addr = self.addrs[&pillar];
+        if pillar.is_http() { format!("http://{addr}") } else { format!("smtp://{addr}") }
+    }
+}
+
+/// A running stack. See the crate documentation for a tour.
+pub struct Stack {
+    shared: Arc<Shared>,
+    control_addr: Option<SocketAddr>,
+}
+
+impl fmt::Debug for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stack")
+            .field("seed", &self.shared.sim.seed)
+            .field("addrs", &self.shared.addrs)
+            .field("executor", &self.shared.executor_addr())
+            .field("control", &self.control_addr)
+            .finish()
+    }
+}
+
+/// The fault rules of a stack (borrowed from it).
+#[derive(Debug, Clone, Copy)]
+pub struct Faults<'a> {
+    sim: &'a Sim,
+}
+
+impl Faults<'_> {
+    /// Validates and sets a rule (replacing one with the same id); its windows start now.
+    pub fn set(&self, rule: FaultRule) -> Result<RuleStatus, SpecError> {
+        self.sim.faults.set(rule)
+    }
+
+    /// Removes a rule; false when there is none with that id.
+    pub fn clear(&self, id: &str) -> bool {
+        self.sim.faults.clear(id)
+    }
+
+    /// Removes every rule; returns how many there were.
+    pub fn clear_all(&self) -> usize {
+        self.sim.faults.clear_all()
+    }
+
+    /// The rules that still apply.
+    pub fn list(&self) -> Vec<RuleStatus> {
+        self.sim.faults.list()
+    }
+}
+
+async fn wait_healthy(client: &reqwest::Client, what: &str, url: String) -> Result<(), StackError> {
+    let deadline = tokio::time::Instant::now() + HEALTH_DEADLINE;
+    loop {
+        if let Ok(response) = client.get(&url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StackError::Unhealthy { what: what.to_owned(), url });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_smtp_greeting(addr: SocketAddr) -> Result<(), StackError> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + HEALTH_DEADLINE;
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await {
+            let mut greeting = [0u8; 3];
+            if stream.read_exact(&mut greeting).await.is_ok() && &greeting == b"220" {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StackError::Unhealthy { what: "smtp".into(), url: format!("smtp://{addr}") });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Stack {
+    /// A builder with the defaults: seed 0, `spec` everywhere, no executor, ephemeral ports on
+    /// 127.0.0.1, control API on.
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    async fn start_with(b: StackBuilder) -> Result<Self, StackError> {
+        for (pillar, profile) in &b.profiles {
+            if *profile == Profile::AsBuilt && !pillar.has_profiles() {
+                return Err(StackError::NoProfile(*pillar));
+            }
+        }
+        let profile = |p: Pillar| b.profiles.get(&p).copied().unwrap_or_default();
+        let sim = Arc::new(Sim::new(b.seed, b.journal_capacity));
+        let shutdown = CancellationToken::new();
+        // Until the stack is handed out, any early return stops what was started.
+        let guard = shutdown.clone().drop_guard();
+        let karma = Arc::new(Karma::new(profile(Pillar::Karma), b.behavioral_tracking));
+        let bucket = Arc::new(Bucket::new(profile(Pillar::Bucket), b.workflow_events_enabled));
+        let core = Arc::new(Core::new(profile(Pillar::Core)));
+        let providers = Arc::new(Providers::new(sim.clone(), b.whatsapp_token.clone(), b.ai_api_key.clone()));
+        let smtp = Arc::new(SmtpSink::new(sim.clone()));
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain client builds");
+
+        let mut addrs = BTreeMap::new();
+        let mut servers = Vec::new();
+        for pillar in Pillar::ALL {
+            let wanted = SocketAddr::new(b.ip, b.ports.of(pillar));
+            let listener = TcpListener::bind(wanted).await.map_err(|source| StackError::Bind {
+                what: pillar.to_string(),
+                addr: wanted,
+                source,
+            })?;
+            let addr = listener.local_addr().expect("bound");
+            let token = shutdown.clone();
+            let server = match pillar {
+                Pillar::Smtp => {
+                    tokio::spawn(supervise(pillar, listener, sim.clone(), SmtpHandler(smtp.clone()), token))
+                }
+                _ => {
+                    let router = match pillar {
+                        Pillar::Karma => karma.clone().router(),
+                        Pillar::Bucket => bucket.clone().router(),
+                        Pillar::Core => core.clone().router(),
+                        _ => providers.clone().router(),
+                    };
+                    let router = crate::middleware::faulted(router, pillar, sim.clone());
+                    tokio::spawn(supervise(pillar, listener, sim.clone(), HttpHandler(router), token))
+                }
+            };
+            servers.push(server);
+            addrs.insert(pillar, addr);
+            match pillar {
+                Pillar::Smtp => wait_smtp_greeting(addr).await?,
+                _ => wait_healthy(&client, pillar.as_str(), format!("http://{addr}/health")).await?,
+            }
+        }
+
+        let shared = Arc::new(Shared {
+            sim,
+            karma,
+            bucket,
+            core,
+            providers,
+            smtp,
+            scenarios: Scenarios::default(),
+            addrs,
+            shutdown: shutdown.clone(),
+            executor: tokio::sync::Mutex::new(None),
+            executor_addr: Mutex::new(None),
+            servers: Mutex::new(servers),
+        });
+        guard.disarm();
+        // From here on, dropping `stack` (an early return) stops everything.
+        let mut stack = Stack { shared: shared.clone(), control_addr: None };
+
+        if b.executor {
+            let (data_dir, temporary) = match &b.executor_data_dir {
+                Some(dir) => (dir.clone(), false),
+                None => (std::env::temp_dir().join(format!("pillar-sim-executor-{}", uuid::Uuid::new_v4())), true),
+            };
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|source| StackError::DataDir { path: data_dir.clone(), source })?;
+            let env = stack.executor_defaults(&b, &data_dir);
+            let addr = b.executor_env.get("EXECUTOR_BIND").and_then(|a| a.parse().ok());
+            *shared.executor.lock().await = Some(ExecutorSlot {
+                addr: addr.unwrap_or(SocketAddr::new(b.ip, b.ports.executor)),
+                data_dir,
+                temporary,
+                env,
+                running: None,
+            });
+            stack.start_executor().await?;
+        }
+
+        let mut core_env: HashMap<String, String> = b.core_env.into_iter().collect();
+        let executor_url =
+            shared.executor_addr().map_or_else(|| "http://127.0.0.1:8003".to_owned(), |a| format!("http://{a}"));
+        core_env.entry("WORKFLOW_EXECUTOR_URL".into()).or_insert(executor_url);
+        shared.core.configure(&core_env).map_err(|e| StackError::Config(e.to_string()))?;
+
+        stack.control_addr = if b.control {
+            let wanted = SocketAddr::new(b.ip, b.ports.control);
+            let listener = TcpListener::bind(wanted).await.map_err(|source| StackError::Bind {
+                what: "control".into(),
+                addr: wanted,
+                source,
+            })?;
+            let addr = listener.local_addr().expect("bound");
+            let router = crate::control::router(shared.clone());
+            let token = shutdown.clone();
+            let server = tokio::spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
+                if let Err(error) = serve.await {
+                    tracing::warn!(%error, "control API stopped");
+                }
+            });
+            shared.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(server);
+            wait_healthy(&client, "control", format!("http://{addr}/health")).await?;
+            Some(addr)
+        } else {
+            None
+        };
+        Ok(stack)
+    }
+
+    fn executor_defaults(&self, b: &StackBuilder, data_dir: &std::path::Path) -> HashMap<String, String> {
+        let providers = self.providers_url();
+        let smtp = self.smtp_addr();
+        let mut env: HashMap<String, String> = [
+            ("EXECUTOR_DATA_DIR", data_dir.display().to_string()),
+            ("BUCKET_URL", self.bucket_url()),
+            ("KARMA_URL", self.karma_url()),
+            ("WHATSAPP_API_URL", providers.clone()),
+            ("WHATSAPP_PHONE_NUMBER_ID", "100000000000001".to_owned()),
+            ("SMTP_HOST", smtp.ip().to_string()),
+            ("SMTP_PORT", smtp.port().to_string()),
+            ("SMTP_TLS", "none".to_owned()),
+            ("SMTP_FROM", "executor@bhiv.local".to_owned()),
+            ("AI_API_URL", providers),
+            ("AI_MODEL", "sim-model".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Some(token) = &b.whatsapp_token {
+            env.insert("WHATSAPP_ACCESS_TOKEN".into(), token.clone());
+        }
+        if let Some(key) = &b.ai_api_key {
+            env.insert("AI_API_KEY".into(), key.clone());
+        }
+        env.extend(b.executor_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// Starts the executor again (on the same port and data directory) after
+    /// [`Stack::stop_executor`]; a no-op when it is running.
+    pub async fn start_executor(&self) -> Result<(), StackError> {
+        let mut slot = self.shared.executor.lock().await;
+        let slot = slot.as_mut().ok_or(StackError::NoExecutor)?;
+        if slot.running.is_some() {
+            return Ok(());
+        }
+        let mut env = slot.env.clone();
+        env.insert("EXECUTOR_BIND".into(), slot.addr.to_string());
+        let settings = workflow_executor::Settings::from_lookup(|name| env.get(name).cloned())
+            .map_err(|e| StackError::Config(e.to_string()))?;
+        // The port may still be held by the previous run's last connections for a moment.
+        let deadline = tokio::time::Instant::now() + HEALTH_DEADLINE;
+        let app = loop {
+            match workflow_executor::Application::build(settings.clone()).await {
+                Ok(app) => break app,
+                Err(error) if tokio::time::Instant::now() < deadline && slot.addr.port() != 0 => {
+                    tracing::debug!(%error, "executor not bound yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(StackError::Executor(error.to_string())),
+            }
+        };
+        slot.addr = app.local_addr();
+        let token = self.shared.shutdown.child_token();
+        let stop = token.clone();
+        let task = tokio::spawn(async move {
+            if let Err(error) = app.run_until_stopped(stop).await {
+                tracing::error!(%error, "executor stopped with an error");
+            }
+        });
+        slot.running = Some((token, task));
+        *self.shared.executor_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot.addr);
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain client builds");
+        wait_healthy(&client, "executor", format!("http://{}/healthz", slot.addr)).await
+    }
+
+    /// Stops the executor gracefully (it finishes in-flight work and keeps its outbox on disk);
+    /// its port and data directory are kept for [`Stack::start_executor`].
+    pub async fn stop_executor(&self) -> Result<(), StackError> {
+        let mut slot = self.shared.executor.lock().await;
+        let slot = slot.as_mut().ok_or(StackError::NoExecutor)?;
+        if let Some((token, task)) = slot.running.take() {
+            token.cancel();
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    /// The executor's data directory, when it runs one.
+    pub async fn executor_data_dir(&self) -> Option<PathBuf> {
+        self.shared.executor.lock().await.as_ref().map(|s| s.data_dir.clone())
+    }
+
+    /// The seed of every random fault decision.
+    pub fn seed(&self) -> u64 {
+        self.shared.sim.seed
+    }
+
+    /// Where a pillar listens.
+    pub fn addr(&self, pillar: Pillar) -> SocketAddr {
+        self.shared.addrs[&pillar]
+    }
+
+    /// A pillar's base URL (`http://…`, or `smtp://…` for the sink).
+    pub fn url(&self, pillar: Pillar) -> String {
+        self.shared.url(pillar)
+    }
+
+    /// Karma's base URL.
+    pub fn karma_url(&self) -> String {
+        self.url(Pillar::Karma)
+    }
+
+    /// Bucket's base URL.
+    pub fn bucket_url(&self) -> String {
+        self.url(Pillar::Bucket)
+    }
+
+    /// Core's base URL.
+    pub fn core_url(&self) -> String {
+        self.url(Pillar::Core)
+    }
+
+    /// The providers' base URL (WhatsApp Cloud API and OpenAI-compatible chat).
+    pub fn providers_url(&self) -> String {
+        self.url(Pillar::Providers)
+    }
+
+    /// The SMTP sink's address.
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.addr(Pillar::Smtp)
+    }
+
+    /// The executor's base URL, when it runs one.
+    pub fn executor_url(&self) -> Option<String> {
+        self.shared.executor_addr().map(|a| format!("http://{a}"))
+    }
+
+    /// The control API's base URL, when it is served.
+    pub fn control_url(&self) -> Option<String> {
+        self.control_addr.map(|a| format!("http://{a}"))
+    }
+
+    /// The fault rules.
+    pub fn faults(&self) -> Faults<'_> {
+        Faults { sim: &self.shared.sim }
+    }
+
+    /// The request journal.
+    pub fn journal(&self) -> &Journal {
+        &self.shared.sim.journal
+    }
+
+    /// Bucket's store.
+    pub fn bucket(&self) -> &Bucket {
+        &self.shared.bucket
+    }
+
+    /// Karma's users and Q-table.
+    pub fn karma(&self) -> &Karma {
+        &self.shared.karma
+    }
+
+    /// Core.
+    pub fn core(&self) -> &Core {
+        &self.shared.core
+    }
+
+    /// What the WhatsApp and AI providers received.
+    pub fn providers(&self) -> &Providers {
+        &self.shared.providers
+    }
+
+    /// What the SMTP sink received.
+    pub fn smtp(&self) -> &SmtpSink {
+        &self.shared.smtp
+    }
+
+    /// A pillar's current profile.
+    pub fn profile(&self, pillar: Pillar) -> Profile {
+        self.shared.profile(pillar)
+    }
+
+    /// Switches a pillar's profile at run time.
+    pub fn set_profile(&self, pillar: Pillar, profile: Profile) -> Result<(), StackError> {
+        self.shared.set_profile(pillar, profile)
+    }
+
+    /// Starts a scenario now.
+    pub fn run_scenario(&self, scenario: Scenario) -> ScenarioStatus {
+        self.shared.scenarios.start(self.shared.sim.clone(), scenario, &self.shared.shutdown)
+    }
+
+    /// Every scenario run so far.
+    pub fn scenarios(&self) -> Vec<ScenarioStatus> {
+        self.shared.scenarios.list()
+    }
+
+    /// The simulator's metrics in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        self.shared.sim.metrics.render()
+    }
+
+    /// Clears faults, scenarios, the journal and every fake's state (the executor is untouched).
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops everything and waits for it (the executor shuts down gracefully).
+    pub async fn stop(self) {
+        let _ = self.stop_executor().await;
+        self.shared.shutdown.cancel();
+        let servers =
+            std::mem::take(&mut *self.shared.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for server in servers {
+            let _ = server.await;
+        }
+        // Drop removes a temporary data directory.
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+        if let Ok(slot) = self.shared.executor.try_lock()
+            && let Some(slot) = slot.as_ref()
+            && slot.temporary
+        {
+            let _ = std::fs::remove_dir_all(&slot.data_dir);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Wire-format helpers the fakes share: timestamps, JSON answers, FastAPI's validation errors
+//! (the Python pillars are FastAPI apps, so their 422s look like pydantic's), and the error body
+//! each pillar sends for an injected `http_error`.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::pillar::Pillar;
+
+/// The trace id a handler found in the request body, handed to the journal as a response
+/// extension.
+#[derive(Debug, Clone)]
+pub(crate) struct TraceId(pub String);
+
+/// Now, as RFC 3339 in UTC.
+pub(crate) fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
+}
+
+/// Now, as seconds since the epoch.
+pub(crate) fn now_unix() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// A JSON answer.
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
+}
+
+/// FastAPI's `HTTPException` body: `{"detail": message}`.
+pub(crate) fn detail(status: StatusCode, message: &str) -> Response {
+    json_response(status, &json!({ "detail": message }))
+}
+
+/// The JSON type a model field expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expect {
+    Str,
+    Dict,
+    Int,
+}
+
+/// Pydantic's errors for `body` checked against `fields` (name, type, required), as FastAPI
+/// reports them; empty when the body fits.
+pub(crate) fn model_errors(body: &Value, fields: &[(&str, Expect, bool)]) -> Vec<Value> {
+    let Value::Object(map) = body else {
+        return vec![json!({"type": "model_attributes_type", "loc": ["body"],
+            "msg": "Input should be a valid dictionary or object to extract fields from", "input": body})];
+    };
+    let mut errors = Vec::new();
+    for (name, expect, required) in fields {
+        match map.get(*name) {
+            None if *required => {
+                errors.push(json!({"type": "missing", "loc": ["body", name], "msg": "Field required", "input": body}))
+            }
+            None => {}
+            Some(value) => {
+                let (ok, kind, msg) = match expect {
+                    Expect::Str => (value.is_string(), "string_type", "Input should be a valid string"),
+                    Expect::Dict => (value.is_object(), "dict_type", "Input should be a valid dictionary"),
+                    Expect::Int => (value.is_i64() || value.is_u64(), "int_type", "Input should be a valid integer"),
+                };
+                if !ok {
+                    errors.push(json!({"type": kind, "loc": ["body", name], "msg": msg, "input": value}));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Parses a JSON request body, or gives pydantic's `json_invalid` error.
+pub(crate) fn parse_body(bytes: &Bytes) -> Result<Value, Vec<Value>> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        vec![json!({"type": "json_invalid", "loc": ["body", e.column()], "msg": "JSON decode error",
+            "input": {}, "ctx": {"error": e.to_string()}})]
+    })
+}
+
+/// FastAPI's 422 answer for `errors`.
+pub(crate) fn unprocessable(errors: Vec<Value>) -> Response {
+    json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "detail": errors }))
+}
+
+/// The bearer token of a request, if any.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Karma's error envelope (`{"status": "error", "error": {code, message}, path, timestamp}`).
+pub(crate) fn karma_error(status: StatusCode, message: &str, path: &str, details: Option<Value>) -> Response {
+    let mut body = json!({
+        "status": "error",
+        "error": {"code": status.as_u16(), "message": message},
+        "path": path,
+        "timestamp": now_rfc3339(),
+    });
+    if let Some(details) = details {
+        body["details"] = details;
+    }
+    json_response(status, &body)
+}
+
+/// The Graph API's error body, as the WhatsApp Cloud API sends it.
+pub(crate) fn graph_error(status: StatusCode, code: u32, message: &str, fbtrace_id: &str) -> Response {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": fbtrace_id}}),
+    )
+}
+
+/// OpenAI's error body.
+pub(crate) fn openai_error(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Response {
+    json_response(status, &json!({"error": {"message": message, "type": kind, "param": param, "code": code}}))
+}
+
+/// The answer for an injected `http_error`, in the pillar's own error shape, with `Retry-After`
+/// for 429 and 503 (1 s unless the rule says otherwise) or whenever the rule gives one.
+pub(crate) fn injected_error(
+    pillar: Pillar,
+    status: u16,
+    retry_after_s: Option<u64>,
+    path: &str,
+    fbtrace_id: &str,
+) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let message = format!("{reason} (injected by pillar-sim)");
+    let mut response = match pillar {
+        Pillar::Karma => karma_error(status, &message, path, None),
+        Pillar::Providers if path.ends_with("/chat/completions") => {
+            let kind = match status.as_u16() {
+                429 => "rate_limit_exceeded",
+                500..=599 => "server_error",
+                _ => "invalid_request_error",
+            };
+            openai_error(status, &message, kind, None, None)
+        }
+        Pillar::Providers => {
+            let code = match status.as_u16() {
+                401 | 403 => 190,
+                429 => 4,
+                500..=599 => 2,
+                _ => 100,
+            };
+            graph_error(status, code, &message, fbtrace_id)
+        }
+        Pillar::Bucket | Pillar::Core | Pillar::Smtp => detail(status, &message),
+    };
+    let retry = retry_after_s.or(matches!(status.as_u16(), 429 | 503).then_some(1));
+    if let Some(seconds) = retry {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
