@@ -20,6 +20,9 @@ pub(super) struct Email {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     domain: String,
+    /// Bounds the whole send: lettre's own async timeout only covers the TCP connect, so a relay
+    /// that accepts and then never answers would otherwise hold the request forever.
+    timeout: std::time::Duration,
 }
 
 impl Email {
@@ -44,7 +47,7 @@ impl Email {
             .parse()
             .map_err(|e| ConfigError { variable: "SMTP_FROM", message: format!("not a mailbox: {e}") })?;
         let domain = from.email.domain().to_owned();
-        Ok(Self { transport: builder.build(), from, domain })
+        Ok(Self { transport: builder.build(), from, domain, timeout: settings.timeout })
     }
 
     pub(super) async fn send(
@@ -66,7 +69,10 @@ impl Email {
             .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("X-Trace-Id"), trace_id.to_owned()))
             .body(body.to_owned())
             .map_err(|_| Failure::new("invalid_email", "the e-mail could not be built from the payload"))?;
-        self.transport.send(message).await.map_err(|e| {
+        let sent = tokio::time::timeout(self.timeout, self.transport.send(message))
+            .await
+            .map_err(|_| Failure::new("provider_timeout", format!("{PROVIDER} did not answer in time")))?;
+        sent.map_err(|e| {
             if e.is_timeout() {
                 Failure::new("provider_timeout", format!("{PROVIDER} did not answer in time"))
             } else if e.is_permanent() {
