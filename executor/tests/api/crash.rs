@@ -1,0 +1,215 @@
+//! Crash safety with the real binary: `SIGKILL` mid-load loses no committed event, and a provider
+//! call interrupted by a crash is reported as `outcome_unknown` and never re-sent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use wiremock::MockServer;
+
+use crate::helpers::*;
+
+/// The `workflow-executor` binary running as a child process.
+struct ExecutorProcess {
+    child: Child,
+    address: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl ExecutorProcess {
+    /// Starts the binary on `127.0.0.1:0` with `data_dir` and `env`, and waits until it listens.
+    async fn start(data_dir: &TempDir, env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_workflow-executor"));
+        command
+            .env_clear()
+            .env("EXECUTOR_BIND", "127.0.0.1:0")
+            .env("EXECUTOR_DATA_DIR", data_dir.path())
+            .env("EXECUTOR_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("WORKFLOW_TIMEOUT", "0.3")
+            .env("EXECUTOR_DELIVERY_BACKOFF_BASE", "0.01")
+            .env("EXECUTOR_DELIVERY_BACKOFF_MAX", "0.2")
+            .env("EXECUTOR_BREAKER_OPEN", "0.1")
+            .env("EXECUTOR_SHUTDOWN_GRACE", "0.5")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the executor binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        // Drain both pipes for the whole life of the process so logging never blocks it.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        for pipe in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    logs.lock().expect("logs lock").push(line);
+                }
+            });
+        }
+        let address = {
+            let logs = logs.clone();
+            let exited = |child: &mut Child| child.try_wait().ok().flatten();
+            eventually(secs(20.0), "the executor logs its listening address", async || {
+                if let Some(status) = exited(&mut child) {
+                    panic!("the executor exited with {status}: {:#?}", logs.lock().expect("logs lock"));
+                }
+                listening_address(&logs.lock().expect("logs lock"))
+            })
+            .await
+        };
+        Self { child, address, logs }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/api/workflow/execute", self.address)
+    }
+
+    /// `SIGKILL`: no shutdown code runs.
+    fn kill(&mut self) {
+        self.child.kill().expect("the process can be killed");
+        self.child.wait().expect("the killed process is reaped");
+    }
+
+    fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("logs lock").clone()
+    }
+}
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address from the JSON line `{"message": "workflow executor listening", "address": ...}`.
+fn listening_address(lines: &[String]) -> Option<SocketAddr> {
+    lines.iter().find_map(|line| {
+        let entry: Value = serde_json::from_str(line).ok()?;
+        let message = entry.get("message").or_else(|| entry.pointer("/fields/message"))?.as_str()?;
+        if message != "workflow executor listening" {
+            return None;
+        }
+        entry.get("address").or_else(|| entry.pointer("/fields/address"))?.as_str()?.parse().ok()
+    })
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(secs(10.0)).build().expect("an HTTP client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_executor_mid_load_loses_no_committed_event() {
+    let data_dir = TempDir::new().expect("a temp dir");
+    let (bucket_down, karma_down) = (ReservedPort::new(), ReservedPort::new());
+    let mut first =
+        ExecutorProcess::start(&data_dir, &[("BUCKET_URL", bucket_down.uri()), ("KARMA_URL", karma_down.uri())]).await;
+
+    // Four callers load the executor until it dies; each remembers what was acknowledged.
+    let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let (http, url, acknowledged, stop) = (client(), first.url(), acknowledged.clone(), stop.clone());
+        callers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let trace = trace_id();
+                let Ok(response) = http.post(&url).json(&task_request(&trace)).send().await else { break };
+                let Ok(body) = response.json::<Value>().await else { break };
+                assert_eq!(body["status"], "success", "{body}");
+                acknowledged.lock().expect("lock").push(trace);
+            }
+        }));
+    }
+    eventually(secs(20.0), "40 executions are acknowledged", async || {
+        (acknowledged.lock().expect("lock").len() >= 40).then_some(())
+    })
+    .await;
+    first.kill();
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.await.expect("a caller task");
+    }
+    let acknowledged: BTreeSet<String> = acknowledged.lock().expect("lock").iter().cloned().collect();
+
+    let bucket = SinkFake::up(BUCKET_PATH).await;
+    let karma = SinkFake::up(KARMA_PATH).await;
+    let second = ExecutorProcess::start(&data_dir, &[("BUCKET_URL", bucket.uri()), ("KARMA_URL", karma.uri())]).await;
+
+    for (name, sink) in [("bucket", &bucket), ("karma", &karma)] {
+        eventually(secs(20.0), "every acknowledged execution's event arrives", async || {
+            acknowledged.is_subset(&sink.trace_ids()).then_some(())
+        })
+        .await;
+        let mut ids_per_trace: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for delivery in sink.delivered() {
+            ids_per_trace.entry(delivery.trace_id()).or_default().insert(delivery.event_id());
+        }
+        for trace in &acknowledged {
+            assert_eq!(ids_per_trace[trace].len(), 1, "{name}: exactly one event for {trace}");
+        }
+    }
+    assert!(
+        second.logs().iter().any(|l| l.contains("resuming delivery")),
+        "the restart says it resumes delivery: {:#?}",
+        second.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_call_interrupted_by_a_crash_is_outcome_unknown_and_never_resent() {
+    let data_dir = TempDir::new().expect("a temp dir");
+    let whatsapp = MockServer::builder().start().await;
+    mount_whatsapp(&whatsapp, whatsapp_accepted("wamid.too-late").set_delay(secs(30.0))).await;
+    let bucket = SinkFake::up(BUCKET_PATH).await;
+    let karma = SinkFake::up(KARMA_PATH).await;
+    let env = [
+        ("BUCKET_URL", bucket.uri()),
+        ("KARMA_URL", karma.uri()),
+        ("WHATSAPP_API_URL", whatsapp.uri()),
+        ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
+        ("WHATSAPP_ACCESS_TOKEN", WHATSAPP_TOKEN.to_owned()),
+        ("WHATSAPP_TIMEOUT", "25".to_owned()),
+    ];
+    let mut first = ExecutorProcess::start(&data_dir, &env).await;
+    let trace = trace_id();
+    let pending = {
+        let (http, url, body) = (client(), first.url(), whatsapp_request(&trace));
+        tokio::spawn(async move { http.post(url).json(&body).send().await })
+    };
+    eventually(secs(10.0), "the provider call is in progress", async || {
+        (!received(&whatsapp).await.is_empty()).then_some(())
+    })
+    .await;
+
+    first.kill();
+    assert!(pending.await.expect("joined").is_err(), "the caller saw the connection die");
+
+    let second = ExecutorProcess::start(&data_dir, &env).await;
+    let response = client().post(second.url()).json(&whatsapp_request(&trace)).send().await.expect("an answer");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    let body: Value = response.json().await.expect("JSON");
+
+    assert_eq!(body["status"], "failed", "{body}");
+    assert_eq!(body["execution_result"]["error_code"], "outcome_unknown", "{body}");
+    assert_eq!(received(&whatsapp).await.len(), 1, "the message is never re-sent");
+    let event = eventually(secs(10.0), "the failed execution is audited", async || bucket.event_for(&trace)).await;
+    let data = &event.body["event_data"];
+    assert_eq!(data["status"], "failed", "{data}");
+    assert_eq!(data["action_type"], "whatsapp");
+    assert_eq!(data["execution_result"]["error_code"], "outcome_unknown");
+    let karma_event = eventually(secs(10.0), "karma hears of the failure", async || karma.event_for(&trace)).await;
+    assert_eq!(karma_event.body["data"]["action"], "workflow_failure");
+    assert!(second.logs().iter().any(|l| l.contains("outcome_unknown")), "{:#?}", second.logs());
+}

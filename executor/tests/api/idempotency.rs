@@ -1,0 +1,101 @@
+//! Idempotency: a repeated request replays the stored answer without acting again; a concurrent
+//! duplicate gets 409; an `Idempotency-Key` reused for another request gets 422.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn the_same_request_twice_returns_the_stored_answer_without_acting_again() {
+    let app = spawn_app(&[]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.once")).await;
+    let trace = trace_id();
+
+    let first = app.execute(&whatsapp_request(&trace)).await;
+    let second = app.execute(&whatsapp_request(&trace)).await;
+
+    first.assert_success(&trace);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    assert_eq!(second.body, first.body, "the stored answer, byte for byte");
+    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider is called once");
+    let metrics = app.metrics().await;
+    assert_eq!(metrics.get("workflow_idempotent_replays_total", &[]), 1.0);
+    assert_eq!(metrics.get("workflow_events_enqueued_total", &[("sink", "bucket")]), 1.0, "a replay emits no event");
+}
+
+#[tokio::test]
+async fn the_same_trace_with_a_different_payload_is_a_new_execution() {
+    let app = spawn_app(&[]).await;
+    let trace = trace_id();
+    let mut other = task_request(&trace);
+    other["data"]["payload"]["title"] = json!("Another task");
+
+    let first = app.execute(&task_request(&trace)).await;
+    let second = app.execute(&other).await;
+
+    first.assert_success(&trace);
+    second.assert_success(&trace);
+    assert_eq!(second.header("idempotent-replayed"), None);
+    assert_ne!(first.result()["task_id"], second.result()["task_id"]);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_and_request_replays_the_stored_answer() {
+    let app = spawn_app(&[]).await;
+    let trace = trace_id();
+    let key = [("idempotency-key", "order-1234-confirmation")];
+
+    let first = app.execute_with(&task_request(&trace), &key).await;
+    let again = app.execute_with(&task_request(&trace), &key).await;
+
+    first.assert_success(&trace);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.body, first.body);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_a_different_payload_is_422() {
+    let app = spawn_app(&[]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.key")).await;
+    let key = [("idempotency-key", "core-msg-77")];
+    let trace = trace_id();
+    app.execute_with(&whatsapp_request(&trace), &key).await.assert_success(&trace);
+    let mut different = whatsapp_request(&trace);
+    different["data"]["payload"]["message"] = json!("A different text");
+
+    let reused = app.execute_with(&different, &key).await;
+
+    reused.assert_rejected(422, "idempotency_key_reused");
+    assert_eq!(reused.body["error"]["field"], "Idempotency-Key");
+    assert_eq!(received(&app.whatsapp).await.len(), 1, "nothing was sent for the reused key");
+    let bad_key = app.execute_with(&whatsapp_request(&trace_id()), &[("idempotency-key", "has space")]).await;
+    bad_key.assert_rejected(422, "invalid_idempotency_key");
+}
+
+#[tokio::test]
+async fn a_duplicate_arriving_while_the_first_still_runs_gets_409() {
+    let app = spawn_app(&[]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.slow").set_delay(secs(1.0))).await;
+    let trace = trace_id();
+    let first = {
+        let (http, url, body) = (app.http.clone(), app.url("/api/workflow/execute"), whatsapp_request(&trace));
+        tokio::spawn(async move { http.post(url).json(&body).send().await.expect("answer").json::<Value>().await })
+    };
+    eventually(secs(5.0), "the first request reaches the provider", async || {
+        (!received(&app.whatsapp).await.is_empty()).then_some(())
+    })
+    .await;
+
+    let duplicate = app.execute(&whatsapp_request(&trace)).await;
+
+    duplicate.assert_rejected(409, "execution_in_progress");
+    assert!(duplicate.header("retry-after").is_some());
+    let first = first.await.expect("joined").expect("JSON");
+    assert_eq!(first["status"], "success", "{first}");
+    let later = app.execute(&whatsapp_request(&trace)).await;
+    assert_eq!(later.header("idempotent-replayed"), Some("true"));
+    assert_eq!(later.body, first);
+    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider is called once in all");
+}

@@ -1,0 +1,20 @@
+//! Black-box tests of the Workflow Executor: one binary, every test spawns a real executor on
+//! `127.0.0.1:0` against fakes of its neighbours (see [`helpers`]).
+//!
+//! - [`execute`]: every adapter's success path, every executed-failure `error_code`, the guard.
+//! - [`rejections`]: every rejection status with its structured body, caller tokens, shedding.
+//! - [`hostile`]: a table of malformed and hostile requests; the service keeps serving.
+//! - [`telemetry`]: Bucket and Karma event shapes and headers, outages, dead letters, full
+//!   outboxes, `/healthz`, `/api/integration/status` and `/metrics`.
+//! - [`idempotency`]: replays, 409 for a concurrent duplicate, 422 for a reused key.
+//! - [`crash`]: the real binary killed with SIGKILL and restarted on the same data directory.
+//! - [`shutdown`]: graceful shutdown flushes queued events; a restart resumes delivery.
+
+mod crash;
+mod execute;
+mod helpers;
+mod hostile;
+mod idempotency;
+mod rejections;
+mod shutdown;
+mod telemetry;

@@ -1,0 +1,60 @@
+//! Graceful shutdown: cancelling the token flushes queued events before `run_until_stopped`
+//! returns; what cannot be flushed stays on disk and a restart delivers it.
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn cancelling_the_token_flushes_queued_events_before_run_until_stopped_returns() {
+    let app = spawn_app(&[("EXECUTOR_SHUTDOWN_GRACE", "5")]).await;
+    app.bucket.set_mode(SinkMode::Hang);
+    app.karma.set_mode(SinkMode::Hang);
+    let mut traces = Vec::new();
+    for _ in 0..5 {
+        let trace = trace_id();
+        app.execute(&task_request(&trace)).await.assert_success(&trace);
+        traces.push(trace);
+    }
+    let status = app.status().await.body;
+    assert_eq!(status["pillars"]["bucket"]["outbox_depth"], 5, "events are queued: {status}");
+    assert_eq!(status["pillars"]["karma"]["outbox_depth"], 5, "events are queued: {status}");
+    app.bucket.set_mode(SinkMode::Accept);
+    app.karma.set_mode(SinkMode::Accept);
+
+    let stopped = app.stop().await;
+
+    stopped.result.expect("a clean stop");
+    for sink in [&stopped.fakes.bucket, &stopped.fakes.karma] {
+        assert_eq!(sink.trace_ids(), traces.iter().cloned().collect(), "flushed before returning");
+        assert_eq!(sink.event_ids().len(), 5);
+    }
+    // Nothing is left on disk either: a restart has nothing to resume.
+    let restarted = spawn_app_in(stopped.fakes, stopped.data_dir, &[]).await;
+    let status = restarted.status().await.body;
+    assert_eq!(status["pillars"]["bucket"]["outbox_depth"], 0, "{status}");
+    assert_eq!(status["pillars"]["karma"]["outbox_depth"], 0, "{status}");
+}
+
+#[tokio::test]
+async fn events_left_on_disk_by_a_stop_are_delivered_after_a_restart() {
+    let app = spawn_app_with(Fakes::with_bucket_refused().await, &[("EXECUTOR_SHUTDOWN_GRACE", "0.2")]).await;
+    let mut traces = Vec::new();
+    for _ in 0..4 {
+        let trace = trace_id();
+        app.execute(&task_request(&trace)).await.assert_success(&trace);
+        traces.push(trace);
+    }
+
+    let mut stopped = app.stop().await;
+    stopped.result.expect("a clean stop");
+    assert!(stopped.fakes.bucket.delivered().is_empty());
+    stopped.fakes.bucket.come_up().await;
+    let restarted = spawn_app_in(stopped.fakes, stopped.data_dir, &[]).await;
+
+    let wanted: std::collections::BTreeSet<String> = traces.into_iter().collect();
+    eventually(secs(10.0), "the restarted executor delivers what was left", async || {
+        (restarted.bucket.trace_ids() == wanted).then_some(())
+    })
+    .await;
+    assert_eq!(restarted.bucket.event_ids().len(), 4);
+    restarted.wait_until_outboxes_drain().await;
+}
