@@ -176,6 +176,7 @@ impl Engine {
             key,
             created_ms: now_ms(),
             record: serde_json::to_vec(&record).unwrap_or_default(),
+            clear_in_flight: request.plan.as_ref().is_ok_and(|action| action.is_remote()),
         }];
         batch.extend(ops);
         let committed = self.store.commit(Batch { ops: batch, durable: true }).await;
@@ -346,6 +347,7 @@ impl Engine {
                 key,
                 created_ms: now_ms(),
                 record: serde_json::to_vec(&record).unwrap_or_default(),
+                clear_in_flight: true,
             });
             self.store.commit(Batch { ops, durable: true }).await?;
         }

@@ -14,7 +14,8 @@
 //! - [`engine`]: idempotency, the one adapter call, and the atomic commit of answer and events.
 //! - [`adapters`]: `task` (local durable store), `whatsapp` (Cloud API), `email` (SMTP), `ai`
 //!   (OpenAI-compatible).
-//! - [`store`]: the embedded redb store and its group-commit writer thread.
+//! - [`store`]: the embedded redb store and its group-commit writer thread; `wal` its write-ahead
+//!   log.
 //! - [`events`]: the Bucket and Karma event shapes, with recipient masking.
 //! - [`delivery`]: background deliverers with backoff, circuit breakers and dead letters.
 //! - [`metrics`]: the Prometheus registry.
@@ -35,6 +36,7 @@ pub mod logging;
 pub mod metrics;
 pub mod store;
 pub mod trace;
+mod wal;
 
 pub use app::{Application, StartError};
 pub use config::Settings;

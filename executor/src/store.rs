@@ -5,12 +5,13 @@
 //! crash), tasks created by the task adapter, and one outbox table plus one dead-letter table per
 //! sink.
 //!
-//! **Group commit.** redb admits one write transaction at a time and a durable commit costs an
-//! fsync. All writes therefore go through one writer thread: callers send a [`Batch`] of
-//! [`Op`]s and await its commit; the thread drains everything queued, applies it in a single
-//! transaction and commits once, so concurrent requests share one fsync. A batch asks for a
-//! durable commit (execution results and their events) or a lazy one (delivery acknowledgements:
-//! losing one only re-sends an event, which sinks drop by `event_id`).
+//! **Group commit.** All writes go through one writer thread: callers send a [`Batch`] of
+//! [`Op`]s and await its commit; the thread drains everything queued and commits it at once, so
+//! concurrent requests share one fsync. A batch asks for a durable commit (execution results and
+//! their events) or a lazy one (delivery acknowledgements: losing one only re-sends an event,
+//! which sinks drop by `event_id`). Durable batches are made durable by the write-ahead log
+//! ([`crate::wal`]): one sequential append and fsync, instead of rewriting every B-tree page a
+//! batch touched; redb itself is committed lazily and checkpointed periodically.
 //!
 //! **Outbox accounting.** The writer is the only mutator of the outbox tables, so it keeps each
 //! sink's exact depth and byte count in [`OutboxGauge`]s and applies the drop-oldest policy itself.
@@ -20,12 +21,13 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
+use crate::wal::{Resolved, Wal};
 
 /// Idempotency key -> stored execution (JSON).
 pub(crate) const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("executions");
@@ -110,6 +112,8 @@ pub enum Op {
         created_ms: u64,
         /// Serialized stored execution.
         record: Vec<u8>,
+        /// Whether an in-flight marker was written for this key and must go.
+        clear_in_flight: bool,
     },
     /// Mark an execution whose provider call is about to start.
     PutInFlight {
@@ -250,8 +254,31 @@ impl Store {
             }
             next
         };
+        let (wal, logged) = Wal::open(&dir.join("executor.wal")).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+        let mut writer = Writer {
+            db: db.clone(),
+            wal,
+            gauges: gauges.clone(),
+            bounds,
+            next_seq,
+            metrics,
+            dropping: [false; 2],
+            last_checkpoint: Instant::now(),
+        };
+        if !logged.is_empty() {
+            tracing::info!(batches = logged.len(), "replaying the store's write-ahead log");
+            for batch in &logged {
+                for op in batch {
+                    if let Resolved::Enqueue { sink, seq, .. } = op {
+                        let next = &mut writer.next_seq[sink.index()];
+                        *next = (*next).max(seq + 1);
+                    }
+                }
+                writer.apply(batch, false)?;
+            }
+            writer.checkpoint();
+        }
         let (sender, receiver) = mpsc::unbounded_channel();
-        let writer = Writer { db: db.clone(), gauges: gauges.clone(), bounds, next_seq, metrics, dropping: [false; 2] };
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(receiver))
@@ -374,20 +401,26 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Checkpoint when the log grows past this many bytes...
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ...or when the last checkpoint is this old.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
+
 struct Writer {
     db: Arc<Database>,
+    wal: Wal,
     gauges: Arc<[OutboxGauge; 2]>,
     bounds: [OutboxBound; 2],
     next_seq: [u64; 2],
     metrics: Metrics,
     /// Whether each sink is in a drop-oldest episode (logged once when it starts and ends).
     dropping: [bool; 2],
+    last_checkpoint: Instant,
 }
 
 impl Writer {
     fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Request>) {
         let mut pending = Vec::new();
-        let mut dirty = false;
         while let Some(first) = receiver.blocking_recv() {
             pending.push(first);
             while pending.len() < 4096 {
@@ -396,28 +429,67 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let durable = pending.iter().any(|r| r.batch.durable);
             let started = Instant::now();
-            let result = self.apply(&mut pending, durable);
-            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-            dirty = !durable && result.is_ok();
-            let result = result.map_err(|e| {
+            let result = self.write(&mut pending).map_err(|e| {
                 tracing::error!(error = %e, "store commit failed");
                 Arc::new(e)
             });
+            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             for request in pending.drain(..) {
                 let _ = request.done.send(result.clone());
             }
+            if self.wal.len() >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                self.checkpoint();
+            }
         }
-        // Every handle is gone: make lazily committed acknowledgements durable before exiting.
-        if dirty && let Err(e) = self.db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?)) {
-            tracing::error!(error = %e, "final store flush failed");
+        // Every handle is gone: make everything durable in redb and empty the log.
+        self.checkpoint();
+    }
+
+    /// Resolves the batches, logs them if any must be durable, and applies them lazily to redb.
+    fn write(&mut self, pending: &mut [Request]) -> Result<(), StoreError> {
+        let durable = pending.iter().any(|r| r.batch.durable);
+        let resolved: Vec<Resolved> =
+            pending.iter_mut().flat_map(|r| r.batch.ops.drain(..)).map(|op| self.resolve(op)).collect();
+        if durable {
+            self.wal.append(&resolved).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+        }
+        self.apply(&resolved, true)
+    }
+
+    /// Makes every lazy commit durable and empties the log.
+    fn checkpoint(&mut self) {
+        let result = self.db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?));
+        match result.and_then(|()| self.wal.clear().map_err(|e| StoreError::Redb(redb::Error::Io(e)))) {
+            Ok(()) => self.last_checkpoint = Instant::now(),
+            Err(e) => tracing::error!(error = %e, "store checkpoint failed; the log is kept for replay"),
         }
     }
 
-    fn apply(&mut self, pending: &mut [Request], durable: bool) -> Result<(), StoreError> {
+    /// Decides sequence numbers and timestamps, so the logged op replays identically.
+    fn resolve(&mut self, op: Op) -> Resolved {
+        match op {
+            Op::PutExecution { key, created_ms, record, clear_in_flight } => {
+                Resolved::PutExecution { key, created_ms, record, clear_in_flight }
+            }
+            Op::PutInFlight { key, record } => Resolved::PutInFlight { key, record },
+            Op::PutTask { id, record } => Resolved::PutTask { id, record },
+            Op::Enqueue { sink, event_id, trace_id, body } => {
+                let seq = self.next_seq[sink.index()];
+                self.next_seq[sink.index()] += 1;
+                Resolved::Enqueue { sink, seq, value: encode_outbox_value(now_ms(), &event_id, &trace_id, &body) }
+            }
+            Op::Ack { sink, seq } => Resolved::Ack { sink, seq },
+            Op::DeadLetter { sink, seq, reason } => Resolved::DeadLetter { sink, seq, reason, at_ms: now_ms() },
+            Op::Expire { before_ms } => Resolved::Expire { before_ms },
+        }
+    }
+
+    /// Applies resolved ops in one lazy redb commit. `live` is false while replaying the log:
+    /// then the drop-oldest policy is not re-applied (replay restores, it does not decide).
+    fn apply(&mut self, ops: &[Resolved], live: bool) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
+        txn.set_durability(Durability::None)?;
         // Gauge changes are published only after the commit succeeds.
         let mut delta = [(0i64, 0i64); 2];
         let mut dropped = [0u64; 2];
@@ -428,26 +500,27 @@ impl Writer {
             let mut tasks = txn.open_table(TASKS)?;
             let mut outboxes = [txn.open_table(Sink::Bucket.outbox())?, txn.open_table(Sink::Karma.outbox())?];
             let mut dead = [txn.open_table(Sink::Bucket.dead_letters())?, txn.open_table(Sink::Karma.dead_letters())?];
-            for op in pending.iter_mut().flat_map(|r| r.batch.ops.drain(..)) {
+            for op in ops {
                 match op {
-                    Op::PutExecution { key, created_ms, record } => {
+                    Resolved::PutExecution { key, created_ms, record, clear_in_flight } => {
                         executions.insert(key.as_str(), record.as_slice())?;
-                        expiry.insert((created_ms, key.as_str()), ())?;
-                        in_flight.remove(key.as_str())?;
+                        expiry.insert((*created_ms, key.as_str()), ())?;
+                        if *clear_in_flight {
+                            in_flight.remove(key.as_str())?;
+                        }
                     }
-                    Op::PutInFlight { key, record } => {
+                    Resolved::PutInFlight { key, record } => {
                         in_flight.insert(key.as_str(), record.as_slice())?;
                     }
-                    Op::PutTask { id, record } => {
+                    Resolved::PutTask { id, record } => {
                         tasks.insert(id.as_str(), record.as_slice())?;
                     }
-                    Op::Enqueue { sink, event_id, trace_id, body } => {
+                    Resolved::Enqueue { sink, seq, value } => {
                         let i = sink.index();
                         let bound = self.bounds[i];
                         let gauge = &self.gauges[i];
-                        let value = encode_outbox_value(now_ms(), &event_id, &trace_id, &body);
                         let size = value.len() as i64;
-                        if bound.drop_oldest {
+                        if live && bound.drop_oldest {
                             loop {
                                 let depth = gauge.depth.load(Ordering::Relaxed) as i64 + delta[i].0;
                                 let bytes = gauge.bytes.load(Ordering::Relaxed) as i64 + delta[i].1;
@@ -460,22 +533,21 @@ impl Writer {
                                 dropped[i] += 1;
                             }
                         }
-                        let seq = self.next_seq[i];
-                        self.next_seq[i] += 1;
-                        outboxes[i].insert(seq, value.as_slice())?;
-                        delta[i].0 += 1;
-                        delta[i].1 += size;
+                        if outboxes[i].insert(*seq, value.as_slice())?.is_none() {
+                            delta[i].0 += 1;
+                            delta[i].1 += size;
+                        }
                     }
-                    Op::Ack { sink, seq } => {
+                    Resolved::Ack { sink, seq } => {
                         let i = sink.index();
-                        if let Some(old) = outboxes[i].remove(seq)? {
+                        if let Some(old) = outboxes[i].remove(*seq)? {
                             delta[i].0 -= 1;
                             delta[i].1 -= old.value().len() as i64;
                         }
                     }
-                    Op::DeadLetter { sink, seq, reason } => {
+                    Resolved::DeadLetter { sink, seq, reason, at_ms } => {
                         let i = sink.index();
-                        let removed = outboxes[i].remove(seq)?.map(|old| old.value().to_vec());
+                        let removed = outboxes[i].remove(*seq)?.map(|old| old.value().to_vec());
                         if let Some(old) = removed {
                             delta[i].0 -= 1;
                             delta[i].1 -= old.len() as i64;
@@ -485,15 +557,15 @@ impl Writer {
                                 "event_id": event.event_id,
                                 "trace_id": event.trace_id,
                                 "enqueued_ms": event.enqueued_ms,
-                                "dead_lettered_ms": now_ms(),
+                                "dead_lettered_ms": at_ms,
                                 "event": serde_json::from_slice::<serde_json::Value>(&event.body).unwrap_or_default(),
                             });
-                            dead[i].insert(seq, serde_json::to_vec(&record).unwrap_or_default().as_slice())?;
+                            dead[i].insert(*seq, serde_json::to_vec(&record).unwrap_or_default().as_slice())?;
                         }
                     }
-                    Op::Expire { before_ms } => {
+                    Resolved::Expire { before_ms } => {
                         let old: Vec<(u64, String)> = expiry
-                            .range::<(u64, &str)>(..(before_ms, ""))?
+                            .range::<(u64, &str)>(..(*before_ms, ""))?
                             .map(|e| e.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
                             .collect::<Result<_, _>>()?;
                         for (at, key) in old {

@@ -1,7 +1,8 @@
 //! The task adapter: a durable local task store in the executor's data directory.
 //!
 //! The task row is committed in the same transaction as the execution record and its events, so
-//! a task exists exactly when its execution is recorded.
+//! a task exists exactly when its execution is recorded. Task ids are time-ordered (UUIDv7), so
+//! inserts land at the end of the table's B-tree.
 
 use serde_json::{Value, json};
 
@@ -10,7 +11,7 @@ use crate::store::Op;
 
 /// Creates a task; the returned op stores it.
 pub(super) fn create(title: &str, description: &str, trace_id: &str) -> Performed {
-    let task_id = format!("task_{}", uuid::Uuid::new_v4().simple());
+    let task_id = format!("task_{}", uuid::Uuid::now_v7().simple());
     let created_at = crate::now_rfc3339();
     let record = json!({
         "task_id": task_id, "title": title, "description": description, "status": "CREATED",

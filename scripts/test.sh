@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; .ci/run calls exactly this).
+#
+# 1. formatting check (cheap, fails fast);
+# 2. every test of the workspace: unit tests, the executor's and simulator's black-box suites,
+#    the contract snapshots and the Cucumber features (tests/cucumber.rs prints "N passed, N failed");
+# 3. snapshot hygiene: with CI=true insta never writes or accepts snapshots (a changed or missing
+#    snapshot fails with its diff), and any committed snapshot no test referenced fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install the Rust toolchain (https://rustup.rs)" >&2
+  exit 1
+fi
+rustup component add rustfmt >/dev/null 2>&1 || true
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+refs=$(mktemp)
+trap 'rm -f "$refs"' EXIT
+if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then
+  export INSTA_UPDATE=no
+fi
+
+echo "==> cargo test --workspace"
+INSTA_SNAPSHOT_REFERENCES_FILE="$refs" cargo test --workspace --locked "$@"
+
+if [ "$#" -eq 0 ]; then
+  echo "==> unreferenced snapshots"
+  unreferenced=$(comm -23 \
+    <(git ls-files -- '*.snap' | xargs -r realpath | sort -u) \
+    <(xargs -r realpath < "$refs" 2>/dev/null | sort -u))
+  if [ -n "$unreferenced" ]; then
+    echo "snapshots that no test referenced (delete them, or restore the test that wrote them):" >&2
+    echo "$unreferenced" >&2
+    exit 1
+  fi
+  echo "all snapshots referenced"
+fi
