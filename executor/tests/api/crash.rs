@@ -80,6 +80,15 @@ impl ExecutorProcess {
         self.child.wait().expect("the killed process is reaped");
     }
 
+    /// `SIGTERM`, then waits for the exit status.
+    async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill(1) runs");
+        assert!(sent.success(), "SIGTERM was delivered");
+        let child = &mut self.child;
+        eventually(secs(15.0), "the executor exits after SIGTERM", async || child.try_wait().ok().flatten()).await
+    }
+
     fn logs(&self) -> Vec<String> {
         self.logs.lock().expect("logs lock").clone()
     }
@@ -180,6 +189,9 @@ async fn a_provider_call_interrupted_by_a_crash_is_outcome_unknown_and_never_res
         ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
         ("WHATSAPP_ACCESS_TOKEN", WHATSAPP_TOKEN.to_owned()),
         ("WHATSAPP_TIMEOUT", "25".to_owned()),
+        ("AI_API_KEY", AI_KEY.to_owned()),
+        ("SMTP_PASSWORD", "smtp-password-not-a-secret".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
     ];
     let mut first = ExecutorProcess::start(&data_dir, &env).await;
     let trace = trace_id();
@@ -212,4 +224,106 @@ async fn a_provider_call_interrupted_by_a_crash_is_outcome_unknown_and_never_res
     let karma_event = eventually(secs(10.0), "karma hears of the failure", async || karma.event_for(&trace)).await;
     assert_eq!(karma_event.body["data"]["action"], "workflow_failure");
     assert!(second.logs().iter().any(|l| l.contains("outcome_unknown")), "{:#?}", second.logs());
+    for line in first.logs().iter().chain(&second.logs()) {
+        for secret in [WHATSAPP_TOKEN, AI_KEY, "smtp-password-not-a-secret"] {
+            assert!(!line.contains(secret), "a provider secret reached the logs: {line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_before_a_kill_is_replayed_after_the_restart_without_acting_again() {
+    let data_dir = TempDir::new().expect("a temp dir");
+    let whatsapp = MockServer::builder().start().await;
+    mount_whatsapp(&whatsapp, whatsapp_accepted("wamid.durable")).await;
+    let (bucket_down, karma_down) = (ReservedPort::new(), ReservedPort::new());
+    let mut env = vec![
+        ("BUCKET_URL", bucket_down.uri()),
+        ("KARMA_URL", karma_down.uri()),
+        ("WHATSAPP_API_URL", whatsapp.uri()),
+        ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
+    ];
+    let mut first = ExecutorProcess::start(&data_dir, &env).await;
+    let (sent, task) = (trace_id(), trace_id());
+    let answer = |url: String, body: Value| async move {
+        client().post(url).json(&body).send().await.expect("an answer").json::<Value>().await.expect("JSON")
+    };
+    let sent_answer = answer(first.url(), whatsapp_request(&sent)).await;
+    let task_answer = answer(first.url(), task_request(&task)).await;
+    assert_eq!(sent_answer["status"], "success", "{sent_answer}");
+    assert_eq!(task_answer["status"], "success", "{task_answer}");
+
+    first.kill();
+    let bucket = SinkFake::up(BUCKET_PATH).await;
+    env[0].1 = bucket.uri();
+    let second = ExecutorProcess::start(&data_dir, &env).await;
+
+    for (trace, request, stored) in
+        [(&sent, whatsapp_request(&sent), &sent_answer), (&task, task_request(&task), &task_answer)]
+    {
+        let response = client().post(second.url()).json(&request).send().await.expect("an answer");
+        assert_eq!(response.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]), "{trace}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(&body, stored, "the answer given before the kill is the one stored");
+    }
+    assert_eq!(received(&whatsapp).await.len(), 1, "the message is sent once");
+    let wanted: BTreeSet<String> = [sent.clone(), task.clone()].into_iter().collect();
+    eventually(secs(20.0), "both executions are audited after the restart", async || {
+        wanted.is_subset(&bucket.trace_ids()).then_some(())
+    })
+    .await;
+    let audited = bucket.event_for(&sent).expect("an event");
+    assert_eq!(audited.body["event_data"]["status"], "success", "a completed call is not outcome_unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_binary_gracefully_after_flushing_queued_events() {
+    let data_dir = TempDir::new().expect("a temp dir");
+    let bucket = SinkFake::up(BUCKET_PATH).await;
+    let karma = SinkFake::up(KARMA_PATH).await;
+    bucket.set_mode(SinkMode::Hang);
+    let env = [("BUCKET_URL", bucket.uri()), ("KARMA_URL", karma.uri()), ("EXECUTOR_SHUTDOWN_GRACE", "5".to_owned())];
+    let mut process = ExecutorProcess::start(&data_dir, &env).await;
+    let mut traces = BTreeSet::new();
+    for _ in 0..3 {
+        let trace = trace_id();
+        let body: Value = client()
+            .post(process.url())
+            .json(&task_request(&trace))
+            .send()
+            .await
+            .expect("answer")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(body["status"], "success", "{body}");
+        traces.insert(trace);
+    }
+    eventually(secs(5.0), "bucket was tried", async || (bucket.attempts() > 0).then_some(())).await;
+    bucket.set_mode(SinkMode::Accept);
+
+    let status = process.terminate().await;
+
+    assert!(status.success(), "a clean exit: {status}, {:#?}", process.logs());
+    assert_eq!(bucket.trace_ids(), traces, "queued events were flushed before exiting");
+    assert_eq!(karma.trace_ids(), traces);
+    let logs = process.logs();
+    assert!(logs.iter().any(|l| l.contains("shutdown requested")), "{logs:#?}");
+    assert!(logs.iter().any(|l| l.contains("workflow executor stopped")), "{logs:#?}");
+}
+
+#[test]
+fn a_bad_setting_stops_the_binary_at_start_naming_the_variable() {
+    let data_dir = TempDir::new().expect("a temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_workflow-executor"))
+        .env_clear()
+        .env("EXECUTOR_BIND", "127.0.0.1:0")
+        .env("EXECUTOR_DATA_DIR", data_dir.path())
+        .env("WORKFLOW_TIMEOUT", "soon")
+        .output()
+        .expect("the binary runs");
+
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("WORKFLOW_TIMEOUT"), "the error names the variable: {stderr}");
 }

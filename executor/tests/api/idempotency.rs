@@ -99,3 +99,20 @@ async fn a_duplicate_arriving_while_the_first_still_runs_gets_409() {
     assert_eq!(later.body, first);
     assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider is called once in all");
 }
+
+#[tokio::test]
+async fn a_stored_answer_is_forgotten_after_the_retention() {
+    let app = spawn_app(&[("EXECUTOR_IDEMPOTENCY_RETENTION", "0.2")]).await;
+    let trace = trace_id();
+    let first = app.execute(&task_request(&trace)).await;
+    first.assert_success(&trace);
+
+    let fresh = eventually(secs(10.0), "the same request executes again", async || {
+        let response = app.execute(&task_request(&trace)).await;
+        response.header("idempotent-replayed").is_none().then_some(response)
+    })
+    .await;
+
+    fresh.assert_success(&trace);
+    assert_ne!(fresh.result()["task_id"], first.result()["task_id"], "a new execution, not the stored answer");
+}

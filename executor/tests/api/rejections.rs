@@ -154,6 +154,13 @@ async fn schema_violations_are_422_naming_the_field() {
         assert!(detail["msg"].is_string(), "{}", response.text);
     }
     assert_eq!(app.metrics().await.get("workflow_executions_total", &[]), 0.0, "nothing executed");
+
+    // The bounds are inclusive.
+    let longest = "t".repeat(128);
+    let at_limit = payload(json!({"action_type": "task", "title": "t".repeat(256), "description": "d".repeat(4096)}));
+    let mut at_limit = at_limit;
+    at_limit["trace_id"] = json!(longest);
+    app.execute(&at_limit).await.assert_success(&longest);
 }
 
 const TOKENS: &str = "core:core-secret-token,ops:ops-secret-token";

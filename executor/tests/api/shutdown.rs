@@ -37,6 +37,7 @@ async fn cancelling_the_token_flushes_queued_events_before_run_until_stopped_ret
 #[tokio::test]
 async fn events_left_on_disk_by_a_stop_are_delivered_after_a_restart() {
     let app = spawn_app_with(Fakes::with_bucket_refused().await, &[("EXECUTOR_SHUTDOWN_GRACE", "0.2")]).await;
+    app.karma.set_mode(SinkMode::Hang);
     let mut traces = Vec::new();
     for _ in 0..4 {
         let trace = trace_id();
@@ -44,10 +45,14 @@ async fn events_left_on_disk_by_a_stop_are_delivered_after_a_restart() {
         traces.push(trace);
     }
 
+    let stopping = std::time::Instant::now();
     let mut stopped = app.stop().await;
+    assert!(stopping.elapsed() < secs(3.0), "a refused or hanging sink does not hold shutdown past the grace");
     stopped.result.expect("a clean stop");
     assert!(stopped.fakes.bucket.delivered().is_empty());
+    assert!(stopped.fakes.karma.delivered().is_empty());
     stopped.fakes.bucket.come_up().await;
+    stopped.fakes.karma.set_mode(SinkMode::Accept);
     let restarted = spawn_app_in(stopped.fakes, stopped.data_dir, &[]).await;
 
     let wanted: std::collections::BTreeSet<String> = traces.into_iter().collect();
@@ -56,5 +61,9 @@ async fn events_left_on_disk_by_a_stop_are_delivered_after_a_restart() {
     })
     .await;
     assert_eq!(restarted.bucket.event_ids().len(), 4);
+    eventually(secs(10.0), "karma gets what was left too", async || {
+        (restarted.karma.trace_ids() == wanted).then_some(())
+    })
+    .await;
     restarted.wait_until_outboxes_drain().await;
 }

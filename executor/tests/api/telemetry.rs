@@ -83,7 +83,9 @@ async fn events_reach_bucket_and_karma_with_the_documented_shapes_and_headers() 
     assert!(!serialized.contains(secret_text), "the message body leaked into the audit trail: {serialized}");
     assert!(!serialized.contains("9876543210"), "the phone number leaked into the audit trail: {serialized}");
     assert_eq!(bucket.header("x-trace-id"), Some(trace.as_str()));
-    assert_traceparent(bucket.header("traceparent").expect("traceparent"));
+    let traceparent = bucket.header("traceparent").expect("traceparent");
+    assert_traceparent(traceparent);
+    assert_eq!(traceparent[3..35], trace.replace('-', ""), "a UUID trace id keeps its digits in traceparent");
     assert_eq!(bucket.header("idempotency-key"), data["event_id"].as_str());
     assert!(uuid::Uuid::parse_str(&bucket.event_id()).is_ok(), "{}", bucket.event_id());
 
@@ -245,9 +247,29 @@ async fn sinks_that_refuse_events_are_dead_lettered_and_reported_while_execution
     assert_eq!(metrics.get("workflow_events_dead_lettered_total", &[("sink", "karma")]), 3.0);
     assert_eq!(metrics.get("workflow_events_delivered_total", &[]), 0.0);
 
+    let health = app.healthz().await.body;
+    assert_eq!(health["status"], "degraded", "a sink that refuses everything is not healthy: {health}");
+    assert_eq!(health["pillars"]["bucket"], "degraded", "{health}");
+    assert_eq!(health["pillars"]["karma"], "degraded", "{health}");
+
     let after = execute_tasks(&app, 1, secs(1.0)).await;
     assert_eq!(after.len(), 1, "executions keep succeeding");
     assert!(!traces.is_empty());
+}
+
+#[tokio::test]
+async fn a_disabled_sink_gets_no_events_and_is_reported_as_disabled() {
+    let app = spawn_app(&[("EXECUTOR_KARMA_ENABLED", "false")]).await;
+
+    let traces = execute_tasks(&app, 2, secs(1.0)).await;
+
+    wait_for_events(&app.bucket, &traces).await;
+    app.wait_until_outboxes_drain().await;
+    assert_eq!(app.karma.attempts(), 0);
+    let health = app.healthz().await.body;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["pillars"]["karma"], "disabled", "{health}");
+    assert_eq!(app.metrics().await.get("workflow_events_enqueued_total", &[("sink", "karma")]), 0.0);
 }
 
 #[tokio::test]
