@@ -29,7 +29,9 @@ pub async fn execute(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         return ApiError::unavailable("overloaded", "too many concurrent requests; retry shortly", 1).into_response();
     };
     state.metrics.in_flight.inc();
-    let response = match handle(&state, &headers, body).await {
+    // Decremented on every exit, including when the caller hangs up and this future is dropped.
+    let _in_flight = InFlight(state.metrics.in_flight.clone());
+    match handle(&state, &headers, body).await {
         Ok(response) => response,
         Err(error) => {
             if error.status().is_client_error() {
@@ -37,12 +39,19 @@ pub async fn execute(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
             }
             error.into_response()
         }
-    };
-    state.metrics.in_flight.dec();
-    response
+    }
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+/// Counts one execute request in the in-flight gauge for as long as it lives.
+struct InFlight(prometheus::IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn handle(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     let caller = authenticate(state, headers)?;
     let is_json =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(
@@ -86,7 +95,16 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Res
         }
         Parsed::Execute(request) => {
             let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller);
-            let answer = state.engine.execute(request, idempotency_key).instrument(span).await?;
+            // The engine runs in its own task so that a caller hanging up cannot cancel an
+            // execution half-way: the provider may already have acted, and a dropped future would
+            // store neither the result nor its events, so a retry would act a second time.
+            let engine = Arc::clone(state);
+            let key = idempotency_key.map(str::to_owned);
+            let execution = async move { engine.engine.execute(request, key.as_deref()).await }.instrument(span);
+            let answer = tokio::spawn(execution).await.map_err(|error| {
+                tracing::error!(%error, "the execution task failed");
+                ApiError::internal()
+            })??;
             Ok(match answer {
                 Answer::Fresh(body) => (StatusCode::OK, axum::Json(body)).into_response(),
                 Answer::Replay(body) => {
