@@ -116,3 +116,32 @@ async fn a_stored_answer_is_forgotten_after_the_retention() {
     fresh.assert_success(&trace);
     assert_ne!(fresh.result()["task_id"], first.result()["task_id"], "a new execution, not the stored answer");
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_mid_call_does_not_cause_a_second_send() {
+    let app = spawn_app(&[]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.once").set_delay(secs(0.5))).await;
+    let trace = trace_id();
+    let impatient = reqwest::Client::builder().timeout(secs(0.2)).build().expect("a client");
+    let hung_up = impatient.post(app.url("/api/workflow/execute")).json(&whatsapp_request(&trace)).send().await;
+    assert!(hung_up.is_err(), "the caller gave up before the provider answered");
+    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider call had started");
+
+    eventually(secs(5.0), "the abandoned request is no longer in flight", async || {
+        (app.metrics().await.get("workflow_in_flight_requests", &[]) == 0.0).then_some(())
+    })
+    .await;
+    let retried = eventually(secs(5.0), "the retry is answered with the first execution's result", async || {
+        let response = app.execute(&whatsapp_request(&trace)).await;
+        (response.status != 409).then_some(response)
+    })
+    .await;
+
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert_eq!(retried.header("idempotent-replayed"), Some("true"), "{}", retried.text);
+    assert_eq!(retried.body["status"], "success", "{}", retried.text);
+    assert_eq!(received(&app.whatsapp).await.len(), 1, "the message is sent once, whatever the caller does");
+    app.wait_until_outboxes_drain().await;
+    assert_eq!(app.bucket.trace_ids().len(), 1, "and audited once");
+    assert_eq!(app.bucket.event_ids().len(), 1);
+}
