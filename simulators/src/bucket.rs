@@ -359,7 +359,7 @@ async fn write_event(State(bucket): State<Arc<Bucket>>, uri: Uri, body: Bytes) -
     }
     if profile == Profile::Spec {
         for field in ["event_id", "product", "event_type", "trace_id"] {
-            if event.get(field).is_some_and(|v| !v.as_str().is_some_and(|s| !s.is_empty())) {
+            if event.get(field).is_some_and(|v| v.as_str().is_none_or(str::is_empty)) {
                 return wire::unprocessable(vec![json!({"type": "string_type", "loc": ["body", "event_data", field],
                     "msg": "Input should be a non-empty string", "input": event[field]})]);
             }
@@ -413,28 +413,24 @@ async fn write_event(State(bucket): State<Arc<Bucket>>, uri: Uri, body: Bytes) -
     response
 }
 
-/// The reader's identity and scope, checked for the profile.
-fn reader_scope(bucket: &Bucket, query: &HashMap<String, String>) -> Result<Option<String>, Response> {
+/// The reader's scope (its product in `spec`, everything `as-built`), or the 403 detail.
+fn reader_scope(bucket: &Bucket, query: &HashMap<String, String>) -> Result<Option<String>, &'static str> {
     if bucket.profile() == Profile::AsBuilt {
         return Ok(None);
     }
     match query.get("requester_id").map(String::as_str) {
-        Some(EXECUTOR) => Err(wire::detail(
-            StatusCode::FORBIDDEN,
-            "Unauthorized requester: workflow_executor may append events but never read them",
-        )),
+        Some(EXECUTOR) => Err("Unauthorized requester: workflow_executor may append events but never read them"),
         Some(r) if ALLOWED_REQUESTERS.contains(&r) => {
             Ok(Some(query.get("product").cloned().unwrap_or_else(|| "unknown".to_owned())))
         }
-        _ => Err(wire::detail(StatusCode::FORBIDDEN, "Unauthorized requester")),
+        _ => Err("Unauthorized requester"),
     }
 }
 
-fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Response> {
+/// `limit` (1..=1000, default 100), or pydantic's error for it.
+fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Value> {
     let Some(raw) = query.get("limit") else { return Ok(100) };
-    let error = |kind: &str, msg: &str| {
-        wire::unprocessable(vec![json!({"type": kind, "loc": ["query", "limit"], "msg": msg, "input": raw})])
-    };
+    let error = |kind: &str, msg: &str| json!({"type": kind, "loc": ["query", "limit"], "msg": msg, "input": raw});
     match raw.parse::<i64>() {
         Err(_) => Err(error("int_parsing", "Input should be a valid integer, unable to parse string as an integer")),
         Ok(n) if n < 1 => Err(error("greater_than_equal", "Input should be greater than or equal to 1")),
@@ -446,11 +442,11 @@ fn parse_limit(query: &HashMap<String, String>) -> Result<usize, Response> {
 async fn read_events(State(bucket): State<Arc<Bucket>>, Query(query): Query<HashMap<String, String>>) -> Response {
     let scope = match reader_scope(&bucket, &query) {
         Ok(scope) => scope,
-        Err(refused) => return refused,
+        Err(detail) => return wire::detail(StatusCode::FORBIDDEN, detail),
     };
     let limit = match parse_limit(&query) {
         Ok(limit) => limit,
-        Err(invalid) => return invalid,
+        Err(invalid) => return wire::unprocessable(vec![invalid]),
     };
     let visible = bucket.visible(scope.as_deref());
     let count = visible.len();
@@ -461,7 +457,7 @@ async fn read_events(State(bucket): State<Arc<Bucket>>, Query(query): Query<Hash
 async fn read_stats(State(bucket): State<Arc<Bucket>>, Query(query): Query<HashMap<String, String>>) -> Response {
     let scope = match reader_scope(&bucket, &query) {
         Ok(scope) => scope,
-        Err(refused) => return refused,
+        Err(detail) => return wire::detail(StatusCode::FORBIDDEN, detail),
     };
     let visible = bucket.visible(scope.as_deref());
     let agents: BTreeSet<&str> = visible.iter().filter_map(|e| e.get("agent_id").and_then(Value::as_str)).collect();

@@ -51,7 +51,7 @@ pub enum Command {
     /// Run Karma, Bucket, Core, the providers, the SMTP sink, the executor and the control API.
     Up(UpArgs),
     /// Set, list or clear fault rules.
-    Fault(FaultArgs),
+    Fault(Box<FaultArgs>),
     /// Run, list or cancel scenarios.
     #[command(subcommand)]
     Scenario(ScenarioCommand),
@@ -318,70 +318,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let control = ControlClient::new(&cli.control);
     match cli.command {
         Command::Up(args) => up(args).await,
-        Command::Fault(FaultArgs { action: Some(FaultAction::List), .. }) => {
-            let rules = control.call(reqwest::Method::GET, "/faults", None).await?;
-            let list = rules["rules"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("no active fault rules");
-            }
-            for rule in list {
-                println!(
-                    "{:<28} {:<60} matched {:>5}  hit {:>5}{}",
-                    rule["id"].as_str().unwrap_or_default(),
-                    rule["rule"].to_string(),
-                    rule["matched"],
-                    rule["hit"],
-                    rule["expires_in_ms"]
-                        .as_u64()
-                        .map(|ms| format!("  ends in {:.1}s", ms as f64 / 1000.0))
-                        .unwrap_or_default(),
-                );
-            }
-            Ok(())
-        }
-        Command::Fault(FaultArgs { action: Some(FaultAction::Clear { id }), .. }) => {
-            let path = id.map_or_else(|| "/faults".to_owned(), |id| format!("/faults/{id}"));
-            let cleared = control.call(reqwest::Method::DELETE, &path, None).await?;
-            println!("cleared {}", cleared["cleared"]);
-            Ok(())
-        }
-        Command::Fault(FaultArgs { action: None, rule }) => {
-            let status = control.call(reqwest::Method::POST, "/faults", Some(&rule.to_json())).await?;
-            println!("set {}: {}", status["id"].as_str().unwrap_or_default(), status["rule"]);
-            Ok(())
-        }
-        Command::Scenario(ScenarioCommand::Run { file, wait }) => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
-            let value: Value = serde_json::from_str(&text)
-                .map_err(|e| CliError::Usage(format!("{} is not valid JSON: {e}", file.display())))?;
-            Scenario::from_json(&value).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-            let status = control.call(reqwest::Method::POST, "/scenarios", Some(&value)).await?;
-            let id = status["id"].as_str().unwrap_or_default().to_owned();
-            println!("started {id}: {} steps over {} ms", status["steps"], status["duration_ms"]);
-            while wait {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let now = control.call(reqwest::Method::GET, &format!("/scenarios/{id}"), None).await?;
-                if now["finished"] == true || now["cancelled"] == true {
-                    println!(
-                        "{id}: {} of {} steps run{}",
-                        now["steps_done"],
-                        now["steps"],
-                        if now["cancelled"] == true { " (cancelled)" } else { "" }
-                    );
-                    break;
-                }
-            }
-            Ok(())
-        }
-        Command::Scenario(ScenarioCommand::List) => {
-            print_json(&control.call(reqwest::Method::GET, "/scenarios", None).await?);
-            Ok(())
-        }
-        Command::Scenario(ScenarioCommand::Cancel { id }) => {
-            print_json(&control.call(reqwest::Method::DELETE, &format!("/scenarios/{id}"), None).await?);
-            Ok(())
-        }
+        Command::Fault(args) => fault(&control, *args).await,
+        Command::Scenario(command) => scenario(&control, command).await,
         Command::Journal(args) => journal(&control, args).await,
         Command::Reset => {
             control.call(reqwest::Method::POST, "/reset", None).await?;
@@ -393,6 +331,71 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+async fn fault(control: &ControlClient, args: FaultArgs) -> Result<(), CliError> {
+    match args.action {
+        Some(FaultAction::List) => {
+            let rules = control.call(reqwest::Method::GET, "/faults", None).await?;
+            let list = rules["rules"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no active fault rules");
+            }
+            for rule in list {
+                let ends = rule["expires_in_ms"].as_u64().map(|ms| format!("  ends in {:.1}s", ms as f64 / 1000.0));
+                println!(
+                    "{:<28} {:<60} matched {:>5}  hit {:>5}{}",
+                    rule["id"].as_str().unwrap_or_default(),
+                    rule["rule"].to_string(),
+                    rule["matched"],
+                    rule["hit"],
+                    ends.unwrap_or_default(),
+                );
+            }
+        }
+        Some(FaultAction::Clear { id }) => {
+            let path = id.map_or_else(|| "/faults".to_owned(), |id| format!("/faults/{id}"));
+            let cleared = control.call(reqwest::Method::DELETE, &path, None).await?;
+            println!("cleared {}", cleared["cleared"]);
+        }
+        None => {
+            let status = control.call(reqwest::Method::POST, "/faults", Some(&args.rule.to_json())).await?;
+            println!("set {}: {}", status["id"].as_str().unwrap_or_default(), status["rule"]);
+        }
+    }
+    Ok(())
+}
+
+async fn scenario(control: &ControlClient, command: ScenarioCommand) -> Result<(), CliError> {
+    match command {
+        ScenarioCommand::Run { file, wait } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let value: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("{} is not valid JSON: {e}", file.display())))?;
+            Scenario::from_json(&value).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+            let status = control.call(reqwest::Method::POST, "/scenarios", Some(&value)).await?;
+            let id = status["id"].as_str().unwrap_or_default().to_owned();
+            println!("started {id}: {} steps over {} ms", status["steps"], status["duration_ms"]);
+            if !wait {
+                return Ok(());
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let now = control.call(reqwest::Method::GET, &format!("/scenarios/{id}"), None).await?;
+                if now["finished"] == true || now["cancelled"] == true {
+                    let cancelled = if now["cancelled"] == true { " (cancelled)" } else { "" };
+                    println!("{id}: {} of {} steps run{cancelled}", now["steps_done"], now["steps"]);
+                    return Ok(());
+                }
+            }
+        }
+        ScenarioCommand::List => print_json(&control.call(reqwest::Method::GET, "/scenarios", None).await?),
+        ScenarioCommand::Cancel { id } => {
+            print_json(&control.call(reqwest::Method::DELETE, &format!("/scenarios/{id}"), None).await?)
+        }
+    }
+    Ok(())
 }
 
 async fn journal(control: &ControlClient, args: JournalArgs) -> Result<(), CliError> {
@@ -572,11 +575,11 @@ mod tests {
             "--route",
             "/core/*",
         ]);
-        let Command::Fault(FaultArgs { action: None, rule }) = cli.command else { panic!("a rule") };
-        let rule = crate::FaultRule::from_json(&rule.to_json()).expect("valid rule");
+        let Command::Fault(args) = cli.command else { panic!("a fault command") };
+        let rule = crate::FaultRule::from_json(&args.rule.to_json()).expect("valid rule");
         assert_eq!(rule.lasting, Some(Duration::from_secs(30)));
         let list = Cli::parse_from(["pillar-sim", "fault", "list"]);
-        assert!(matches!(list.command, Command::Fault(FaultArgs { action: Some(FaultAction::List), .. })));
+        assert!(matches!(list.command, Command::Fault(args) if matches!(args.action, Some(FaultAction::List))));
         assert_eq!(flag_for("retry_after_s").as_deref(), Some("--retry-after"));
     }
 }

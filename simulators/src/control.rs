@@ -90,19 +90,16 @@ fn rejected(status: StatusCode, error: &SpecError) -> Response {
     wire::json_response(status, &json!({"error": {"field": error.field, "message": error.message}}))
 }
 
-/// Parses a JSON body, or answers 400 naming the problem.
-fn json_body(bytes: &Bytes) -> Result<Value, Response> {
+/// Parses a JSON body (the error is answered with 400).
+fn json_body(bytes: &Bytes) -> Result<Value, SpecError> {
     if bytes.is_empty() {
-        return Err(rejected(StatusCode::BAD_REQUEST, &SpecError::new("body", "a JSON body is required")));
+        return Err(SpecError::new("body", "a JSON body is required"));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| rejected(StatusCode::BAD_REQUEST, &SpecError::new("body", format!("not valid JSON: {e}"))))
+    serde_json::from_slice(bytes).map_err(|e| SpecError::new("body", format!("not valid JSON: {e}")))
 }
 
-fn parse_pillar(field: &str, raw: &str) -> Result<Pillar, Response> {
-    raw.parse().map_err(|e: crate::pillar::UnknownName| {
-        rejected(StatusCode::UNPROCESSABLE_ENTITY, &SpecError::new(field, e.to_string()))
-    })
+fn parse_pillar(field: &str, raw: &str) -> Result<Pillar, SpecError> {
+    raw.parse().map_err(|e: crate::pillar::UnknownName| SpecError::new(field, e.to_string()))
 }
 
 fn profiles_json(shared: &Shared) -> Value {
@@ -135,7 +132,7 @@ async fn list_faults(State(shared): Control) -> Response {
 async fn set_fault(State(shared): Control, body: Bytes) -> Response {
     let value = match json_body(&body) {
         Ok(value) => value,
-        Err(response) => return response,
+        Err(error) => return rejected(StatusCode::BAD_REQUEST, &error),
     };
     match FaultRule::from_json(&value).and_then(|rule| shared.sim.faults.set(rule)) {
         Ok(status) => wire::json_response(StatusCode::CREATED, &json!(status)),
@@ -158,7 +155,7 @@ async fn clear_fault(State(shared): Control, Path(id): Path<String>) -> Response
 async fn run_scenario(State(shared): Control, body: Bytes) -> Response {
     let value = match json_body(&body) {
         Ok(value) => value,
-        Err(response) => return response,
+        Err(error) => return rejected(StatusCode::BAD_REQUEST, &error),
     };
     match Scenario::from_json(&value) {
         Ok(scenario) => {
@@ -198,12 +195,7 @@ async fn read_journal(State(shared): Control, Query(query): Query<HashMap<String
     let mut journal_query = JournalQuery::default();
     for (key, raw) in &query {
         let number = |field: &str| {
-            raw.parse::<u64>().map_err(|_| {
-                rejected(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &SpecError::new(field, format!("expected a whole number, got `{raw}`")),
-                )
-            })
+            raw.parse::<u64>().map_err(|_| SpecError::new(field, format!("expected a whole number, got `{raw}`")))
         };
         let parsed = match key.as_str() {
             "pillar" => parse_pillar("pillar", raw).map(|p| journal_query.pillar = Some(p)),
@@ -213,13 +205,10 @@ async fn read_journal(State(shared): Control, Query(query): Query<HashMap<String
             }
             "limit" => number("limit").map(|n| journal_query.limit = Some(n as usize)),
             "after_seq" => number("after_seq").map(|n| journal_query.after_seq = Some(n)),
-            other => Err(rejected(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                &SpecError::new(other, "unknown query parameter; use pillar, trace_id, after_seq or limit"),
-            )),
+            other => Err(SpecError::new(other, "unknown query parameter; use pillar, trace_id, after_seq or limit")),
         };
-        if let Err(response) = parsed {
-            return response;
+        if let Err(error) = parsed {
+            return rejected(StatusCode::UNPROCESSABLE_ENTITY, &error);
         }
     }
     let entries = shared.sim.journal.query(&journal_query);
@@ -243,11 +232,11 @@ async fn profiles(State(shared): Control) -> Response {
 async fn set_profile(State(shared): Control, Path(pillar): Path<String>, body: Bytes) -> Response {
     let pillar = match parse_pillar("pillar", &pillar) {
         Ok(pillar) => pillar,
-        Err(response) => return response,
+        Err(error) => return rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
     };
     let value = match json_body(&body) {
         Ok(value) => value,
-        Err(response) => return response,
+        Err(error) => return rejected(StatusCode::BAD_REQUEST, &error),
     };
     let profile = Fields::of(&value).and_then(|mut f| {
         let raw = f.str("profile")?;
@@ -266,7 +255,7 @@ async fn set_profile(State(shared): Control, Path(pillar): Path<String>, body: B
 async fn set_toggles(State(shared): Control, body: Bytes) -> Response {
     let value = match json_body(&body) {
         Ok(value) => value,
-        Err(response) => return response,
+        Err(error) => return rejected(StatusCode::BAD_REQUEST, &error),
     };
     let parsed = Fields::of(&value).and_then(|mut f| {
         let flag = |v: Option<&Value>, name: &str| match v {

@@ -74,11 +74,22 @@ pub enum Load {
     },
 }
 
+/// What the driver sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `POST /api/workflow/execute` with Core's body (the executor or the baseline).
+    Execute,
+    /// `POST /core/write-event` with the executor's audit event (Bucket itself).
+    Bucket,
+}
+
 /// A driver run.
 #[derive(Debug, Clone)]
 pub struct DriveConfig {
-    /// Executor base URL.
+    /// Base URL of the target.
     pub target: String,
+    /// What to send.
+    pub kind: Kind,
     /// Open or closed loop.
     pub load: Load,
     /// How long to send.
@@ -132,9 +143,15 @@ pub struct DriveReport {
     pub trace_ids: Vec<String>,
 }
 
+/// The Karma user id of a run (each run has its own, so its events can be counted).
+pub fn run_user(run_id: &str) -> String {
+    format!("drive-{run_id}")
+}
+
 /// The request body Core sends for action `action`.
-pub fn request_body(trace_id: &str, action: &str, product: &str) -> Value {
-    let mut payload = json!({"action_type": action, "trace_id": trace_id, "user_id": "drive-user", "product": product});
+pub fn request_body(trace_id: &str, action: &str, run_id: &str, product: &str) -> Value {
+    let mut payload =
+        json!({"action_type": action, "trace_id": trace_id, "user_id": run_user(run_id), "product": product});
     let fields = match action {
         "task" => json!({"title": "Follow up with the learner", "description": "created by the load driver"}),
         "whatsapp" => json!({"recipient": "+919876543210", "message": "Your session starts in 10 minutes"}),
@@ -157,7 +174,11 @@ struct Tally {
 
 /// Runs the load and reports.
 pub async fn run(config: DriveConfig) -> Result<DriveReport, String> {
-    let url = format!("{}/api/workflow/execute", config.target.trim_end_matches('/'));
+    let path = match config.kind {
+        Kind::Execute => "/api/workflow/execute",
+        Kind::Bucket => "/core/write-event",
+    };
+    let url = format!("{}{path}", config.target.trim_end_matches('/'));
     let workers = match config.load {
         Load::Closed { concurrency } => concurrency.max(1),
         Load::Open { .. } => 256,
@@ -230,9 +251,21 @@ fn trace_id(run_id: &str, n: u64) -> String {
     format!("{run_id}-{n}")
 }
 
+/// An audit event as the executor writes it to Bucket.
+fn bucket_body(trace_id: &str, product: &str) -> Value {
+    json!({"requester_id": "workflow_executor", "event_data": {
+        "event_type": "workflow_execution", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": trace_id,
+        "action_type": "task", "status": "success", "execution_result": {"success": true, "trace_id": trace_id},
+        "timestamp": crate::wire::now_rfc3339(), "user_id": "drive-user", "product": product, "duration_ms": 1,
+        "metadata": {}}})
+}
+
 async fn send(client: &reqwest::Client, url: &str, config: &DriveConfig, n: u64) -> Result<String, String> {
     let trace = trace_id(&config.run_id, n);
-    let body = request_body(&trace, config.mix.pick(n), &config.product);
+    let body = match config.kind {
+        Kind::Execute => request_body(&trace, config.mix.pick(n), &config.run_id, &config.product),
+        Kind::Bucket => bucket_body(&trace, &config.product),
+    };
     let mut request = client.post(url).header("x-trace-id", &trace).json(&body);
     if let Some(token) = &config.token {
         request = request.bearer_auth(token);
@@ -251,7 +284,11 @@ async fn send(client: &reqwest::Client, url: &str, config: &DriveConfig, n: u64)
     if !status.is_success() {
         return Err(format!("http_{}", status.as_u16()));
     }
-    Ok(answer.get("status").and_then(Value::as_str).unwrap_or("other").to_owned())
+    let outcome = match config.kind {
+        Kind::Execute => answer.get("status").and_then(Value::as_str),
+        Kind::Bucket => answer.get("success").and_then(Value::as_bool).map(|ok| if ok { "success" } else { "failed" }),
+    };
+    Ok(outcome.unwrap_or("other").to_owned())
 }
 
 async fn record(tally: &Mutex<Tally>, due: Instant, result: Result<String, String>) {
@@ -282,14 +319,106 @@ pub fn percentiles(sorted_us: &[u64]) -> Percentiles {
 /// Lost and duplicated events of one sink, from the end-to-end check.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SinkCheck {
-    /// Trace ids sent whose event never arrived.
+    /// Events the pillar holds for this run.
+    pub received: u64,
+    /// Executions whose event never arrived.
     pub lost: u64,
-    /// Events stored more than once for one trace id.
+    /// Events beyond one per execution.
     pub duplicated: u64,
 }
 
+/// The end-to-end check of a run: did every execution reach Bucket and Karma, once?
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Bucket (the run's product, counted through `GET /core/events` as `bhiv_core`; the newest
+    /// 1,000 events are also checked to belong to this run, one per trace id).
+    pub bucket: SinkCheck,
+    /// Karma (the run's user, counted through `GET /v1/stats/user/{id}`).
+    pub karma: SinkCheck,
+    /// Lost events, both sinks.
+    pub lost_total: u64,
+    /// Duplicated events, both sinks.
+    pub duplicated_total: u64,
+    /// How long the check waited for deliveries to settle, seconds.
+    pub waited_seconds: f64,
+}
+
+/// Waits (up to `patience`) until Bucket and Karma hold one event per answered execution of the
+/// run, then counts what is missing or extra.
+pub async fn check(bucket: &str, karma: &str, run_id: &str, product: &str, expected: u64, patience: Duration) -> Result<CheckReport, String> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let deadline = started + patience;
+    loop {
+        let (bucket_count, stray) = bucket_events(&client, bucket, run_id, product).await?;
+        let karma_count = karma_actions(&client, karma, &run_user(run_id)).await?;
+        let settled = bucket_count >= expected && karma_count >= expected;
+        if settled || Instant::now() >= deadline {
+            let sink = |received: u64, extra: u64| SinkCheck {
+                received,
+                lost: expected.saturating_sub(received),
+                duplicated: received.saturating_sub(expected).max(extra),
+            };
+            let report = CheckReport {
+                bucket: sink(bucket_count, stray),
+                karma: sink(karma_count, 0),
+                waited_seconds: started.elapsed().as_secs_f64(),
+                ..CheckReport::default()
+            };
+            return Ok(CheckReport {
+                lost_total: report.bucket.lost + report.karma.lost,
+                duplicated_total: report.bucket.duplicated + report.karma.duplicated,
+                ..report
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The run's event count in Bucket, and how many of the newest 1,000 are duplicates or strangers.
+async fn bucket_events(client: &reqwest::Client, bucket: &str, run_id: &str, product: &str) -> Result<(u64, u64), String> {
+    let url = format!("{}/core/events", bucket.trim_end_matches('/'));
+    let answer: Value = client
+        .get(url)
+        .query(&[("requester_id", "bhiv_core"), ("product", product), ("limit", "1000")])
+        .send()
+        .await
+        .map_err(|e| format!("bucket unreachable: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("bucket answered garbage: {e}"))?;
+    let count = answer.get("count").and_then(Value::as_u64).unwrap_or(0);
+    let mut seen = std::collections::HashSet::new();
+    let prefix = format!("{run_id}-");
+    let stray = answer
+        .get("events")
+        .and_then(Value::as_array)
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| {
+                    let trace = e.get("trace_id").and_then(Value::as_str).unwrap_or("");
+                    !trace.starts_with(&prefix) || !seen.insert(trace.to_owned())
+                })
+                .count() as u64
+        })
+        .unwrap_or(0);
+    Ok((count, stray))
+}
+
+/// Life events Karma applied for the run's user (0 when Karma never saw them).
+async fn karma_actions(client: &reqwest::Client, karma: &str, user: &str) -> Result<u64, String> {
+    let url = format!("{}/v1/stats/user/{user}", karma.trim_end_matches('/'));
+    let response = client.get(url).send().await.map_err(|e| format!("karma unreachable: {e}"))?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(0);
+    }
+    let answer: Value = response.json().await.map_err(|e| format!("karma answered garbage: {e}"))?;
+    Ok(answer.pointer("/action_stats/total_actions").and_then(Value::as_u64).unwrap_or(0))
+}
+
 /// Renders a report as a small markdown table.
-pub fn render_table(report: &DriveReport, checks: &[(&str, SinkCheck)]) -> String {
+pub fn render_table(report: &DriveReport, check: Option<&CheckReport>) -> String {
     let l = &report.latency_ms;
     let mut out = String::new();
     out.push_str("| sent | ok | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n");
@@ -304,8 +433,11 @@ pub fn render_table(report: &DriveReport, checks: &[(&str, SinkCheck)]) -> Strin
         kinds.sort();
         out.push_str(&format!("\nerrors by kind: {kinds:?}\n"));
     }
-    for (sink, check) in checks {
-        out.push_str(&format!("\n{sink}: lost {}, duplicated {}", check.lost, check.duplicated));
+    if let Some(check) = check {
+        for (sink, c) in [("bucket", &check.bucket), ("karma", &check.karma)] {
+            out.push_str(&format!("\n{sink}: received {}, lost {}, duplicated {}", c.received, c.lost, c.duplicated));
+        }
+        out.push('\n');
     }
     out
 }
@@ -320,7 +452,9 @@ pub async fn serve_baseline(listener: tokio::net::TcpListener, shutdown: tokio_u
             Err(_) => (axum::http::StatusCode::BAD_REQUEST, "bad json").into_response(),
         }
     }
-    let app = axum::Router::new().route("/api/workflow/execute", post(handler));
+    let app = axum::Router::new()
+        .route("/api/workflow/execute", post(handler))
+        .route("/health", axum::routing::get(|| async { axum::Json(json!({"status": "ok"})) }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 

@@ -338,13 +338,13 @@ impl FaultRule {
                 return Err(SpecError::new("id", "must be 1 to 64 characters of letters, digits, '-', '_' or '.'"));
             }
         }
-        if let Some(route) = &self.route {
-            if !route.starts_with('/') || route.len() > 512 || route[..route.len() - 1].contains('*') {
-                return Err(SpecError::new(
-                    "route",
-                    "must be a path starting with '/' (at most 512 characters), optionally ending with '*' for a prefix",
-                ));
-            }
+        if let Some(route) = &self.route
+            && (!route.starts_with('/') || route.len() > 512 || route.strip_suffix('*').unwrap_or(route).contains('*'))
+        {
+            return Err(SpecError::new(
+                "route",
+                "must be a path starting with '/' (at most 512 characters), optionally ending with '*' for a prefix",
+            ));
         }
         if let Some(method) = &self.method
             && (method.is_empty() || method.len() > 16 || !method.chars().all(|c| c.is_ascii_alphabetic()))
@@ -420,7 +420,7 @@ impl FaultRule {
                     return Err(SpecError::new("retry_after_s", "must be at most 86400"));
                 }
             }
-            Fault::SlowBody { bytes_per_sec } if bytes_per_sec == 0 => {
+            Fault::SlowBody { bytes_per_sec: 0 } => {
                 return Err(SpecError::new("bytes_per_sec", "must be at least 1"));
             }
             _ => {}
@@ -532,6 +532,7 @@ mod tests {
             (json!({"pillar": "bucket", "kind": "latency", "ms": -1}), "ms"),
             (json!({"pillar": "smtp", "kind": "slow_body", "bytes_per_sec": 9}), "kind"),
             (json!({"pillar": "bucket", "kind": "reset", "route": "core"}), "route"),
+            (json!({"pillar": "bucket", "kind": "reset", "route": "/*/é"}), "route"),
             (json!({"pillar": "bucket", "kind": "reset", "id": "a b"}), "id"),
             (json!({"pillar": "bucket", "kind": "reset", "status": 500}), "status"),
             (json!(["not", "an", "object"]), "body"),

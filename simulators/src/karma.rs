@@ -674,13 +674,13 @@ mod tests {
         let karma = Karma::new(Profile::Spec, true);
         // 1: learner helps peers: r = 10, s' = learner (merit 12): Q = 0.15 * (10 + 0.9*0 - 0) = 1.5
         life(&karma, "u", "learner", "helping_peers");
-        // 2: again: max Q[learner] = 1.5: Q = 1.5 + 0.15 * (10 + 0.9*1.5 - 1.5) = 2.7525
+        // 2: again: max Q[learner] = 1.5: Q = 1.5 + 0.15 * (10 + 0.9*1.5 - 1.5) = 2.9775
         life(&karma, "u", "learner", "helping_peers");
-        // 3: completing_lessons: r = 5, max Q[learner] = 2.7525: Q = 0.15 * (5 + 2.477250) = 1.1215875
+        // 3: completing_lessons: r = 5, max Q[learner] = 2.9775: Q = 0.15 * (5 + 0.9*2.9775) = 1.1519625
         let data = life(&karma, "u", "learner", "completing_lessons");
         let q = karma.q_table();
-        assert!((q.value("learner", "helping_peers").unwrap() - 2.7525).abs() < 1e-12);
-        assert!((q.value("learner", "completing_lessons").unwrap() - 1.121_587_5).abs() < 1e-12);
+        assert!((q.value("learner", "helping_peers").unwrap() - 2.9775).abs() < 1e-12);
+        assert!((q.value("learner", "completing_lessons").unwrap() - 1.151_962_5).abs() < 1e-12);
         assert_eq!(data["merit_score"], json!(29.0));
         // 4: selfless service as a learner with merit 29: 29 + 75 = 104 → s' = volunteer (row all 0).
         let data = life(&karma, "u", "learner", "selfless_service");

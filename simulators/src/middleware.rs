@@ -151,13 +151,21 @@ async fn spoil(response: Response, fault: BodyFault) -> Response {
         }
         BodyFault::Truncated => {
             // Announce the whole length, send half, then fail the body: hyper aborts the
-            // connection, so the client sees the stream end early.
+            // connection, so the client sees the stream end early. The pause between the two
+            // lets hyper flush the head and the half (it writes when the body is pending; an
+            // immediate error would discard them).
             let announced = bytes.len().max(1);
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(announced));
             let half = bytes.slice(..bytes.len() / 2);
-            let chunks: Vec<Result<Bytes, std::io::Error>> =
-                vec![Ok(half), Err(std::io::Error::other("truncated by pillar-sim"))];
-            Body::from_stream(stream::iter(chunks))
+            Body::from_stream(stream::unfold(Some(half), |state| async move {
+                match state {
+                    Some(half) => Some((Ok(half), None)),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        Some((Err(std::io::Error::other("truncated by pillar-sim")), None))
+                    }
+                }
+            }))
         }
         BodyFault::Slow { bytes_per_sec } => {
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));

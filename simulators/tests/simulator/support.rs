@@ -1,0 +1,61 @@
+//! Helpers shared by the tests: a stack per test, JSON requests, raw sockets, polling with a
+//! deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pillar_sim::Stack;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A fresh stack with the defaults (no executor).
+pub async fn stack() -> Stack {
+    Stack::builder().start().await.expect("stack starts")
+}
+
+/// A client that never waits long.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client")
+}
+
+/// POSTs JSON; returns status and JSON body (`Null` when the body is not JSON).
+pub async fn post(url: impl AsRef<str>, body: &Value) -> (StatusCode, Value) {
+    let response = client().post(url.as_ref()).json(body).send().await.expect("request sent");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// GETs JSON; returns status and JSON body (`Null` when the body is not JSON).
+pub async fn get(url: impl AsRef<str>) -> (StatusCode, Value) {
+    let response = client().get(url.as_ref()).send().await.expect("request sent");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends raw bytes and reads until the server closes (or the read fails).
+pub async fn raw(addr: SocketAddr, request: &str) -> std::io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    Ok(answer)
+}
+
+/// Polls `check` until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
