@@ -163,6 +163,8 @@ pub enum SinkMode {
     SuccessFalse,
     /// 500, how the as-built Karma answers the documented workflow event.
     ServerError,
+    /// 422: a permanent refusal of this event.
+    Unprocessable,
 }
 
 /// One event a sink acknowledged.
@@ -293,6 +295,9 @@ fn respond(shared: &SinkShared, request: &Request) -> ResponseTemplate {
         SinkMode::SuccessFalse => ResponseTemplate::new(200)
             .set_body_json(json!({"success": false, "message": "403: Unauthorized requester: workflow_executor"})),
         SinkMode::ServerError => ResponseTemplate::new(500).set_body_string("Internal Server Error"),
+        SinkMode::Unprocessable => {
+            ResponseTemplate::new(422).set_body_json(json!({"detail": [{"msg": "field required", "loc": ["body"]}]}))
+        }
     }
 }
 

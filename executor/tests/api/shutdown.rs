@@ -67,3 +67,26 @@ async fn events_left_on_disk_by_a_stop_are_delivered_after_a_restart() {
     .await;
     restarted.wait_until_outboxes_drain().await;
 }
+
+#[tokio::test]
+async fn a_request_in_flight_when_shutdown_begins_is_finished_and_answered() {
+    let app = spawn_app(&[]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.finished").set_delay(secs(0.5))).await;
+    let trace = trace_id();
+    let in_flight = {
+        let (http, url, body) = (app.http.clone(), app.url("/api/workflow/execute"), whatsapp_request(&trace));
+        tokio::spawn(async move { http.post(url).json(&body).send().await?.json::<serde_json::Value>().await })
+    };
+    eventually(secs(5.0), "the provider call is in progress", async || {
+        (!received(&app.whatsapp).await.is_empty()).then_some(())
+    })
+    .await;
+
+    let stopped = app.stop().await;
+
+    stopped.result.expect("a clean stop");
+    let answer = in_flight.await.expect("joined").expect("the caller got its answer");
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(answer["execution_result"]["whatsapp_message_id"], "wamid.finished");
+    assert_eq!(stopped.fakes.bucket.trace_ids().into_iter().collect::<Vec<_>>(), vec![trace], "and audited");
+}

@@ -361,3 +361,71 @@ async fn metrics_and_status_move_with_executions_deliveries_and_replays() {
     assert_eq!(health["pillars"], json!({"bucket": "up", "karma": "up"}));
     let _: &Value = &health["version"];
 }
+
+#[tokio::test]
+async fn a_permanent_4xx_from_a_sink_is_dead_lettered_at_once_with_its_reason() {
+    let app = spawn_app(&[("EXECUTOR_DELIVERY_MAX_ATTEMPTS", "5"), ("WORKFLOW_TIMEOUT", "2")]).await;
+    app.karma.set_mode(SinkMode::Unprocessable);
+
+    let traces = execute_tasks(&app, 2, secs(1.0)).await;
+
+    let status = eventually(secs(10.0), "karma's events are dead-lettered", async || {
+        let status = app.status().await.body;
+        (status["pillars"]["karma"]["dead_lettered"] == 2).then_some(status)
+    })
+    .await;
+    assert_eq!(app.karma.attempts(), 2, "a permanent refusal is not retried");
+    assert!(status["pillars"]["karma"]["last_error"].as_str().unwrap_or_default().contains("422"), "{status}");
+    assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 2, "the other sink is unaffected");
+}
+
+#[tokio::test]
+async fn recipients_stay_unmasked_in_audit_events_when_so_configured() {
+    let app = spawn_app(&[("EXECUTOR_AUDIT_MASK_RECIPIENTS", "false")]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.raw")).await;
+    let trace = trace_id();
+
+    app.execute(&whatsapp_request(&trace)).await.assert_success(&trace);
+
+    wait_for_events(&app.bucket, std::slice::from_ref(&trace)).await;
+    let event = app.bucket.event_for(&trace).expect("an event").body;
+    assert_eq!(event["event_data"]["execution_result"]["recipient"], "+919876543210");
+    assert!(!event.to_string().contains("Your order has shipped"), "content is still dropped: {event}");
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_one_delivery_batch_loses_nothing() {
+    let mut app = spawn_app_with(Fakes::with_bucket_refused().await, &[]).await;
+    let mut load = tokio::task::JoinSet::new();
+    let (traces, per_caller) = (std::sync::Arc::new(std::sync::Mutex::new(Vec::new())), 75);
+    for _ in 0..4 {
+        let (http, url, traces) = (app.http.clone(), app.url("/api/workflow/execute"), traces.clone());
+        load.spawn(async move {
+            for _ in 0..per_caller {
+                let trace = trace_id();
+                let body: Value = http
+                    .post(&url)
+                    .json(&task_request(&trace))
+                    .send()
+                    .await
+                    .expect("answer")
+                    .json()
+                    .await
+                    .expect("JSON");
+                assert_eq!(body["status"], "success", "{body}");
+                traces.lock().expect("lock").push(trace);
+            }
+        });
+    }
+    while let Some(caller) = load.join_next().await {
+        caller.expect("a caller");
+    }
+    let traces = traces.lock().expect("lock").clone();
+    assert_eq!(traces.len(), 300, "more than one delivery batch (256)");
+    assert_eq!(app.status().await.body["pillars"]["bucket"]["outbox_depth"], 300);
+
+    app.bucket.come_up().await;
+
+    assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 300);
+    app.wait_until_outboxes_drain().await;
+}
