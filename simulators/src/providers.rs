@@ -4,8 +4,8 @@
 //!   `{"messaging_product": "whatsapp", "to", "type": "text", "text": {"body"}}` (body at most
 //!   4096 characters) answers `{"messaging_product": "whatsapp", "contacts": [{"input", "wa_id"}],
 //!   "messages": [{"id": "wamid.…"}]}`. Errors use the Graph API's shape `{"error": {message,
-//!   type: "OAuthException", code, fbtrace_id}}`: no token → 401 code 104, a wrong token (when
-//!   one is configured) → 401 code 190, bad parameters → 400 code 100, a recipient that is not
+//!   type: "OAuthException", code, fbtrace_id}}`: when a token is configured, none → 401 code
+//!   104 and a wrong one → 401 code 190 (with none configured, any or no token passes); bad parameters → 400 code 100, a recipient that is not
 //!   8–15 digits → 400 code 131009, an unknown version segment → 400 code 2500.
 //! - **OpenAI-compatible chat**: `POST /v1/chat/completions` with `{"model", "messages": [{role,
 //!   content}]}` answers a `chat.completion` whose content is `"[AI_RESPONSE] <last user
@@ -123,7 +123,7 @@ async fn send_whatsapp(
         );
     }
     match (wire::bearer(&headers), &providers.whatsapp_token) {
-        (None, _) => {
+        (None, Some(_)) => {
             return fail(StatusCode::UNAUTHORIZED, 104, "An access token is required to request this resource.");
         }
         (Some(given), Some(expected)) if given != expected => {

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Each step happens `at` an offset from the start and either sets a fault rule (the same schema
-//! as everywhere, see [`crate::fault`]) or clears rules: `"clear": "all"`, `{"id": "…"}` or
+//! as everywhere, see [`crate::fault`]; the step may carry the rule's `for` itself, as in
+//! `{"at": "10s", "for": "20s", "fault": {…}}`) or clears rules: `"clear": "all"`, `{"id": "…"}` or
 //! `{"pillar": "…"}`. A rule without an id is named `<scenario name>-<step index>`, so runs are
 //! reproducible and later steps can clear it. Steps run in `at` order; the runner sleeps on
 //! Tokio's clock (so `tokio::time::pause` drives it in tests) and holds no lock while waiting.
@@ -127,6 +128,7 @@ fn parse_step(step: &Value, scenario: &str, index: usize) -> Result<Step, SpecEr
     let mut fields = Fields::of(step)?;
     let at =
         fields.opt_duration("at")?.ok_or_else(|| SpecError::new("at", "is required (an offset such as \"10s\")"))?;
+    let lasting = fields.opt_duration("for")?;
     let fault = fields.opt_value("fault");
     let clear = fields.opt_value("clear");
     fields.finish("a scenario step")?;
@@ -138,8 +140,18 @@ fn parse_step(step: &Value, scenario: &str, index: usize) -> Result<Step, SpecEr
         (Some(fault), None) => {
             let mut rule = FaultRule::from_json(fault).map_err(|e| e.within("fault"))?;
             rule.id.get_or_insert_with(|| format!("{scenario}-{index}"));
+            if let Some(lasting) = lasting {
+                if rule.lasting.is_some() {
+                    return Err(SpecError::new("for", "give `for` on the step or in its fault, not both"));
+                }
+                if lasting.is_zero() {
+                    return Err(SpecError::new("for", "must be longer than zero"));
+                }
+                rule.lasting = Some(lasting);
+            }
             StepAction::Fault(rule)
         }
+        (None, Some(_)) if lasting.is_some() => return Err(SpecError::new("for", "a clear step takes no `for`")),
         (None, Some(Value::String(all))) if all == "all" => StepAction::Clear(Clear::All),
         (None, Some(clear @ Value::Object(_))) => {
             let mut f = Fields::of(clear).map_err(|e| e.within("clear"))?;
@@ -309,6 +321,11 @@ mod tests {
             (json!({"steps": [{"at": "soon", "clear": "all"}]}), "steps[0].at"),
             (json!({"steps": [{"at": "0s", "clear": "all", "extra": 1}]}), "steps[0].extra"),
             (json!({"steps": "all"}), "steps"),
+            (json!({"steps": [{"at": "0s", "for": "1s", "clear": "all"}]}), "steps[0].for"),
+            (
+                json!({"steps": [{"at": "0s", "for": "1s", "fault": {"pillar": "core", "kind": "reset", "for": "2s"}}]}),
+                "steps[0].for",
+            ),
         ];
         for (input, field) in cases {
             let err = Scenario::from_json(&input).expect_err(&input.to_string());
@@ -320,7 +337,7 @@ mod tests {
     fn rules_get_named_after_the_scenario_and_steps_are_sorted() {
         let s = Scenario::from_json(&json!({"name": "flaky", "steps": [
             {"at": "10s", "fault": {"pillar": "bucket", "kind": "http_error", "status": 503, "for": "20s"}},
-            {"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse", "for": "10s"}},
+            {"at": "0s", "for": "10s", "fault": {"pillar": "bucket", "kind": "refuse"}},
         ]}))
         .unwrap();
         assert_eq!(s.steps[0].at, Duration::ZERO);

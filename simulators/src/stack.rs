@@ -240,7 +240,7 @@ impl StackBuilder {
     }
 
     /// The WhatsApp access token the provider fake requires (default `sim-whatsapp-token`, given
-    /// to the executor too); `None` accepts any bearer token.
+    /// to the executor too); `None` checks no token.
     pub fn whatsapp_token(mut self, token: Option<String>) -> Self {
         self.whatsapp_token = token;
         self
