@@ -16,7 +16,7 @@
 //!    happens later, in the background, so the response never waits for a pillar.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,27 @@ pub struct Engine {
     mask_recipients: bool,
     executing: Mutex<HashSet<String>>,
     full: [AtomicBool; 2],
+    /// Outbox slots promised to admitted executions whose events are not committed yet, per
+    /// sink: without them, concurrent requests all pass the fail-closed check before any of
+    /// them commits, and the bound is exceeded by up to the concurrency limit.
+    reserved: [AtomicU64; 2],
+}
+
+/// Outbox slots held by one admitted execution; released when it ends (after its commit, whose
+/// events the outbox gauge then counts).
+struct Reservation<'a> {
+    reserved: &'a [AtomicU64; 2],
+    held: [bool; 2],
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        for (slots, held) in self.reserved.iter().zip(self.held) {
+            if held {
+                slots.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 /// Removes a key from the executing set when the request ends, however it ends.
@@ -106,12 +127,13 @@ impl Engine {
             mask_recipients: settings.mask_recipients,
             executing: Mutex::new(HashSet::new()),
             full: [AtomicBool::new(false), AtomicBool::new(false)],
+            reserved: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
     /// Executes one workflow request.
     pub async fn execute(&self, request: ExecuteRequest, idempotency_key: Option<&str>) -> Result<Answer, ApiError> {
-        self.admit()?;
+        let _reservation = self.admit()?;
         let key = match idempotency_key {
             Some(k) => format!("key:{k}"),
             None => format!("trace:{}:{}", request.trace_id, request.fingerprint),
@@ -290,14 +312,23 @@ impl Engine {
     }
 
     /// Refuses new executions while a fail-closed outbox is full.
-    fn admit(&self) -> Result<(), ApiError> {
+    fn admit(&self) -> Result<Reservation<'_>, ApiError> {
+        let mut reservation = Reservation { reserved: &self.reserved, held: [false; 2] };
         for (state, settings) in &self.sinks {
             if settings.full_policy != FullPolicy::Reject {
                 continue;
             }
             let gauge = self.store.gauge(state.sink);
-            let full = gauge.depth.load(Ordering::Relaxed) >= settings.max_events
+            let slots = &self.reserved[state.sink as usize];
+            // This execution's slot plus those of every admitted execution not yet committed.
+            let promised = slots.fetch_add(1, Ordering::SeqCst) + 1;
+            let full = gauge.depth.load(Ordering::SeqCst) + promised > settings.max_events
                 || gauge.bytes.load(Ordering::Relaxed) >= settings.max_bytes;
+            if full {
+                slots.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                reservation.held[state.sink as usize] = true;
+            }
             let flag = &self.full[state.sink as usize];
             if full {
                 if !flag.swap(true, Ordering::Relaxed) {
@@ -314,7 +345,7 @@ impl Engine {
                 tracing::info!(sink = state.sink.name(), "outbox has room again: accepting executions");
             }
         }
-        Ok(())
+        Ok(reservation)
     }
 
     /// Turns executions interrupted by a crash into `outcome_unknown` failures (with events).
