@@ -429,3 +429,29 @@ async fn an_outage_longer_than_one_delivery_batch_loses_nothing() {
     assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 300);
     app.wait_until_outboxes_drain().await;
 }
+
+#[tokio::test]
+async fn concurrent_requests_cannot_overfill_a_fail_closed_outbox() {
+    let app = spawn_app_with(Fakes::with_bucket_refused().await, &[("EXECUTOR_BUCKET_OUTBOX_MAX_EVENTS", "5")]).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (http, url) = (app.http.clone(), app.url("/api/workflow/execute"));
+        burst.spawn(async move {
+            let response = http.post(url).json(&task_request(&trace_id())).send().await.expect("an answer");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("JSON");
+            (status, body)
+        });
+    }
+    let (mut accepted, mut refused) = (0, 0);
+    while let Some(answer) = burst.join_next().await {
+        match answer.expect("a caller") {
+            (200, body) if body["status"] == "success" => accepted += 1,
+            (503, body) if body["error"]["code"] == "audit_spool_full" => refused += 1,
+            (status, body) => panic!("unexpected answer {status}: {body}"),
+        }
+    }
+
+    assert_eq!((accepted, refused), (5, 15), "the bound holds under a burst");
+    assert_eq!(app.status().await.body["pillars"]["bucket"]["outbox_depth"], 5);
+}
