@@ -83,7 +83,7 @@ impl Application {
             tracing::info!(queued, "resuming delivery of events queued before the last stop");
         }
         let state = Arc::new(AppState {
-            load: Semaphore::new(settings.limits.max_concurrent),
+            load: Arc::new(Semaphore::new(settings.limits.max_concurrent)),
             settings: Arc::new(settings),
             engine,
             metrics,

@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::error::ApiError;
@@ -24,14 +25,14 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// Handles one execute request.
 pub async fn execute(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let Ok(_permit) = state.load.try_acquire() else {
+    let Ok(permit) = state.load.clone().try_acquire_owned() else {
         state.metrics.rejections.with_label_values(&["overloaded"]).inc();
         return ApiError::unavailable("overloaded", "too many concurrent requests; retry shortly", 1).into_response();
     };
     state.metrics.in_flight.inc();
     // Decremented on every exit, including when the caller hangs up and this future is dropped.
     let _in_flight = InFlight(state.metrics.in_flight.clone());
-    match handle(&state, &headers, body).await {
+    match handle(&state, &headers, body, permit).await {
         Ok(response) => response,
         Err(error) => {
             if error.status().is_client_error() {
@@ -51,7 +52,12 @@ impl Drop for InFlight {
     }
 }
 
-async fn handle(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn handle(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
     let caller = authenticate(state, headers)?;
     let is_json =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(
@@ -97,10 +103,15 @@ async fn handle(state: &Arc<AppState>, headers: &HeaderMap, body: Body) -> Resul
             let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller);
             // The engine runs in its own task so that a caller hanging up cannot cancel an
             // execution half-way: the provider may already have acted, and a dropped future would
-            // store neither the result nor its events, so a retry would act a second time.
+            // store neither the result nor its events, so a retry would act a second time. The
+            // task owns the request's permit, so an abandoned execution still counts as load.
             let engine = Arc::clone(state);
             let key = idempotency_key.map(str::to_owned);
-            let execution = async move { engine.engine.execute(request, key.as_deref()).await }.instrument(span);
+            let execution = async move {
+                let _permit = permit;
+                engine.engine.execute(request, key.as_deref()).await
+            }
+            .instrument(span);
             let answer = tokio::spawn(execution).await.map_err(|error| {
                 tracing::error!(%error, "the execution task failed");
                 ApiError::internal()

@@ -43,8 +43,8 @@ pub struct AppState {
     pub store: Store,
     /// Bucket and Karma delivery state.
     pub sinks: [Arc<SinkState>; 2],
-    /// Permits for concurrent execute requests.
-    pub load: Semaphore,
+    /// Permits for concurrent execute requests (shared, so an execution's task can own one).
+    pub load: Arc<Semaphore>,
 }
 
 /// The executor's router.
