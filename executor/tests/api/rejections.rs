@@ -233,3 +233,23 @@ async fn beyond_the_concurrency_limit_requests_are_shed_with_503_and_retry_after
     let after = trace_id();
     app.execute(&task_request(&after)).await.assert_success(&after);
 }
+
+#[tokio::test]
+async fn an_execution_abandoned_by_its_caller_still_counts_against_the_concurrency_limit() {
+    let app = spawn_app(&[("EXECUTOR_MAX_CONCURRENT", "1")]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.slow").set_delay(secs(1.0))).await;
+    let impatient = reqwest::Client::builder().timeout(secs(0.2)).build().expect("a client");
+    let hung_up = impatient.post(app.url("/api/workflow/execute")).json(&whatsapp_request(&trace_id())).send().await;
+    assert!(hung_up.is_err(), "the caller gave up while the provider call runs");
+
+    let next = app.execute(&whatsapp_request(&trace_id())).await;
+
+    next.assert_rejected(503, "overloaded");
+    assert_eq!(received(&app.whatsapp).await.len(), 1, "never more provider calls at once than the limit");
+    eventually(secs(5.0), "the abandoned execution ends and frees its permit", async || {
+        let trace = trace_id();
+        let response = app.execute(&task_request(&trace)).await;
+        (response.status == 200).then_some(())
+    })
+    .await;
+}
