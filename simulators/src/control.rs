@@ -18,7 +18,7 @@
 //! | `GET /profiles`, `PUT /profiles/{pillar}` | `{"profile": "spec"\|"as-built"}` | the profiles |
 //! | `PATCH /toggles` | `{"workflow_events_enabled"?: bool, "behavioral_tracking"?: bool}` | the toggles |
 //! | `GET /bucket/events`, `GET /bucket/verify` | | Bucket's stored events / chain report |
-//! | `GET /karma/users/{id}`, `GET /karma/qtable` | | a Karma user (404 when unknown) / the Q-table |
+//! | `GET /karma/users/{id}`, `GET /karma/qtable`, `GET /karma/events` | | a Karma user (404 when unknown) / the Q-table / the life events applied (`{event_id, trace_id, user_id, action, reward_value}`) |
 //! | `GET /smtp/messages`, `GET /providers/whatsapp`, `GET /providers/chat` | | what the sinks received |
 //! | `GET /metrics` | | Prometheus text |
 //!
@@ -65,6 +65,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/bucket/verify", get(|State(s): Control| async move { ok(&json!(s.bucket.verify_chain())) }))
         .route("/karma/users/{id}", get(karma_user))
         .route("/karma/qtable", get(|State(s): Control| async move { ok(&json!(s.karma.q_table())) }))
+        .route("/karma/events", get(|State(s): Control| async move { ok(&json!({"events": s.karma.events()})) }))
         .route("/smtp/messages", get(|State(s): Control| async move { ok(&json!({"messages": s.smtp.messages()})) }))
         .route(
             "/providers/whatsapp",

@@ -255,11 +255,29 @@ impl QTable {
     }
 }
 
+/// A life event Karma applied, as read through [`Karma::events`] or `GET /karma/events` on the
+/// control API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppliedEvent {
+    /// The dedupe key (`event_id`, `data.context.event_id` or `Idempotency-Key`), if any.
+    pub event_id: Option<String>,
+    /// The trace id the event carried (`data.context.trace_id` or `trace_id`), if any.
+    pub trace_id: Option<String>,
+    /// The user it was applied to.
+    pub user_id: String,
+    /// The action.
+    pub action: String,
+    /// The reward added to the user's balance.
+    pub reward_value: f64,
+}
+
 #[derive(Debug, Default)]
 struct Ledger {
     users: HashMap<String, KarmaUser>,
     q: [[f64; ACTIONS.len()]; ROLES.len()],
+    /// The answer given to each dedupe key (`spec`).
     applied: HashMap<String, Value>,
+    events: Vec<AppliedEvent>,
 }
 
 /// The Karma fake's state; reach it through [`crate::Stack::karma`].
@@ -332,7 +350,12 @@ impl Karma {
         }
     }
 
-    /// Forgets every user, the Q-table and the dedupe memory.
+    /// Every life event applied, in order (duplicates are not applied, so not listed).
+    pub fn events(&self) -> Vec<AppliedEvent> {
+        self.lock().events.clone()
+    }
+
+    /// Forgets every user, the Q-table, the applied events and the dedupe memory.
     pub fn clear(&self) {
         *self.lock() = Ledger::default();
     }
@@ -423,64 +446,87 @@ impl Karma {
         })
     }
 
-    /// Applies a validated life event: reward, Q update, balances, role. Returns the answer's `data`.
-    fn apply(&self, event: &LifeEvent<'_>) -> Value {
-        let now = SystemTime::now();
+    /// Applies a validated life event once per dedupe key (`None`: no dedupe), in one lock
+    /// section so that concurrent duplicates (a retry racing a slow first attempt) apply once.
+    /// Returns the answer and whether it is a duplicate's.
+    fn apply_once(&self, event: &LifeEvent<'_>, key: Option<String>, trace_id: Option<String>) -> (Value, bool) {
         let mut ledger = self.lock();
-        let Ledger { users, q, .. } = &mut *ledger;
-        let user = users.entry(event.user_id.clone()).or_insert_with(|| KarmaUser::new(&event.user_id));
-        let action = ACTIONS[event.action];
-        let mut cheat_fields = None;
-        let (token, reward) = match action {
-            "completing_lessons" | "workflow_success" => (Token::Dharma, 5.0),
-            "helping_peers" => (Token::Seva, 10.0),
-            "solving_doubts" => (Token::Seva, 8.0),
-            "selfless_service" => (Token::Punya, 25.0),
-            "workflow_failure" => (Token::Dharma, 0.0),
-            _ => {
-                user.cheats.retain(|t| now.duration_since(*t).unwrap_or_default() < CHEAT_WINDOW);
-                user.cheats.push(now);
-                let offence = user.cheats.len();
-                let penalty = CHEAT_PENALTIES[(offence - 1).min(CHEAT_PENALTIES.len() - 1)];
-                cheat_fields = Some(json!({"penalty_token": "DharmaPoints", "penalty_value": penalty,
+        if let Some(original) = key.as_ref().and_then(|k| ledger.applied.get(k)) {
+            return (original.clone(), true);
+        }
+        let data = apply(&mut ledger, event);
+        ledger.events.push(AppliedEvent {
+            event_id: key.clone(),
+            trace_id,
+            user_id: event.user_id.clone(),
+            action: ACTIONS[event.action].to_owned(),
+            reward_value: data["reward_value"].as_f64().unwrap_or_default(),
+        });
+        let mut answer = success("life_event", "Life event logged successfully", data, "/v1/karma/log-action/");
+        if let Some(key) = key {
+            answer["event_id"] = json!(key);
+            ledger.applied.insert(key, answer.clone());
+        }
+        (answer, false)
+    }
+}
+
+/// The rule itself: reward, Q update, balances, role. Returns the answer's `data`.
+fn apply(ledger: &mut Ledger, event: &LifeEvent<'_>) -> Value {
+    let now = SystemTime::now();
+    let Ledger { users, q, .. } = ledger;
+    let user = users.entry(event.user_id.clone()).or_insert_with(|| KarmaUser::new(&event.user_id));
+    let action = ACTIONS[event.action];
+    let mut cheat_fields = None;
+    let (token, reward) = match action {
+        "completing_lessons" | "workflow_success" => (Token::Dharma, 5.0),
+        "helping_peers" => (Token::Seva, 10.0),
+        "solving_doubts" => (Token::Seva, 8.0),
+        "selfless_service" => (Token::Punya, 25.0),
+        "workflow_failure" => (Token::Dharma, 0.0),
+        _ => {
+            user.cheats.retain(|t| now.duration_since(*t).unwrap_or_default() < CHEAT_WINDOW);
+            user.cheats.push(now);
+            let offence = user.cheats.len();
+            let penalty = CHEAT_PENALTIES[(offence - 1).min(CHEAT_PENALTIES.len() - 1)];
+            cheat_fields = Some(json!({"penalty_token": "DharmaPoints", "penalty_value": penalty,
                     "penalty_level": offence.min(CHEAT_PENALTIES.len()), "penalty_name": "progressive_cheat_penalty",
                     "cheats_in_period": offence}));
-                (Token::Dharma, penalty)
-            }
-        };
-        let mut estimated = user.balances.clone();
-        *estimated.slot(token) += reward;
-        let next_state = role_for_merit(estimated.merit());
-        let (s, a) = (event.role, event.action);
-        let best_next = q[next_state].iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        q[s][a] += ALPHA * (reward + GAMMA * best_next - q[s][a]);
-        let q_value = q[s][a];
-        *user.balances.slot(token) += reward;
-        user.merit_score = user.balances.merit();
-        user.role = ROLES[role_for_merit(user.merit_score)].to_owned();
-        user.total_actions += 1;
-        *user.action_counts.entry(action.to_owned()).or_default() += 1;
-        user.last_updated = wire::now_rfc3339();
-        let mut data = json!({
-            "user_id": user.user_id,
-            "action": action,
-            "current_role": ROLES[s],
-            "predicted_next_role": ROLES[next_state],
-            "merit_score": user.merit_score,
-            "reward_token": token.name(),
-            "reward_value": reward,
-            "reward_tier": token.tier(),
-            "action_flow": format!("{} --{action}--> {}", ROLES[s], ROLES[next_state]),
-            "note": event.note,
-            "q_value": q_value,
-        });
-        if let Some(Value::Object(extra)) = cheat_fields
-            && let Value::Object(map) = &mut data
-        {
-            map.extend(extra);
+            (Token::Dharma, penalty)
         }
-        data
+    };
+    let mut estimated = user.balances.clone();
+    *estimated.slot(token) += reward;
+    let next_state = role_for_merit(estimated.merit());
+    let (s, a) = (event.role, event.action);
+    let best_next = q[next_state].iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    q[s][a] += ALPHA * (reward + GAMMA * best_next - q[s][a]);
+    let q_value = q[s][a];
+    *user.balances.slot(token) += reward;
+    user.merit_score = user.balances.merit();
+    user.role = ROLES[role_for_merit(user.merit_score)].to_owned();
+    user.total_actions += 1;
+    *user.action_counts.entry(action.to_owned()).or_default() += 1;
+    user.last_updated = wire::now_rfc3339();
+    let mut data = json!({
+        "user_id": user.user_id,
+        "action": action,
+        "current_role": ROLES[s],
+        "predicted_next_role": ROLES[next_state],
+        "merit_score": user.merit_score,
+        "reward_token": token.name(),
+        "reward_value": reward,
+        "reward_tier": token.tier(),
+        "action_flow": format!("{} --{action}--> {}", ROLES[s], ROLES[next_state]),
+        "note": event.note,
+        "q_value": q_value,
+    });
+    if let Some(Value::Object(extra)) = cheat_fields
+        && let Value::Object(map) = &mut data
+    {
+        map.extend(extra);
     }
+    data
 }
 
 async fn root() -> Response {
@@ -529,25 +575,26 @@ async fn post_event(State(karma): State<Arc<Karma>>, headers: HeaderMap, uri: Ur
     if !errors.is_empty() {
         return invalid(errors);
     }
-    let event_type = body["type"].as_str().unwrap_or_default();
-    let Some(data) = body["data"].as_object() else { unreachable!("checked to be an object") };
     let trace = crate::journal::trace_from_value(&body);
-    let mut response = handle_event(&karma, profile, event_type, &body, data, &headers, path);
+    let mut response = handle_event(&karma, profile, &body, &headers, path, trace.clone());
     if let Some(trace) = trace {
         response.extensions_mut().insert(TraceId(trace));
     }
     response
 }
 
+/// Answers a well-formed event (`type` a string, `data` an object).
 fn handle_event(
     karma: &Karma,
     profile: Profile,
-    event_type: &str,
     body: &Value,
-    data: &serde_json::Map<String, Value>,
     headers: &HeaderMap,
     path: &str,
+    trace_id: Option<String>,
 ) -> Response {
+    let event_type = body["type"].as_str().unwrap_or_default();
+    let empty = serde_json::Map::new();
+    let data = body["data"].as_object().unwrap_or(&empty);
     let error = |status: StatusCode, message: &str| wire::karma_error(status, message, path, None);
     if !EVENT_TYPES.contains(&event_type) {
         return error(
@@ -594,11 +641,7 @@ fn handle_event(
         Err(Refusal(status, message)) => return error(status, &message),
     };
     if profile == Profile::AsBuilt {
-        let data = karma.apply(&event);
-        return wire::json_response(
-            StatusCode::OK,
-            &success(event_type, "Life event logged successfully", data, "/v1/karma/log-action/"),
-        );
+        return wire::json_response(StatusCode::OK, &karma.apply_once(&event, None, trace_id).0);
     }
     let workflow = ACTIONS[event.action].starts_with("workflow_") || body["source"] == "workflow_executor";
     if workflow && !karma.behavioral_tracking() {
@@ -613,21 +656,9 @@ fn handle_event(
         .or_else(|| data.get("context").and_then(|c| c.get("event_id")).and_then(Value::as_str))
         .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()))
         .map(str::to_owned);
-    if let Some(key) = &key
-        && let Some(original) = karma.lock().applied.get(key)
-    {
-        let mut answer = original.clone();
+    let (mut answer, duplicate) = karma.apply_once(&event, key, trace_id);
+    if duplicate {
         answer["duplicate"] = json!(true);
-        return wire::json_response(StatusCode::OK, &answer);
-    }
-    let mut answer =
-        success(event_type, "Life event logged successfully", karma.apply(&event), "/v1/karma/log-action/");
-    if let Some(key) = key {
-        answer["event_id"] = json!(key);
-        // Two identical events racing may both apply: the check and the insert are separate
-        // lock sections, because the answer is built in between. The executor never sends the
-        // same event concurrently, so this stays simple.
-        karma.lock().applied.insert(key, answer.clone());
     }
     wire::json_response(StatusCode::OK, &answer)
 }
@@ -657,7 +688,7 @@ mod tests {
     fn life(karma: &Karma, user: &str, role: &str, action: &str) -> Value {
         let data = json!({"user_id": user, "role": role, "action": action});
         let event = karma.validate(Profile::Spec, data.as_object().unwrap()).ok().expect("valid");
-        karma.apply(&event)
+        karma.apply_once(&event, None, None).0["data"].clone()
     }
 
     #[test]

@@ -378,6 +378,11 @@ impl Faults<'_> {
     }
 }
 
+/// A client for the stack's own health checks (never through a proxy: everything is local).
+fn local_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build().expect("a plain client builds")
+}
+
 async fn wait_healthy(client: &reqwest::Client, what: &str, url: String) -> Result<(), StackError> {
     let deadline = tokio::time::Instant::now() + HEALTH_DEADLINE;
     loop {
@@ -433,7 +438,7 @@ impl Stack {
         let core = Arc::new(Core::new(profile(Pillar::Core)));
         let providers = Arc::new(Providers::new(sim.clone(), b.whatsapp_token.clone(), b.ai_api_key.clone()));
         let smtp = Arc::new(SmtpSink::new(sim.clone()));
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain client builds");
+        let client = local_client();
 
         let mut addrs = BTreeMap::new();
         let mut servers = Vec::new();
@@ -602,7 +607,7 @@ impl Stack {
         });
         slot.running = Some((token, task));
         *self.shared.executor_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot.addr);
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain client builds");
+        let client = local_client();
         wait_healthy(&client, "executor", format!("http://{}/healthz", slot.addr)).await
     }
 

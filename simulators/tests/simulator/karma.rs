@@ -169,3 +169,20 @@ async fn bad_events_get_the_error_envelope() {
         post(&url, &json!({"type": "life_event", "data": {"user_id": "u", "role": "king", "action": "cheat"}})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "spec answers a bad role with 400: {body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_are_applied_once_and_listed_with_their_trace() {
+    let stack = stack().await;
+    let url = format!("{}/v1/event/", stack.karma_url());
+    let event = workflow_event("u7", "workflow_success", "race-1");
+    let sends = (0..20).map(|_| post(&url, &event));
+    let answers = futures_util::future::join_all(sends).await;
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK));
+    assert_eq!(answers.iter().filter(|(_, a)| a["duplicate"] == true).count(), 19);
+    assert_eq!(stack.karma().user("u7").unwrap().total_actions, 1);
+    let applied = stack.karma().events();
+    assert_eq!(applied.len(), 1);
+    assert_eq!((applied[0].event_id.as_deref(), applied[0].trace_id.as_deref()), (Some("race-1"), Some("t-race-1")));
+    let (_, listed) = get(format!("{}/karma/events", stack.control_url().unwrap())).await;
+    assert_eq!(listed["events"][0]["reward_value"], 5.0);
+}
