@@ -67,13 +67,13 @@
 //! - [`bucket`], [`karma`], [`core`], [`providers`], [`smtp`]: the fakes (each module documents
 //!   its routes, rules and profile differences).
 //! - [`journal`]: the bounded request journal; `metrics`: the Prometheus registry.
-//! - [`scenario`]: timelines of fault rules; `control`: the control API (routes in its docs).
+//! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes).
 //! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
 //!   commands (`up`, `fault`, `scenario`, `journal`).
 
 pub mod bucket;
 pub mod cli;
-mod control;
+pub mod control;
 pub mod core;
 pub mod fault;
 mod injector;
