@@ -49,7 +49,11 @@ impl WhatsApp {
         }
         let response = request.send().await.map_err(|e| transport_failure(PROVIDER, &e))?;
         let status = response.status().as_u16();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let answer: Value = match response.json().await {
+            Ok(answer) => answer,
+            Err(e) if e.is_timeout() => return Err(transport_failure(PROVIDER, &e)),
+            Err(_) => Value::Null,
+        };
         if !(200..300).contains(&status) {
             return Err(status_failure(PROVIDER, status, answer.pointer("/error/message").and_then(Value::as_str)));
         }
