@@ -57,6 +57,14 @@ pub enum Command {
     Scenario(ScenarioCommand),
     /// Read the request journal.
     Journal(JournalArgs),
+    /// Load the executor (or Bucket) open- or closed-loop and report latency, throughput and loss.
+    Drive(DriveArgs),
+    /// Serve the baseline: a minimal axum handler that parses the request JSON and answers a constant.
+    Baseline {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8099")]
+        bind: std::net::SocketAddr,
+    },
     /// Clear faults, scenarios, the journal and every fake's state.
     Reset,
     /// Show what runs where.
@@ -238,6 +246,53 @@ pub struct JournalArgs {
     pub json: bool,
 }
 
+/// `pillar-sim drive`.
+#[derive(Debug, Args)]
+pub struct DriveArgs {
+    /// Base URL of the target (the executor, the baseline, or Bucket with `--kind bucket`).
+    #[arg(long, default_value = "http://127.0.0.1:8003")]
+    pub target: String,
+    /// `execute` (Core's request to the executor) or `bucket` (audit events straight to Bucket).
+    #[arg(long, default_value = "execute", value_parser = ["execute", "bucket"])]
+    pub kind: String,
+    /// Open loop: requests per second (latency measured from each request's due time).
+    #[arg(long, conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
+    /// Closed loop: workers sending back to back.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// How long to send, e.g. `10s`.
+    #[arg(long, default_value = "10s", value_parser = crate::schema::parse_duration)]
+    pub duration: Duration,
+    /// Action mix, e.g. `task=3,whatsapp=1` (task, whatsapp, email, ai).
+    #[arg(long, default_value = "task")]
+    pub mix: String,
+    /// Per-request timeout.
+    #[arg(long, default_value = "5s", value_parser = crate::schema::parse_duration)]
+    pub timeout: Duration,
+    /// Bearer token for the executor.
+    #[arg(long, env = "WORKFLOW_EXECUTOR_TOKEN")]
+    pub token: Option<String>,
+    /// After the run, wait until Bucket and Karma hold every execution's event and count losses.
+    #[arg(long)]
+    pub check: bool,
+    /// Skip sending: re-check the run recorded in this JSON report (from `--json`).
+    #[arg(long, value_name = "FILE")]
+    pub check_only: Option<PathBuf>,
+    /// How long the check waits for deliveries.
+    #[arg(long, default_value = "120s", value_parser = crate::schema::parse_duration)]
+    pub check_patience: Duration,
+    /// Bucket's URL, for the check.
+    #[arg(long, default_value = "http://127.0.0.1:8001")]
+    pub bucket: String,
+    /// Karma's URL, for the check.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub karma: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -321,6 +376,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Fault(args) => fault(&control, *args).await,
         Command::Scenario(command) => scenario(&control, command).await,
         Command::Journal(args) => journal(&control, args).await,
+        Command::Drive(args) => drive(args).await,
+        Command::Baseline { bind } => {
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot listen on {bind}: {e}")))?;
+            println!("baseline handler on http://{bind}/api/workflow/execute");
+            let stop = tokio_util::sync::CancellationToken::new();
+            let trigger = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                trigger.cancel();
+            });
+            crate::drive::serve_baseline(listener, stop).await.map_err(|e| CliError::Usage(e.to_string()))
+        }
         Command::Reset => {
             control.call(reqwest::Method::POST, "/reset", None).await?;
             println!("reset");
@@ -331,6 +400,70 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+async fn drive(args: DriveArgs) -> Result<(), CliError> {
+    use crate::drive::{self, DriveConfig, Kind, Load, Mix};
+    let (run_id, product, report) = match &args.check_only {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let previous: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::Usage(format!("{} is not a drive report: {e}", file.display())))?;
+            let field = |name: &str| previous[name].as_str().map(str::to_owned);
+            let (Some(run_id), Some(product)) = (field("run_id"), field("product")) else {
+                return Err(CliError::Usage(format!("{} has no run_id/product", file.display())));
+            };
+            (run_id, product, previous["report"].clone())
+        }
+        None => {
+            let load = match (args.rate, args.concurrency) {
+                (Some(rate), _) => Load::Open { rate },
+                (None, concurrency) => Load::Closed { concurrency: concurrency.unwrap_or(32) },
+            };
+            let run_id = format!("drive-{}", uuid::Uuid::new_v4().simple());
+            let config = DriveConfig {
+                target: args.target.clone(),
+                kind: if args.kind == "bucket" { Kind::Bucket } else { Kind::Execute },
+                load,
+                duration: args.duration,
+                mix: Mix::parse(&args.mix).map_err(CliError::Usage)?,
+                timeout: args.timeout,
+                product: run_id.clone(),
+                run_id: run_id.clone(),
+                token: args.token.clone(),
+            };
+            let report = drive::run(config).await.map_err(CliError::Usage)?;
+            println!("{}", drive::render_table(&report, None));
+            let value = serde_json::to_value(&report).unwrap_or_default();
+            (run_id.clone(), run_id, value)
+        }
+    };
+    let check = if args.check || args.check_only.is_some() {
+        let expected = report["ok"].as_u64().unwrap_or(0);
+        let check = drive::check(&args.bucket, &args.karma, &run_id, &product, expected, args.check_patience)
+            .await
+            .map_err(CliError::Usage)?;
+        println!(
+            "end to end: bucket received {} (lost {}, duplicated {}), karma received {} (lost {}, duplicated {}) after {:.1}s",
+            check.bucket.received,
+            check.bucket.lost,
+            check.bucket.duplicated,
+            check.karma.received,
+            check.karma.lost,
+            check.karma.duplicated,
+            check.waited_seconds
+        );
+        Some(check)
+    } else {
+        None
+    };
+    if let Some(path) = &args.json {
+        let out = serde_json::json!({"run_id": run_id, "product": product, "report": report, "check": check});
+        std::fs::write(path, serde_json::to_vec_pretty(&out).unwrap_or_default())
+            .map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
 }
 
 async fn fault(control: &ControlClient, args: FaultArgs) -> Result<(), CliError> {

@@ -31,7 +31,9 @@ impl Mix {
         let mut parts = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) = match part.split_once('=') {
-                Some((n, w)) => (n, w.parse::<u32>().map_err(|_| format!("mix: weight of `{n}` must be a whole number"))?),
+                Some((n, w)) => {
+                    (n, w.parse::<u32>().map_err(|_| format!("mix: weight of `{n}` must be a whole number"))?)
+                }
                 None => (part, 1),
             };
             if !matches!(name, "task" | "whatsapp" | "email" | "ai") {
@@ -345,7 +347,14 @@ pub struct CheckReport {
 
 /// Waits (up to `patience`) until Bucket and Karma hold one event per answered execution of the
 /// run, then counts what is missing or extra.
-pub async fn check(bucket: &str, karma: &str, run_id: &str, product: &str, expected: u64, patience: Duration) -> Result<CheckReport, String> {
+pub async fn check(
+    bucket: &str,
+    karma: &str,
+    run_id: &str,
+    product: &str,
+    expected: u64,
+    patience: Duration,
+) -> Result<CheckReport, String> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let deadline = started + patience;
@@ -376,7 +385,12 @@ pub async fn check(bucket: &str, karma: &str, run_id: &str, product: &str, expec
 }
 
 /// The run's event count in Bucket, and how many of the newest 1,000 are duplicates or strangers.
-async fn bucket_events(client: &reqwest::Client, bucket: &str, run_id: &str, product: &str) -> Result<(u64, u64), String> {
+async fn bucket_events(
+    client: &reqwest::Client,
+    bucket: &str,
+    run_id: &str,
+    product: &str,
+) -> Result<(u64, u64), String> {
     let url = format!("{}/core/events", bucket.trim_end_matches('/'));
     let answer: Value = client
         .get(url)
@@ -443,7 +457,10 @@ pub fn render_table(report: &DriveReport, check: Option<&CheckReport>) -> String
 }
 
 /// Serves the baseline: parse the JSON body, answer a constant.
-pub async fn serve_baseline(listener: tokio::net::TcpListener, shutdown: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
+pub async fn serve_baseline(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
     use axum::routing::post;
     async fn handler(body: axum::body::Bytes) -> axum::response::Response {
         use axum::response::IntoResponse;

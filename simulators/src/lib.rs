@@ -69,12 +69,14 @@
 //! - [`journal`]: the bounded request journal; `metrics`: the Prometheus registry.
 //! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes).
 //! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
-//!   commands (`up`, `fault`, `scenario`, `journal`).
+//!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
+//! - [`drive`]: the load driver and the baseline handler the benchmarks compare with.
 
 pub mod bucket;
 pub mod cli;
 pub mod control;
 pub mod core;
+pub mod drive;
 pub mod fault;
 mod injector;
 pub mod journal;
