@@ -1,5 +1,6 @@
 //! Executed-and-failed answers (HTTP 200, `status: "failed"`): every validation code the engine
-//! reports, and the provider failures the adapters map, made with the simulator's faults.
+//! reports, and the provider failures the adapters map, made with the simulator's faults (and,
+//! for refused connections, a closed port).
 
 use pillar_sim::{Fault, FaultRule, Pillar, Stack};
 use serde_json::{Value, json};
@@ -137,15 +138,6 @@ async fn provider_failures_map_to_their_codes() {
     let rule = |pillar: Pillar, fault: Fault| FaultRule::new(pillar, fault);
     let http = |status: u16, route: &str| rule(Pillar::Providers, Fault::http_error(status)).route(route);
 
-    // Refused connections first, while the executor holds no pooled connection to the port.
-    let refused = "providers_refused";
-    app.stack.faults().set(rule(Pillar::Providers, Fault::Refuse).id(refused)).expect("a valid fault rule");
-    fails_with(&app, "whatsapp_provider_unavailable", "provider_unavailable", whatsapp(), "WhatsApp port refused")
-        .await;
-    fails_with(&app, "ai_provider_unavailable", "provider_unavailable", ai(), "AI port refused").await;
-    app.stack.faults().clear(refused);
-    app.providers_listening().await;
-
     let cases: [(&str, &str, FaultRule, Value, &str); 7] = [
         (
             "whatsapp_provider_rejected",
@@ -205,13 +197,36 @@ async fn provider_failures_map_to_their_codes() {
         "the relay never replies (SMTP_TIMEOUT 0.5 s)",
     )
     .await;
-    provider_fails(
+}
+
+/// The simulator's `refuse` fault closes the port and binds it again when the rule ends, so on
+/// a busy machine another stack can take the ephemeral port in between; a refused connection is
+/// therefore made with a port nothing listens on (port 1) rather than with a fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_providers_are_unavailable() {
+    let app = TestStack::start(
+        Stack::builder()
+            .executor_env("WHATSAPP_API_URL", "http://127.0.0.1:1")
+            .executor_env("AI_API_URL", "http://127.0.0.1:1")
+            .executor_env("SMTP_PORT", "1"),
+    )
+    .await;
+    fails_with(
+        &app,
+        "whatsapp_provider_unavailable",
+        "provider_unavailable",
+        whatsapp(),
+        "WhatsApp refuses connections",
+    )
+    .await;
+    fails_with(&app, "ai_provider_unavailable", "provider_unavailable", ai(), "the AI endpoint refuses connections")
+        .await;
+    fails_with(
         &app,
         "email_provider_unavailable",
         "provider_unavailable",
-        rule(Pillar::Smtp, Fault::Refuse),
         email(),
-        "the relay's port is refused",
+        "the SMTP relay refuses connections",
     )
     .await;
 }

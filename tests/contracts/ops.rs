@@ -44,10 +44,10 @@ async fn health_status_and_metrics_report_degraded_pillars() {
     )
     .await;
     let faults = app.stack.faults();
-    faults.set(FaultRule::new(Pillar::Bucket, Fault::Refuse)).expect("a valid fault rule");
+    faults.set(FaultRule::new(Pillar::Bucket, Fault::http_error(503))).expect("a valid fault rule");
     faults.set(FaultRule::new(Pillar::Karma, Fault::http_error(422)).times(1)).expect("a valid fault rule");
 
-    // 1. Bucket refuses (unreachable: the circuit opens); Karma answers 422 (dead-lettered).
+    // 1. Bucket answers 503 (unreachable: the circuit opens); Karma answers 422 (dead-lettered).
     app.execute(&task("contract-degraded-1")).await.expect_status(200);
     app.status_when("Bucket's circuit is open and Karma dead-lettered an event", |s| {
         s["pillars"]["bucket"]["circuit"] == "open" && s["pillars"]["karma"]["dead_lettered"] == 1
@@ -57,12 +57,12 @@ async fn health_status_and_metrics_report_degraded_pillars() {
     health.expect_status(200);
     assert_contract(
         "healthz_degraded",
-        "GET /healthz with Bucket refusing connections (down) and Karma rejecting events (degraded)",
+        "GET /healthz with Bucket answering 503 (down) and Karma rejecting an event (degraded)",
         &health.contract(),
     );
 
-    // 2. Karma answers 503 (unreachable: its circuit opens too).
-    faults.set(FaultRule::new(Pillar::Karma, Fault::http_error(503))).expect("a valid fault rule");
+    // 2. Karma answers 429 (unreachable: its circuit opens too).
+    faults.set(FaultRule::new(Pillar::Karma, Fault::http_error(429))).expect("a valid fault rule");
     app.execute(&task("contract-degraded-2")).await.expect_status(200);
     app.status_when("Karma's circuit is open", |s| s["pillars"]["karma"]["circuit"] == "open").await;
 

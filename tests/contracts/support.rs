@@ -134,6 +134,29 @@ impl TestStack {
         Answer::read(request.send().await.expect("the executor answers")).await
     }
 
+    /// Sends `head` (a request line and headers, no body) to the executor over a plain TCP
+    /// connection and reads the answer. For answers given before the body is read (413 on a
+    /// declared `Content-Length`): a client that also sent the body could meet a reset instead.
+    pub async fn execute_head_only(&self, head: &str) -> Answer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.executor.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the executor accepts");
+        stream.write_all(head.as_bytes()).await.expect("the request head is sent");
+        let mut raw = Vec::new();
+        let read = async {
+            loop {
+                let mut chunk = [0u8; 4096];
+                let n = stream.read(&mut chunk).await.expect("the answer is readable");
+                raw.extend_from_slice(&chunk[..n]);
+                if n == 0 || parse_http_answer(&raw).is_some() {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, read).await.expect("the executor answers in time");
+        parse_http_answer(&raw).unwrap_or_else(|| panic!("not an HTTP answer: {}", String::from_utf8_lossy(&raw)))
+    }
+
     /// Any request to any URL.
     pub async fn request(&self, method: reqwest::Method, url: String, body: Option<&Value>) -> Answer {
         let mut request = self.http.request(method, url);
@@ -219,15 +242,25 @@ impl TestStack {
         })
         .await
     }
+}
 
-    /// Waits until the providers' port listens again (after a `refuse` rule ends).
-    pub async fn providers_listening(&self) {
-        let url = format!("{}/health", self.stack.providers_url());
-        eventually("the providers listen again", async || {
-            self.http.get(&url).send().await.ok().filter(|r| r.status().is_success()).map(|_| ())
-        })
-        .await;
+/// A complete HTTP/1.1 answer with a `Content-Length` body, once `raw` holds all of it.
+fn parse_http_answer(raw: &[u8]) -> Option<Answer> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let length: usize = headers.get("content-length")?.parse().ok()?;
+    if body.len() < length {
+        return None;
     }
+    let body = serde_json::from_str(&body[..length]).unwrap_or_else(|_| Value::String(body[..length].to_owned()));
+    let headers = headers.into_iter().filter(|(name, _)| !VOLATILE_HEADERS.contains(&name.as_str())).collect();
+    Some(Answer { status, headers, body })
 }
 
 /// Polls `probe` (every 20 ms) until it yields a value, for at most [`WAIT`].
