@@ -7,17 +7,17 @@ use serde_json::{Value, json};
 
 use crate::support::{TestStack, assert_contract, sent, sent_mail, workflow};
 
-/// Executes `payload` under `trace`, and snapshots the answer and both events it produced.
+/// Executes `payload` under `trace`; snapshots the answer and both events it produced.
 async fn executes_and_reports(app: &TestStack, name: &str, trace: &str, payload: Value) -> Value {
     let request = workflow(trace, payload);
     let answer = app.execute(&request).await;
-    answer.expect_status(200);
-    assert_eq!(answer.body["status"], "success", "{:#}", answer.body);
     assert_contract(
         &format!("execute_success_{name}"),
         &format!("POST /api/workflow/execute, action_type {name}, accepted by the provider fake"),
         &answer.contract(),
     );
+    answer.expect_status(200);
+    assert_eq!(answer.body["status"], "success", "{:#}", answer.body);
     let bucket = app.journaled(Pillar::Bucket, trace).await;
     assert_contract(
         &format!("bucket_event_{name}_success"),
@@ -98,19 +98,17 @@ async fn every_adapter_answers_success_and_emits_its_provider_call_and_events() 
     );
 
     let replay = app.execute(&task).await;
-    replay.expect_status(200);
-    assert_eq!(replay.headers.get("idempotent-replayed").map(String::as_str), Some("true"));
     assert_contract(
         "execute_replayed_task",
         "the task request sent again unchanged: the stored answer, marked as replayed",
         &replay.contract(),
     );
+    replay.expect_status(200);
+    assert_eq!(replay.headers.get("idempotent-replayed").map(String::as_str), Some("true"));
 
     for decision in ["respond", "task", "insight", "fallback"] {
         let skipped =
             app.execute(&json!({"trace_id": format!("contract-skip-{decision}"), "decision": decision})).await;
-        skipped.expect_status(200);
-        assert_eq!(skipped.body["status"], "skipped", "{:#}", skipped.body);
         if decision == "respond" {
             assert_contract(
                 "execute_skipped",
@@ -118,5 +116,7 @@ async fn every_adapter_answers_success_and_emits_its_provider_call_and_events() 
                 &skipped.contract(),
             );
         }
+        skipped.expect_status(200);
+        assert_eq!(skipped.body["status"], "skipped", "{:#}", skipped.body);
     }
 }

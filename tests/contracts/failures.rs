@@ -12,16 +12,16 @@ const WHATSAPP_ROUTE: &str = "/v21.0/*";
 /// The route of the chat-completions API on the providers' port.
 const CHAT_ROUTE: &str = "/v1/chat/completions";
 
-/// Executes `payload`, asserts it failed with `code`, and snapshots the answer.
+/// Executes `payload`, snapshots the answer, and asserts it failed with `code`.
 async fn fails_with(app: &TestStack, name: &str, code: &str, payload: Value, why: &str) {
     let answer = app.execute(&workflow(&format!("contract-{name}"), payload)).await;
-    answer.expect_status(200);
-    assert_eq!(answer.body["execution_result"]["error_code"], code, "{:#}", answer.body);
     assert_contract(
         &format!("execute_failed_{name}"),
         &format!("POST /api/workflow/execute: {why}"),
         &answer.contract(),
     );
+    answer.expect_status(200);
+    assert_eq!(answer.body["execution_result"]["error_code"], code, "{:#}", answer.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

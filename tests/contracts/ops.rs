@@ -16,9 +16,9 @@ async fn health_and_status_report_every_pillar_up() {
     let app = TestStack::default_stack().await;
 
     let health = app.get("/healthz").await;
+    assert_contract("healthz_ok", "GET /healthz with Bucket and Karma up", &health.contract());
     health.expect_status(200);
     assert_eq!(health.body["status"], "ok", "{:#}", health.body);
-    assert_contract("healthz_ok", "GET /healthz with Bucket and Karma up", &health.contract());
 
     app.execute(&task("contract-status")).await.expect_status(200);
     app.delivered(1).await;
@@ -54,12 +54,12 @@ async fn health_status_and_metrics_report_degraded_pillars() {
     })
     .await;
     let health = app.get("/healthz").await;
-    health.expect_status(200);
     assert_contract(
         "healthz_degraded",
         "GET /healthz with Bucket answering 503 (down) and Karma rejecting an event (degraded)",
         &health.contract(),
     );
+    health.expect_status(200);
 
     // 2. Karma answers 429 (unreachable: its circuit opens too).
     faults.set(FaultRule::new(Pillar::Karma, Fault::http_error(429))).expect("a valid fault rule");
@@ -81,12 +81,12 @@ async fn health_status_and_metrics_report_degraded_pillars() {
 
     // 4. Bucket's outbox is full and its policy is to fail closed.
     let refused = app.execute(&task("contract-degraded-4")).await;
-    refused.expect_status(503);
     assert_contract(
         "rejected_503_audit_spool_full",
         "an execution while Bucket's outbox is full (EXECUTOR_BUCKET_FULL_POLICY reject)",
         &refused.contract(),
     );
+    refused.expect_status(503);
 
     let families = metric_families(&app.metrics_text().await);
     assert_contract(

@@ -12,9 +12,9 @@ fn task(trace: &str) -> Value {
 }
 
 fn rejected(name: &str, why: &str, answer: &Answer, status: u16, code: &str) {
+    assert_contract(&format!("rejected_{status}_{name}"), why, &answer.contract());
     answer.expect_status(status);
     assert_eq!(answer.body["error"]["code"], code, "{:#}", answer.body);
-    assert_contract(&format!("rejected_{status}_{name}"), why, &answer.contract());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

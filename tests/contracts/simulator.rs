@@ -9,8 +9,8 @@ use serde_json::json;
 use crate::support::{Answer, TestStack, assert_contract};
 
 fn control(name: &str, why: &str, answer: &Answer, status: u16) {
-    answer.expect_status(status);
     assert_contract(&format!("control_{name}"), why, &answer.contract());
+    answer.expect_status(status);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,29 +21,29 @@ async fn core_answers_tasks_with_and_without_a_workflow() {
     let task = json!({"agent": "edumentor_agent", "input": "Remind me: call the bank", "input_type": "text",
         "user_id": "learner-7", "product": "gurukul"});
     let answer = app.request(Method::POST, url.clone(), Some(&task)).await;
-    answer.expect_status(200);
-    assert_eq!(answer.body["agent_output"]["workflow_dispatched"], true, "{:#}", answer.body);
     assert_contract(
         "core_handle_task_workflow",
         "POST /handle_task whose input needs a task workflow (dispatched to the executor)",
         &answer.contract(),
     );
+    answer.expect_status(200);
+    assert_eq!(answer.body["agent_output"]["workflow_dispatched"], true, "{:#}", answer.body);
     // Core's dispatch reaches the executor, which reports to Bucket under Core's task id.
     let trace = answer.body["task_id"].as_str().expect("a task id");
     app.journaled(Pillar::Bucket, trace).await;
 
     let chat = json!({"agent": "vedas_agent", "input": "What is dharma?"});
     let answer = app.request(Method::POST, url.clone(), Some(&chat)).await;
-    answer.expect_status(200);
     assert_contract("core_handle_task_no_workflow", "POST /handle_task that needs no workflow", &answer.contract());
+    answer.expect_status(200);
 
     let answer = app.request(Method::POST, url, Some(&json!({"input": 5}))).await;
-    answer.expect_status(422);
     assert_contract(
         "core_handle_task_invalid",
         "POST /handle_task without agent and with a numeric input (FastAPI's 422)",
         &answer.contract(),
     );
+    answer.expect_status(422);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
