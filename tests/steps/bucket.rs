@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cucumber::gherkin::Step;
-use cucumber::{then, when};
+use cucumber::{given, then, when};
 use pillar_sim::Pillar;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -79,6 +79,7 @@ fn first_broken_link(events: &[StoredView]) -> Option<usize> {
     None
 }
 
+#[given(expr = "(eventually )Bucket holds exactly one event for {trace}")]
 #[then(expr = "(eventually )Bucket holds exactly one event for {trace}")]
 async fn one_event(w: &mut BhivWorld, which: TraceRef) {
     let trace = w.trace_of(which);
@@ -102,7 +103,7 @@ async fn no_event(w: &mut BhivWorld, which: TraceRef) {
     assert!(events.is_empty(), "Bucket holds events for {trace}: {events:?}");
 }
 
-#[then("(eventually )Bucket holds exactly one event for each trace")]
+#[then(expr = "(eventually )Bucket holds exactly one event for each trace")]
 async fn one_event_each(w: &mut BhivWorld) {
     assert!(!w.executions.is_empty(), "no workflow was executed");
     for execution in w.executions.clone() {
@@ -346,12 +347,12 @@ pub async fn all_delivered(w: &BhivWorld, exactly_once: bool) {
     }
 }
 
-#[then("(eventually )every workflow's events reach Bucket and Karma exactly once")]
+#[then(expr = "(eventually )every workflow's events reach Bucket and Karma exactly once")]
 async fn every_exactly_once(w: &mut BhivWorld) {
     all_delivered(w, true).await;
 }
 
-#[then("(eventually )every workflow reaches Bucket at least once")]
+#[then(expr = "(eventually )every workflow reaches Bucket at least once")]
 async fn every_at_least_once(w: &mut BhivWorld) {
     let traces: Vec<String> = w.executions.iter().map(|e| e.trace.clone()).collect();
     eventually("every workflow to reach Bucket", WAIT, || async {

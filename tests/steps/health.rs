@@ -126,7 +126,7 @@ async fn alert_mentioning(w: &mut BhivWorld, kind: String, pillar: PillarArg, te
     .await;
 }
 
-#[then("(eventually )the integration status shows no alerts")]
+#[then(expr = "(eventually )the integration status shows no alerts")]
 async fn no_alerts(w: &mut BhivWorld) {
     status_until(w, "no alerts", |_, alerts| if alerts.is_empty() { Ok(()) } else { Err("alerts".into()) }).await;
 }

@@ -51,8 +51,15 @@ async fn answered(w: &mut BhivWorld, pillar: PillarArg, which: TraceRef, status:
 #[then(expr = "{pillar} was sent {trace}'s event {int} time(s) in all")]
 async fn sent_times(w: &mut BhivWorld, pillar: PillarArg, which: TraceRef, n: usize) {
     let trace = w.trace_of(which);
-    let hits: Vec<Hit> =
-        w.hits(Some(pillar.0), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
+    let posts = || async {
+        w.hits(Some(pillar.0), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect::<Vec<Hit>>()
+    };
+    eventually(&format!("{n} deliveries to {}", pillar_name(pillar.0)), WAIT, || async {
+        let hits = posts().await;
+        if hits.len() >= n { Ok(()) } else { Err(format!("{} so far", hits.len())) }
+    })
+    .await;
+    let hits = posts().await;
     assert_eq!(hits.len(), n, "{} was sent: {hits:?}", pillar_name(pillar.0));
 }
 

@@ -16,6 +16,15 @@ async fn running_stack(w: &mut BhivWorld) {
     w.start().await;
 }
 
+/// The stack is configured by the `Given` steps that follow and started by the first step that
+/// uses it (so a Background can name it and a scenario still configure it).
+#[given("a BHIV stack")]
+async fn stack(w: &mut BhivWorld) {
+    if w.is_external() {
+        w.start().await;
+    }
+}
+
 #[given(expr = "the executor setting {word} is {string}")]
 async fn executor_setting(w: &mut BhivWorld, name: String, value: String) {
     w.configure(|b| b.executor_env(name, value));
