@@ -221,7 +221,7 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts the writer thread.
     pub fn open(dir: &Path, bounds: [OutboxBound; 2], metrics: Metrics) -> Result<(Store, WriterThread), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
-        let db = Arc::new(Database::create(dir.join("executor.redb"))?);
+        let db = Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(dir.join("executor.redb"))?);
         let gauges: Arc<[OutboxGauge; 2]> = Arc::new(Default::default());
         {
             // Create every table up front and count what a previous run left queued.
@@ -400,6 +400,10 @@ fn decode_outbox_value(seq: u64, value: &[u8]) -> QueuedEvent {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// redb's page cache. Its 1 GiB default would make the executor's memory grow with the store;
+/// the hot pages (the outbox heads and the newest records) fit in far less.
+const CACHE_BYTES: usize = 32 << 20;
 
 /// Checkpoint when the log grows past this many bytes...
 const CHECKPOINT_BYTES: u64 = 64 << 20;

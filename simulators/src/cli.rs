@@ -649,6 +649,12 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         "providers",
         stack.providers_url()
     );
+    if stack.executor_url().is_none() {
+        println!(
+            "  {:<10} {:<28} an executor of your own needs WHATSAPP_ACCESS_TOKEN=sim-whatsapp-token AI_API_KEY=sim-ai-key",
+            "", ""
+        );
+    }
     println!("  {:<10} {:<28} plain SMTP (SMTP_TLS=none)", "smtp", stack.url(Pillar::Smtp));
     println!("  {:<10} {:<28} PILLAR_SIM_CONTROL", "control", stack.control_url().unwrap_or_default());
     println!("Ctrl-C to stop.");

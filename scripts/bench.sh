@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Benchmarks, side by side with a baseline measured in the same run on the same machine.
+#
+#   scripts/bench.sh            # full run (about 4 minutes), table printed and written to
+#                               # bench-results/bench-<timestamp>.md
+#   DURATION=5 scripts/bench.sh # shorter phases
+#
+# What runs (all on loopback, every loop bounded in time):
+#   1. baseline: a minimal axum handler that parses the same JSON body and answers a constant
+#      (`pillar-sim baseline`), loaded closed-loop at CONNS connections: the ceiling;
+#   2. the executor (its own process, release build) with telemetry to the simulated Bucket and
+#      Karma (`pillar-sim up --no-executor`), closed-loop per adapter, then the end-to-end check that
+#      every trace reached Bucket and Karma;
+#   3. fault invariance: open-loop at RATE req/s healthy, with Bucket blackholed, with Karma
+#      refusing, with both flapping; p99 compared with the healthy p99, zero loss after recovery;
+#   4. recovery: a 30 s Bucket outage at a steady rate, then the time to drain the outbox;
+#   5. the simulator itself: Bucket write throughput, and the accuracy of an injected 50 ms latency
+#      at 1,000 req/s;
+#   6. peak RSS of the executor and of the simulator.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}          # seconds per throughput phase
+CONNS=${CONNS:-32}                # closed-loop connections
+RATE=${RATE:-2000}                # open-loop rate for the latency phases
+OUTAGE=${OUTAGE:-30}              # seconds of Bucket outage in the recovery phase
+RECOVERY_RATE=${RECOVERY_RATE:-500}
+BASELINE_ADDR=${BASELINE_ADDR:-127.0.0.1:8099}
+OUT_DIR=${OUT_DIR:-bench-results}
+export PILLAR_SIM_CONTROL=${PILLAR_SIM_CONTROL:-http://127.0.0.1:8090}
+EXECUTOR=http://127.0.0.1:8003
+
+echo "==> building (release)"
+cargo build --release --locked -p workflow-executor -p pillar-sim
+SIM=target/release/pillar-sim
+EXE=target/release/workflow-executor
+
+for port in 8000 8001 8002 8003 8010 2525 8090 "${BASELINE_ADDR##*:}"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is in use: stop what runs there (a running 'pillar-sim up'?) and retry" >&2
+    exit 1
+  fi
+done
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_http() { # url, what
+  for _ in $(seq 1 200); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "$2 did not become ready at $1" >&2
+  exit 1
+}
+
+peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+drive() { # name, extra args...  -> writes $WORK/<name>.json
+  local name=$1; shift
+  "$SIM" drive --json "$WORK/$name.json" "$@" > "$WORK/$name.txt"
+  cat "$WORK/$name.txt"
+}
+
+field() { # file, dotted path (python, no jq dependency); 0 when absent
+  python3 -c "import json,sys; v=json.load(open('$1'))
+for k in '$2'.split('.'): v=(v or {}).get(k) if isinstance(v, dict) else None
+print(0 if v is None else v)"
+}
+
+echo "==> 1. baseline"
+"$SIM" baseline --bind "$BASELINE_ADDR" > "$WORK/baseline.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://$BASELINE_ADDR/health" baseline
+drive baseline --target "http://$BASELINE_ADDR" --concurrency "$CONNS" --duration "${DURATION}s" --mix task
+BASE=$(field "$WORK/baseline.json" report.throughput)
+
+echo "==> starting the simulator (no executor) and the executor"
+"$SIM" up --no-executor > "$WORK/sim.log" 2>&1 &
+SIM_PID=$!
+PIDS+=($SIM_PID)
+wait_http "$PILLAR_SIM_CONTROL/health" simulator
+EXECUTOR_DATA_DIR="$WORK/executor" WHATSAPP_ACCESS_TOKEN=sim-whatsapp-token AI_API_KEY=sim-ai-key RUST_LOG=warn "$EXE" > "$WORK/executor.log" 2>&1 &
+EXE_PID=$!
+PIDS+=($EXE_PID)
+wait_http "$EXECUTOR/healthz" executor
+
+ROWS=()
+row() { ROWS+=("$1"); }
+
+echo "==> 2. executor with telemetry, per adapter (closed loop, $CONNS connections)"
+for mix in task whatsapp email ai "task=1,whatsapp=1,email=1,ai=1"; do
+  name="exec-${mix//[=,]/_}"
+  drive "$name" --target "$EXECUTOR" --concurrency "$CONNS" --duration "${DURATION}s" --mix "$mix" --check
+  tput=$(field "$WORK/$name.json" report.throughput)
+  p99=$(field "$WORK/$name.json" report.latency_ms.p99)
+  lost=$(field "$WORK/$name.json" check.lost_total)
+  dup=$(field "$WORK/$name.json" check.duplicated_total)
+  ratio=$(python3 -c "print(f'{$tput/$BASE:.3f}')")
+  outcomes="$(field "$WORK/$name.json" report.outcomes.success) success, $(field "$WORK/$name.json" report.outcomes.failed) failed"
+  row "| executor, $mix, closed loop c=$CONNS ($outcomes) | $(printf %.0f "$tput") req/s | **$ratio** | p99 $(printf %.2f "$p99") ms | lost $lost, duplicated $dup |"
+done
+
+echo "==> 3. fault invariance (open loop, $RATE req/s)"
+phase() { # name, description
+  drive "$1" --target "$EXECUTOR" --rate "$RATE" --duration "${DURATION}s" --mix task
+  for id in $(curl -fsS "$PILLAR_SIM_CONTROL/scenarios" | python3 -c "import json,sys; print(' '.join(s['id'] for s in json.load(sys.stdin)['scenarios'] if not s.get('finished')))"); do
+    "$SIM" scenario cancel "$id" > /dev/null
+  done
+  "$SIM" fault clear > /dev/null
+  # After recovery every trace must reach both pillars.
+  "$SIM" drive --target "$EXECUTOR" --rate 1 --duration 1s --mix task --check-only "$WORK/$1.json" \
+    --json "$WORK/$1-check.json" > /dev/null
+  local p99 healthy lost
+  p99=$(field "$WORK/$1.json" report.latency_ms.p99)
+  lost=$(field "$WORK/$1-check.json" check.lost_total)
+  healthy=${HEALTHY_P99:-$p99}
+  row "| executor, $2, open loop $RATE req/s | p50 $(printf %.2f "$(field "$WORK/$1.json" report.latency_ms.p50)") ms | **$(python3 -c "print(f'{$p99/$healthy:.2f}')")** × healthy p99 | p99 $(printf %.2f "$p99") ms | lost after recovery $lost |"
+}
+phase healthy "all pillars healthy"
+HEALTHY_P99=$(field "$WORK/healthy.json" report.latency_ms.p99)
+"$SIM" fault bucket blackhole > /dev/null
+phase bucket-blackhole "Bucket blackholed"
+"$SIM" fault karma refuse > /dev/null
+phase karma-refuse "Karma refusing"
+"$SIM" scenario run simulators/scenarios/bench-flapping.json > /dev/null
+phase flapping "Bucket and Karma flapping"
+
+echo "==> 4. recovery after a ${OUTAGE}s Bucket outage at $RECOVERY_RATE req/s"
+"$SIM" fault bucket refuse --for "${OUTAGE}s" > /dev/null
+drive outage --target "$EXECUTOR" --rate "$RECOVERY_RATE" --duration "${OUTAGE}s" --mix task
+start=$(date +%s.%N)
+for _ in $(seq 1 1200); do
+  depth=$(curl -fsS "$EXECUTOR/api/integration/status" | python3 -c "import json,sys; print(json.load(sys.stdin)['pillars']['bucket']['outbox_depth'])")
+  [ "$depth" = 0 ] && break
+  sleep 0.1
+done
+drain=$(python3 -c "import time; print(f'{time.time()-$start:.1f}')")
+"$SIM" drive --target "$EXECUTOR" --rate 1 --duration 1s --mix task --check-only "$WORK/outage.json" \
+  --json "$WORK/outage-check.json" > /dev/null
+row "| recovery: ${OUTAGE}s Bucket outage at $RECOVERY_RATE req/s ($(field "$WORK/outage.json" report.ok) executions) | drained in ${drain} s after the outage | | p99 during outage $(printf %.2f "$(field "$WORK/outage.json" report.latency_ms.p99)") ms | lost $(field "$WORK/outage-check.json" check.lost_total) |"
+
+echo "==> 5. the simulator"
+drive sim-bucket --target http://127.0.0.1:8001 --kind bucket --concurrency "$CONNS" --duration "${DURATION}s"
+sim_tput=$(field "$WORK/sim-bucket.json" report.throughput)
+row "| simulator: Bucket write, closed loop c=$CONNS | $(printf %.0f "$sim_tput") req/s | **$(python3 -c "print(f'{$sim_tput/$BASE:.3f}')")** | p99 $(printf %.2f "$(field "$WORK/sim-bucket.json" report.latency_ms.p99)") ms | |"
+"$SIM" fault bucket latency --ms 50 > /dev/null
+drive sim-latency --target http://127.0.0.1:8001 --kind bucket --rate 1000 --duration "${DURATION}s"
+"$SIM" fault clear > /dev/null
+row "| simulator: injected fixed 50 ms at 1,000 req/s | p50 $(printf %.2f "$(field "$WORK/sim-latency.json" report.latency_ms.p50)") ms | | p99 $(printf %.2f "$(field "$WORK/sim-latency.json" report.latency_ms.p99)") ms | |"
+
+echo "==> 6. memory"
+row "| peak RSS | executor $(peak_rss_mib "$EXE_PID") MiB | | simulator $(peak_rss_mib "$SIM_PID") MiB | outbox on disk: $(du -sh "$WORK/executor" | cut -f1) |"
+
+mkdir -p "$OUT_DIR"
+report="$OUT_DIR/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
+{
+  echo "### Benchmark $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); load driver on the same machine."
+  echo "Command: \`DURATION=$DURATION CONNS=$CONNS RATE=$RATE scripts/bench.sh\`"
+  echo
+  echo "Baseline (minimal axum JSON handler, closed loop c=$CONNS): **$(printf %.0f "$BASE") req/s** = 1.000"
+  echo
+  echo "| run | throughput / latency | ratio | tail | events |"
+  echo "|---|---:|---:|---:|---|"
+  printf '%s\n' "${ROWS[@]}"
+} > "$report"
+echo
+cat "$report"
+echo
+echo "written to $report"
