@@ -191,3 +191,20 @@ async fn called_nothing_but(w: &mut BhivWorld, step: &Step) {
         assert!(ok, "the executor called {} {} {} — not on the list", hit.pillar, hit.method, hit.path);
     }
 }
+
+#[then(expr = "the executor tried {pillar} again between {int} and {int} ms after its first attempt")]
+async fn tried_again(w: &mut BhivWorld, pillar: PillarArg, least: u64, most: u64) {
+    let trace = w.last_trace();
+    let attempts = eventually("two delivery attempts", WAIT, || async {
+        let hits: Vec<Hit> = w.hits(Some(pillar.0), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
+        if hits.len() >= 2 { Ok(hits) } else { Err(format!("{} so far", hits.len())) }
+    })
+    .await;
+    let stamp = |h: &Hit| super::support::rfc3339_seconds(&h.received_at).expect("an RFC 3339 stamp");
+    let gap_ms = (stamp(&attempts[1]) - stamp(&attempts[0])) * 1000.0;
+    assert_eq!(attempts[0].outcome, "blackholed", "the first attempt got no answer: {:?}", attempts[0]);
+    assert!(
+        (least as f64..=most as f64).contains(&gap_ms),
+        "the second attempt came {gap_ms:.0} ms after the first (expected {least}..{most} ms)"
+    );
+}

@@ -8,7 +8,7 @@ use pillar_sim::{Fault, FaultRule, Pillar};
 
 use super::BhivWorld;
 use super::params::{PillarArg, ProfileArg};
-use super::stub::RenamingProxy;
+use super::stub::{HangingService, RenamingProxy};
 use super::support::{WAIT, bounded, eventually};
 
 #[given("a running BHIV stack")]
@@ -109,6 +109,26 @@ async fn core_to_blackhole(w: &mut BhivWorld) {
         .await;
     let url = w.stack().providers_url();
     w.set_core_env("WORKFLOW_EXECUTOR_URL", &url);
+}
+
+#[given("Core's WORKFLOW_EXECUTOR_URL points at a service that never answers and notes when callers hang up")]
+async fn core_to_hanging(w: &mut BhivWorld) {
+    let hanging = HangingService::start().await;
+    let url = hanging.url();
+    w.hanging = Some(hanging);
+    w.start().await;
+    w.set_core_env("WORKFLOW_EXECUTOR_URL", &url);
+}
+
+#[then(expr = "Core hung up on it between {int} and {int} ms after connecting")]
+async fn core_hung_up(w: &mut BhivWorld, least: u64, most: u64) {
+    let hanging = w.hanging.as_ref().expect("a hanging service");
+    let waited = eventually("Core to hang up", WAIT, || async {
+        hanging.waits().first().copied().ok_or_else(|| "Core is still waiting".to_owned())
+    })
+    .await;
+    let ms = waited.as_secs_f64() * 1000.0;
+    assert!((least as f64..=most as f64).contains(&ms), "Core waited {ms:.0} ms (expected {least}..{most} ms)");
 }
 
 #[given("Core's WORKFLOW_EXECUTOR_URL points at the providers' server")]

@@ -137,3 +137,65 @@ async fn serve(mut stream: TcpStream, upstream: Arc<OnceCell<String>>, count: Ar
     let _ = stream.write_all(&answer).await;
     let _ = stream.shutdown().await;
 }
+
+/// A service that accepts connections and never answers, noting how long each caller waited
+/// before hanging up (the simulator's blackhole journals a request when it arrives, not when
+/// the caller gives up). Stops when dropped.
+#[derive(Debug)]
+pub struct HangingService {
+    addr: SocketAddr,
+    waits: Arc<std::sync::Mutex<Vec<Duration>>>,
+    stop: CancellationToken,
+}
+
+impl HangingService {
+    /// Binds 127.0.0.1:0 and serves until dropped.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the hanging service");
+        let addr = listener.local_addr().expect("bound");
+        let waits = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (noted, token) = (waits.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = token.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((mut stream, _)) = accepted else { continue };
+                let (noted, token) = (noted.clone(), token.clone());
+                tokio::spawn(async move {
+                    let since = tokio::time::Instant::now();
+                    let mut sink = [0u8; 4096];
+                    loop {
+                        tokio::select! {
+                            _ = token.cancelled() => return,
+                            read = stream.read(&mut sink) => match read {
+                                Ok(0) | Err(_) => break,
+                                Ok(_) => {}
+                            },
+                        }
+                    }
+                    noted.lock().expect("waits lock").push(since.elapsed());
+                });
+            }
+        });
+        Self { addr, waits, stop }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How long each caller that hung up had waited.
+    pub fn waits(&self) -> Vec<Duration> {
+        self.waits.lock().expect("waits lock").clone()
+    }
+}
+
+impl Drop for HangingService {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::params::{Action, Measure};
-use super::stub::RenamingProxy;
+use super::stub::{HangingService, RenamingProxy};
 use super::support::{WAIT, bounded, eventually};
 
 /// Whether the run targets already-running services (`BHIV_EXTERNAL=1`).
@@ -300,6 +300,8 @@ pub struct BhivWorld {
     pub own_executor: Option<OwnExecutor>,
     /// A proxy standing in front of Bucket.
     pub proxy: Option<RenamingProxy>,
+    /// A service that never answers.
+    pub hanging: Option<HangingService>,
     /// The user the scenario's workflows are for.
     pub user: String,
     /// Every workflow asked for, in order.
@@ -360,6 +362,7 @@ impl BhivWorld {
             core_env: BTreeMap::new(),
             own_executor: None,
             proxy: None,
+            hanging: None,
             executions: Vec::new(),
             last: None,
             batch: Vec::new(),
