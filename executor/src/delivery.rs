@@ -80,6 +80,8 @@ pub struct SinkReport {
     pub failed_attempts: u64,
     /// Events dead-lettered since start.
     pub dead_lettered: u64,
+    /// Why the last event was dead-lettered.
+    pub last_dead_letter_reason: Option<String>,
     /// Whether the last round failed.
     pub failing: bool,
 }
@@ -238,6 +240,7 @@ impl Deliverer {
         let mut ops = Vec::with_capacity(outcomes.len());
         let (mut delivered, mut unreachable, mut failed) = (0u64, 0u32, false);
         let mut last_error = None;
+        let mut dead_reason = None;
         for (event, outcome) in outcomes {
             match outcome {
                 Outcome::Delivered => {
@@ -248,6 +251,7 @@ impl Deliverer {
                 Outcome::Permanent(reason) => {
                     self.attempts.remove(&event.seq);
                     last_error = Some(reason.clone());
+                    dead_reason = Some(reason.clone());
                     ops.push(Op::DeadLetter { sink, seq: event.seq, reason });
                     failed = true;
                 }
@@ -259,6 +263,7 @@ impl Deliverer {
                         self.attempts.remove(&event.seq);
                         let reason = format!("{reason} (after {} attempts)", self.settings.max_attempts);
                         ops.push(Op::DeadLetter { sink, seq: event.seq, reason: reason.clone() });
+                        dead_reason = Some(reason.clone());
                         last_error = Some(reason);
                     } else {
                         self.metrics.events_retried.with_label_values(&[sink.name(), "rejected"]).inc();
@@ -283,9 +288,9 @@ impl Deliverer {
         self.metrics.events_delivered.with_label_values(&[sink.name()]).inc_by(delivered);
         if dead > 0 {
             self.metrics.events_dead_lettered.with_label_values(&[sink.name()]).inc_by(dead);
-            tracing::warn!(sink = sink.name(), count = dead, reason = last_error.as_deref(), "events dead-lettered");
+            tracing::warn!(sink = sink.name(), count = dead, reason = dead_reason.as_deref(), "events dead-lettered");
         }
-        self.record(delivered, dead, unreachable, failed, last_error);
+        self.record(delivered, dead, unreachable, failed, last_error, dead_reason);
         if failed {
             self.failing_rounds += 1;
             Some(self.backoff())
@@ -314,7 +319,15 @@ impl Deliverer {
         }
     }
 
-    fn record(&self, delivered: u64, dead: u64, unreachable: u32, failed: bool, last_error: Option<String>) {
+    fn record(
+        &self,
+        delivered: u64,
+        dead: u64,
+        unreachable: u32,
+        failed: bool,
+        last_error: Option<String>,
+        dead_reason: Option<String>,
+    ) {
         let sink = self.state.sink.name();
         let now = crate::now_rfc3339();
         {
@@ -322,6 +335,9 @@ impl Deliverer {
             report.delivered += delivered;
             report.dead_lettered += dead;
             report.failing = failed;
+            if dead_reason.is_some() {
+                report.last_dead_letter_reason = dead_reason;
+            }
             if delivered > 0 {
                 report.last_success = Some(now.clone());
             }

@@ -2,10 +2,11 @@
 //!
 //! `axum::serve` hides the socket, so each fake runs its own accept loop:
 //!
-//! - **refuse**: the supervisor follows the fault set; while a `refuse` rule is live it drops the
-//!   listening socket (the kernel then answers connection attempts with RST, i.e. "connection
-//!   refused") and kills every open connection, then binds the same address again when the rule
-//!   ends or is cleared.
+//! - **refuse**: the supervisor follows the fault set; while a `refuse` rule is live it replaces
+//!   the listening socket with one that is bound but not listening (the kernel then answers
+//!   connection attempts with RST, i.e. "connection refused", and no other process can take the
+//!   port meanwhile) and kills every open connection; when the rule ends or is cleared, that same
+//!   socket starts listening again.
 //! - **reset**: each connection's socket sits in a [`FaultIo`] and its task races a per-connection
 //!   kill token. The middleware marks the connection for reset and cancels the token; the task
 //!   drops the connection, and `FaultIo`'s `Drop` sets `SO_LINGER` to zero first, so the kernel
@@ -28,7 +29,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -134,6 +135,15 @@ impl ConnectionHandler for HttpHandler {
     }
 }
 
+/// A socket bound to `addr` without listening: connection attempts are refused, and the port
+/// stays ours. `None` if the address cannot be taken back at once (the caller binds later).
+fn hold(addr: std::net::SocketAddr) -> Option<TcpSocket> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.ok()?;
+    socket.set_reuseaddr(true).ok()?;
+    socket.bind(addr).ok()?;
+    Some(socket)
+}
+
 /// Accepts connections on `listener` for `pillar` until `shutdown`, following refuse rules.
 pub(crate) async fn supervise<H: ConnectionHandler>(
     pillar: Pillar,
@@ -146,6 +156,8 @@ pub(crate) async fn supervise<H: ConnectionHandler>(
     let handler = Arc::new(handler);
     let tracker = TaskTracker::new();
     let mut listener = Some(listener);
+    // While refusing: the port, bound but not listening.
+    let mut held: Option<TcpSocket> = None;
     let mut generation = CancellationToken::new();
     let mut changes = sim.faults.subscribe();
     loop {
@@ -153,6 +165,7 @@ pub(crate) async fn supervise<H: ConnectionHandler>(
         match sim.faults.refusal(pillar) {
             Refusal::Until(until) => {
                 if listener.take().is_some() {
+                    held = hold(addr);
                     generation.cancel();
                     generation = CancellationToken::new();
                     sim.metrics.fault(pillar.as_str(), "*", "refuse");
@@ -172,7 +185,11 @@ pub(crate) async fn supervise<H: ConnectionHandler>(
             }
             Refusal::No => {
                 let Some(open) = listener.as_ref() else {
-                    match TcpListener::bind(addr).await {
+                    let reopened = match held.take() {
+                        Some(socket) => socket.listen(1024),
+                        None => TcpListener::bind(addr).await,
+                    };
+                    match reopened {
                         Ok(l) => {
                             tracing::info!(%pillar, %addr, "listening again");
                             listener = Some(l);
@@ -215,6 +232,7 @@ pub(crate) async fn supervise<H: ConnectionHandler>(
         }
     }
     drop(listener);
+    drop(held);
     tracker.close();
     tracker.wait().await;
 }

@@ -4,7 +4,7 @@
 //! SMTP replies map to codes: permanent (5xx) → `provider_rejected`, transient (4xx) →
 //! `provider_error`, timeouts → `provider_timeout`, connection failures → `provider_unavailable`.
 
-use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
@@ -66,6 +66,7 @@ impl Email {
             .to(to)
             .subject(subject)
             .message_id(Some(message_id.clone()))
+            .header(ContentType::TEXT_PLAIN)
             .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("X-Trace-Id"), trace_id.to_owned()))
             .body(body.to_owned())
             .map_err(|_| Failure::new("invalid_email", "the e-mail could not be built from the payload"))?;

@@ -53,7 +53,7 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
                 "pillar": sink.name(),
                 "kind": "dead_letters",
                 "message": format!("{} {} event(s) could not be delivered and were dead-lettered; last reason: {}",
-                    report.dead_lettered, sink.name(), report.last_error.as_deref().unwrap_or("unknown")),
+                    report.dead_lettered, sink.name(), report.last_dead_letter_reason.as_deref().unwrap_or("unknown")),
             }));
         }
         if sink_state.circuit() != CircuitState::Closed {
@@ -75,6 +75,7 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
                 "delivered": report.delivered,
                 "failed_attempts": report.failed_attempts,
                 "dead_lettered": report.dead_lettered,
+                "last_dead_letter_reason": report.last_dead_letter_reason,
                 "last_success": report.last_success,
                 "last_error_at": report.last_error_at,
                 "last_error": report.last_error,
