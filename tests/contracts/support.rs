@@ -371,7 +371,28 @@ fn redact_string(key: Option<&str>, s: &str) -> String {
     if is_rfc3339(s) {
         return "[timestamp]".into();
     }
-    replace_addresses(&replace_ids(s))
+    replace_addresses(&replace_ids(&replace_timestamps(s)))
+}
+
+/// RFC 3339 timestamps inside a longer string (e.g. a sink's error body quoted in a reason)
+/// → `[timestamp]`.
+fn replace_timestamps(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        // Cheap test of the fixed `YYYY-MM-DDTHH:MM:SS` head before looking for where it ends.
+        let head = s.get(i..i + 19).is_some_and(|head| is_rfc3339(&format!("{head}Z")));
+        let end = head.then(|| (i + 19..=s.len()).rev().find(|&end| s.is_char_boundary(end) && is_rfc3339(&s[i..end])));
+        if let Some(end) = end.flatten() {
+            out.push_str("[timestamp]");
+            i = end;
+            continue;
+        }
+        let ch = s[i..].chars().next().expect("i is on a char boundary");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
 }
 
 /// `00-[trace-id]-[span-id]-01` for a well-formed `traceparent`; anything else unchanged (so a
