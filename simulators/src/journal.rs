@@ -50,8 +50,9 @@ pub struct JournalEntry {
     pub path: String,
     /// `X-Trace-Id`, else the trace id the fake found in the body (Core: the task id it minted).
     pub trace_id: Option<String>,
-    /// `x-trace-id`, `traceparent`, `idempotency-key`, `content-type` and the scheme of
-    /// `authorization` (never its secret).
+    /// Every header name received. Values are kept for `x-trace-id`, `traceparent`,
+    /// `idempotency-key` and `content-type`; `authorization` keeps only its scheme (never its
+    /// secret); any other header's value reads `[not recorded]`.
     pub headers: BTreeMap<String, String>,
     /// The body: JSON when it parses, else text; `null` when empty.
     pub body: Value,
@@ -123,6 +124,9 @@ pub(crate) fn selected_headers(headers: &HeaderMap) -> BTreeMap<String, String> 
     if let Some(auth) = headers.get("authorization") {
         let scheme = auth.to_str().ok().and_then(|v| v.split_whitespace().next()).unwrap_or("");
         out.insert("authorization".to_owned(), format!("{scheme} [redacted]").trim_start().to_owned());
+    }
+    for name in headers.keys() {
+        out.entry(name.as_str().to_owned()).or_insert_with(|| "[not recorded]".to_owned());
     }
     out
 }
@@ -331,9 +335,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Bearer s3cr3t".parse().unwrap());
         headers.insert("x-trace-id", "t-1".parse().unwrap());
+        headers.insert("x-api-key", "k3y".parse().unwrap());
         let kept = selected_headers(&headers);
         assert_eq!(kept["authorization"], "Bearer [redacted]");
         assert_eq!(kept["x-trace-id"], "t-1");
+        assert_eq!(kept["x-api-key"], "[not recorded]", "every header name is kept, not every value");
     }
 
     #[test]
