@@ -109,4 +109,4 @@ Feature: Graceful degradation — the executor keeps answering while its neighbo
     When I execute a whatsapp workflow
     Then the execution failed with error code "provider_error"
     And eventually Bucket holds exactly one event for the trace
-    And the provider was called 1 time for the trace
+    And the provider was called once for the trace

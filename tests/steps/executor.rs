@@ -119,48 +119,48 @@ impl BhivWorld {
     }
 }
 
-#[when(expr = "I execute a {action} workflow")]
-#[given(expr = "I executed a {action} workflow")]
+#[when(expr = "I execute a/an {action} workflow")]
+#[given(expr = "I executed a/an {action} workflow")]
 async fn execute_one(w: &mut BhivWorld, action: Action) {
     w.execute(action, Outcome::Successful, None, None, Vec::new()).await;
 }
 
-#[when(expr = "I execute a {outcome} {action} workflow")]
+#[when(expr = "I execute a/an {outcome} {action} workflow")]
 async fn execute_outcome(w: &mut BhivWorld, outcome: Outcome, action: Action) {
     w.execute(action, outcome, None, None, Vec::new()).await;
 }
 
-#[when(expr = "I execute a {action} workflow for product {string}")]
+#[when(expr = "I execute a/an {action} workflow for product {string}")]
 async fn execute_for_product(w: &mut BhivWorld, action: Action, product: String) {
     let trace = w.fresh_trace();
     w.execute(action, Outcome::Successful, Some(&product), Some(trace.clone()), Vec::new()).await;
     w.notes.insert(format!("product:{product}"), json!(trace));
 }
 
-#[when(expr = "I execute a {action} workflow that is missing its {word}")]
+#[when(expr = "I execute a/an {action} workflow that is missing its {word}")]
 async fn execute_missing(w: &mut BhivWorld, action: Action, field: String) {
     assert_eq!(missing_field(action).0, field, "a failing {} workflow leaves out its {}", action.as_str(), field);
     w.execute(action, Outcome::Failing, None, None, Vec::new()).await;
 }
 
-#[when(expr = "I execute a {action} workflow with trace id {string}")]
+#[when(expr = "I execute a/an {action} workflow with trace id {string}")]
 async fn execute_with_trace(w: &mut BhivWorld, action: Action, trace: String) {
     let trace = format!("{trace}-{}", w.id);
     w.execute(action, Outcome::Successful, None, Some(trace), Vec::new()).await;
 }
 
-#[when(expr = "I execute a {action} workflow with Idempotency-Key {string}")]
+#[when(expr = "I execute a/an {action} workflow with Idempotency-Key {string}")]
 async fn execute_with_key(w: &mut BhivWorld, action: Action, key: String) {
     let key = format!("{key}-{}", w.id);
     w.execute(action, Outcome::Successful, None, None, vec![("idempotency-key".into(), key)]).await;
 }
 
-#[when(expr = "I execute a {action} workflow without a token")]
+#[when(expr = "I execute a/an {action} workflow without a token")]
 async fn execute_without_token(w: &mut BhivWorld, action: Action) {
     w.execute(action, Outcome::Successful, None, None, Vec::new()).await;
 }
 
-#[when(expr = "I execute a {action} workflow with the token {string}")]
+#[when(expr = "I execute a/an {action} workflow with the token {string}")]
 async fn execute_with_token(w: &mut BhivWorld, action: Action, token: String) {
     w.execute(action, Outcome::Successful, None, None, vec![("authorization".into(), format!("Bearer {token}"))])
         .await;
@@ -385,4 +385,19 @@ async fn no_internals(w: &mut BhivWorld) {
     for tell in ["panicked", "backtrace", ".rs:", "src/", "thread '", "RUST_"] {
         assert!(!text.contains(tell), "the answer leaks `{tell}`: {text}");
     }
+}
+
+#[then(expr = "the answer's {string} is {string}")]
+async fn answer_field(w: &mut BhivWorld, field: String, value: String) {
+    let reply = w.last_reply();
+    let found = super::support::at_path(&reply.body, &field).unwrap_or_else(|| panic!("no `{field}` in {}", reply.body));
+    assert!(super::support::matches_text(found, &value), "`{field}` is {found}, expected {value}");
+}
+
+#[then(expr = "the answer says the execution failed with error code {string}")]
+async fn answer_failed(w: &mut BhivWorld, code: String) {
+    let reply = w.last_reply();
+    assert_eq!(reply.body["status"], "failed", "answer: {}", reply.body);
+    assert_eq!(reply.body.pointer("/execution_result/error_code"), Some(&json!(code)), "answer: {}", reply.body);
+    assert!(reply.body.pointer("/execution_result/message").and_then(Value::as_str).is_some(), "a message: {}", reply.body);
 }

@@ -107,8 +107,14 @@ async fn no_provider(w: &mut BhivWorld, which: TraceRef) {
     assert!(calls.is_empty(), "provider calls: {calls:?}");
 }
 
-#[then(expr = "the provider was called {int} time(s) for {trace}")]
-async fn provider_called(w: &mut BhivWorld, n: usize, which: TraceRef) {
+#[then(expr = "the provider was called {word} for {trace}")]
+async fn provider_called(w: &mut BhivWorld, times: String, which: TraceRef) {
+    let n = match times.as_str() {
+        "never" => 0,
+        "once" => 1,
+        "twice" => 2,
+        other => panic!("expected never, once or twice, got {other:?}"),
+    };
     let trace = w.trace_of(which);
     let calls = provider_calls(w, &trace).await;
     assert_eq!(calls.len(), n, "provider calls: {calls:?}");
