@@ -5,9 +5,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Failure, Performed, fields, status_failure, transport_failure};
+use super::{Failure, Performed, fields, post_json};
 use crate::config::AiSettings;
-use crate::trace::trace_headers;
 
 const PROVIDER: &str = "AI provider";
 
@@ -32,24 +31,9 @@ impl Ai {
     ) -> Result<Performed, Failure> {
         let requested_at = crate::now_rfc3339();
         let body = json!({"model": self.settings.model, "messages": [{"role": "user", "content": prompt}]});
-        let mut request = http
-            .post(self.endpoint.clone())
-            .timeout(self.settings.timeout)
-            .headers(trace_headers(trace_id))
-            .json(&body);
-        if !self.settings.api_key.is_empty() {
-            request = request.bearer_auth(self.settings.api_key.expose());
-        }
-        let response = request.send().await.map_err(|e| transport_failure(PROVIDER, &e))?;
-        let status = response.status().as_u16();
-        let answer: Value = match response.json().await {
-            Ok(answer) => answer,
-            Err(e) if e.is_timeout() => return Err(transport_failure(PROVIDER, &e)),
-            Err(_) => Value::Null,
-        };
-        if !(200..300).contains(&status) {
-            return Err(status_failure(PROVIDER, status, answer.pointer("/error/message").and_then(Value::as_str)));
-        }
+        let settings = &self.settings;
+        let answer =
+            post_json(http, PROVIDER, &self.endpoint, settings.timeout, &settings.api_key, trace_id, &body).await?;
         let text = answer.pointer("/choices/0/message/content").and_then(Value::as_str).ok_or_else(|| {
             Failure::new("provider_bad_response", format!("{PROVIDER} answered without a completion"))
         })?;

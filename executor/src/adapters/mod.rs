@@ -134,6 +134,36 @@ impl Adapters {
     }
 }
 
+/// One JSON call to an HTTP provider: bearer token (when configured), trace headers, a bound on the
+/// whole exchange. Returns the provider's 2xx answer, or the failure its error maps to (both
+/// providers explain errors in `error.message`).
+async fn post_json(
+    http: &reqwest::Client,
+    provider: &str,
+    endpoint: &reqwest::Url,
+    timeout: Duration,
+    token: &crate::config::Secret,
+    trace_id: &str,
+    body: &Value,
+) -> Result<Value, Failure> {
+    let mut request =
+        http.post(endpoint.clone()).timeout(timeout).headers(crate::trace::trace_headers(trace_id)).json(body);
+    if !token.is_empty() {
+        request = request.bearer_auth(token.expose());
+    }
+    let response = request.send().await.map_err(|e| transport_failure(provider, &e))?;
+    let status = response.status().as_u16();
+    let answer: Value = match response.json().await {
+        Ok(answer) => answer,
+        Err(e) if e.is_timeout() => return Err(transport_failure(provider, &e)),
+        Err(_) => Value::Null,
+    };
+    if !(200..300).contains(&status) {
+        return Err(status_failure(provider, status, answer.pointer("/error/message").and_then(Value::as_str)));
+    }
+    Ok(answer)
+}
+
 /// Maps a transport error of an HTTP provider call.
 fn transport_failure(provider: &str, error: &reqwest::Error) -> Failure {
     if error.is_timeout() {

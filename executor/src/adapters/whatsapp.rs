@@ -6,9 +6,8 @@
 
 use serde_json::{Value, json};
 
-use super::{Failure, Performed, fields, status_failure, transport_failure};
+use super::{Failure, Performed, fields, post_json};
 use crate::config::WhatsAppSettings;
-use crate::trace::trace_headers;
 
 const PROVIDER: &str = "WhatsApp Cloud API";
 
@@ -39,24 +38,10 @@ impl WhatsApp {
             "type": "text",
             "text": {"preview_url": false, "body": message},
         });
-        let mut request = http
-            .post(self.endpoint.clone())
-            .timeout(self.settings.timeout)
-            .headers(trace_headers(trace_id))
-            .json(&body);
-        if !self.settings.access_token.is_empty() {
-            request = request.bearer_auth(self.settings.access_token.expose());
-        }
-        let response = request.send().await.map_err(|e| transport_failure(PROVIDER, &e))?;
-        let status = response.status().as_u16();
-        let answer: Value = match response.json().await {
-            Ok(answer) => answer,
-            Err(e) if e.is_timeout() => return Err(transport_failure(PROVIDER, &e)),
-            Err(_) => Value::Null,
-        };
-        if !(200..300).contains(&status) {
-            return Err(status_failure(PROVIDER, status, answer.pointer("/error/message").and_then(Value::as_str)));
-        }
+        let settings = &self.settings;
+        let answer =
+            post_json(http, PROVIDER, &self.endpoint, settings.timeout, &settings.access_token, trace_id, &body)
+                .await?;
         let id = answer.pointer("/messages/0/id").and_then(Value::as_str).ok_or_else(|| {
             Failure::new("provider_bad_response", format!("{PROVIDER} answered without a message id"))
         })?;
