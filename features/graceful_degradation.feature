@@ -72,8 +72,8 @@ Feature: Graceful degradation — the executor keeps answering while its neighbo
     When every pillar recovers
     Then eventually every workflow's events reach Bucket and Karma exactly once
 
-  Scenario: Bucket failing with 500 for a moment: its events are retried, then delivered
-    Given Bucket answers 500 to every request for 300 ms
+  Scenario: Bucket failing with 500 for a few requests: its events are retried, then delivered
+    Given Bucket is failing for the first 3 requests
     When I execute 3 task workflows
     Then every execution succeeded
     And eventually every workflow's events reach Bucket and Karma exactly once

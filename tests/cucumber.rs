@@ -66,11 +66,7 @@ impl Counter {
 impl cucumber::Writer<BhivWorld> for Counter {
     type Cli = cli::Empty;
 
-    async fn handle_event(
-        &mut self,
-        event: parser::Result<event::Event<event::Cucumber<BhivWorld>>>,
-        _: &Self::Cli,
-    ) {
+    async fn handle_event(&mut self, event: parser::Result<event::Event<event::Cucumber<BhivWorld>>>, _: &Self::Cli) {
         let Ok(event) = event else {
             self.0.lock().expect("tally lock").errors += 1;
             return;

@@ -173,7 +173,8 @@ async fn sent_to_route(w: &mut BhivWorld, route: String) {
 async fn sent_n_times(w: &mut BhivWorld, which: TraceRef, n: usize) {
     let trace = w.trace_of(which);
     let hits = eventually(&format!("{n} deliveries of {trace}'s event"), WAIT, || async {
-        let hits: Vec<_> = w.hits(Some(Pillar::Bucket), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
+        let hits: Vec<_> =
+            w.hits(Some(Pillar::Bucket), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
         if hits.len() >= n { Ok(hits) } else { Err(format!("{} so far", hits.len())) }
     })
     .await;
@@ -264,7 +265,11 @@ async fn bucket_answers(w: &mut BhivWorld, status: u16) {
 #[then(expr = "the reader sees the {string} workflow and nothing of {string}")]
 async fn reader_isolated(w: &mut BhivWorld, mine: String, theirs: String) {
     let trace_of = |product: &str| {
-        w.notes.get(&format!("product:{product}")).and_then(Value::as_str).map(str::to_owned).expect("a workflow for the product")
+        w.notes
+            .get(&format!("product:{product}"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .expect("a workflow for the product")
     };
     let (my_trace, their_trace) = (trace_of(&mine), trace_of(&theirs));
     let events = w.last_reply().body["events"].as_array().cloned().expect("an events list");

@@ -49,12 +49,10 @@ impl BhivWorld {
     pub fn record(&mut self, sent: Sent, action: Action, reply: Reply) {
         let executed = reply.status == 200 && matches!(reply.body["status"].as_str(), Some("success" | "failed"));
         if executed && !self.executions.iter().any(|e| e.trace == sent.trace) {
-            let product = sent.body.pointer("/data/payload/product").and_then(Value::as_str).unwrap_or("unknown");
             self.executions.push(Execution {
                 trace: sent.trace.clone(),
                 action,
                 user: self.user.clone(),
-                product: product.to_owned(),
                 reply: Some(reply.clone()),
             });
         }
@@ -162,8 +160,7 @@ async fn execute_without_token(w: &mut BhivWorld, action: Action) {
 
 #[when(expr = "I execute a/an {action} workflow with the token {string}")]
 async fn execute_with_token(w: &mut BhivWorld, action: Action, token: String) {
-    w.execute(action, Outcome::Successful, None, None, vec![("authorization".into(), format!("Bearer {token}"))])
-        .await;
+    w.execute(action, Outcome::Successful, None, None, vec![("authorization".into(), format!("Bearer {token}"))]).await;
 }
 
 #[when(expr = "I execute {int} {action} workflows")]
@@ -229,7 +226,11 @@ async fn send_other_same_key(w: &mut BhivWorld, action: Action) {
     let previous = w.last_sent.clone().expect("a request was sent before");
     let mut payload = w.payload(action, Outcome::Successful, None);
     payload.insert("title".into(), json!("Something else entirely"));
-    let sent = Sent { trace: previous.trace.clone(), body: execute_body(&previous.trace, "workflow", payload), headers: previous.headers };
+    let sent = Sent {
+        trace: previous.trace.clone(),
+        body: execute_body(&previous.trace, "workflow", payload),
+        headers: previous.headers,
+    };
     let reply = w.send_execute(&sent).await;
     w.last = Some(reply);
 }
@@ -340,7 +341,14 @@ async fn every_succeeded(w: &mut BhivWorld) {
     assert!(!w.executions.is_empty(), "no workflow was executed");
     for execution in &w.executions {
         let reply = execution.reply.as_ref().expect("an answer");
-        assert_eq!(reply.body["status"], "success", "{} ({}): {}", execution.trace, execution.action.as_str(), reply.body);
+        assert_eq!(
+            reply.body["status"],
+            "success",
+            "{} ({}): {}",
+            execution.trace,
+            execution.action.as_str(),
+            reply.body
+        );
     }
 }
 
@@ -390,7 +398,8 @@ async fn no_internals(w: &mut BhivWorld) {
 #[then(expr = "the answer's {string} is {string}")]
 async fn answer_field(w: &mut BhivWorld, field: String, value: String) {
     let reply = w.last_reply();
-    let found = super::support::at_path(&reply.body, &field).unwrap_or_else(|| panic!("no `{field}` in {}", reply.body));
+    let found =
+        super::support::at_path(&reply.body, &field).unwrap_or_else(|| panic!("no `{field}` in {}", reply.body));
     assert!(super::support::matches_text(found, &value), "`{field}` is {found}, expected {value}");
 }
 
@@ -399,5 +408,9 @@ async fn answer_failed(w: &mut BhivWorld, code: String) {
     let reply = w.last_reply();
     assert_eq!(reply.body["status"], "failed", "answer: {}", reply.body);
     assert_eq!(reply.body.pointer("/execution_result/error_code"), Some(&json!(code)), "answer: {}", reply.body);
-    assert!(reply.body.pointer("/execution_result/message").and_then(Value::as_str).is_some(), "a message: {}", reply.body);
+    assert!(
+        reply.body.pointer("/execution_result/message").and_then(Value::as_str).is_some(),
+        "a message: {}",
+        reply.body
+    );
 }

@@ -86,10 +86,15 @@ async fn provider_carried(w: &mut BhivWorld, action: Action, which: TraceRef) {
         }
         Action::Email => {
             let mail = eventually("the mail to reach the SMTP sink", WAIT, || async {
-                w.mails().await.into_iter().find(|m| m.trace_id.as_deref() == Some(trace.as_str())).ok_or_else(|| "not yet".to_owned())
+                w.mails()
+                    .await
+                    .into_iter()
+                    .find(|m| m.trace_id.as_deref() == Some(trace.as_str()))
+                    .ok_or_else(|| "not yet".to_owned())
             })
             .await;
             assert!(mail.data.contains(&format!("X-Trace-Id: {trace}")), "the mail's header: {}", mail.data);
+            assert!(mail.to.iter().any(|to| to == super::payloads::EMAIL), "the mail went to {:?}", mail.to);
             let hit = w
                 .wait_hit("the SMTP transaction in the journal", WAIT, |h| {
                     h.is(Pillar::Smtp) && h.trace_id.as_deref() == Some(trace.as_str())
@@ -151,8 +156,10 @@ async fn traceparent_digits(w: &mut BhivWorld, which: TraceRef) {
 async fn traceparent_shared(w: &mut BhivWorld, which: TraceRef) {
     let trace = w.trace_of(which);
     for pillar in [Pillar::Bucket, Pillar::Karma] {
-        w.wait_hit(&format!("a call to {pillar}"), WAIT, |h| h.is(pillar) && h.trace_id.as_deref() == Some(trace.as_str()))
-            .await;
+        w.wait_hit(&format!("a call to {pillar}"), WAIT, |h| {
+            h.is(pillar) && h.trace_id.as_deref() == Some(trace.as_str())
+        })
+        .await;
     }
     let calls = outbound_calls(w, &trace).await;
     assert!(calls.len() >= 3, "the provider, Bucket and Karma were called: {calls:?}");
@@ -202,7 +209,8 @@ async fn called_nothing_but(w: &mut BhivWorld, step: &Step) {
 async fn tried_again(w: &mut BhivWorld, pillar: PillarArg, least: u64, most: u64) {
     let trace = w.last_trace();
     let attempts = eventually("two delivery attempts", WAIT, || async {
-        let hits: Vec<Hit> = w.hits(Some(pillar.0), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
+        let hits: Vec<Hit> =
+            w.hits(Some(pillar.0), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
         if hits.len() >= 2 { Ok(hits) } else { Err(format!("{} so far", hits.len())) }
     })
     .await;

@@ -159,9 +159,6 @@ pub enum Action {
 }
 
 impl Action {
-    /// All four, in the order features list them.
-    pub const ALL: [Action; 4] = [Action::Task, Action::WhatsApp, Action::Email, Action::Ai];
-
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -169,15 +166,6 @@ impl Action {
             Action::WhatsApp => "whatsapp",
             Action::Email => "email",
             Action::Ai => "ai",
-        }
-    }
-
-    /// The service its adapter calls, if any.
-    pub fn provider(self) -> Option<Pillar> {
-        match self {
-            Action::Task => None,
-            Action::WhatsApp | Action::Ai => Some(Pillar::Providers),
-            Action::Email => Some(Pillar::Smtp),
         }
     }
 }

@@ -110,7 +110,9 @@ pub fn hostile(name: &str, trace: &str) -> Option<Hostile> {
         "a numeric trace id" => json(json!({"trace_id": 42, "decision": "workflow", "data": {
             "workflow_type": "workflow", "payload": action_fields(Action::Task)}})),
         "a trace id with spaces" => json(execute_body("a trace; DROP TABLE", "workflow", action_fields(Action::Task))),
-        "a trace id with a newline" => json(execute_body("abc\r\nX-Injected: 1", "workflow", action_fields(Action::Task))),
+        "a trace id with a newline" => {
+            json(execute_body("abc\r\nX-Injected: 1", "workflow", action_fields(Action::Task)))
+        }
         "a 129-character trace id" => json(execute_body(&"t".repeat(129), "workflow", action_fields(Action::Task))),
         "an unknown decision" => json(execute_body(trace, "delete_everything", action_fields(Action::Task))),
         "a missing decision" => json(json!({"trace_id": trace, "data": {"workflow_type": "workflow",

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,7 +22,6 @@ pub const RENAMED_REQUESTER: &str = "workflow_executor_unlisted";
 pub struct RenamingProxy {
     addr: SocketAddr,
     upstream: Arc<OnceCell<String>>,
-    forwarded: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -33,9 +31,8 @@ impl RenamingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
         let addr = listener.local_addr().expect("bound");
         let upstream: Arc<OnceCell<String>> = Arc::new(OnceCell::new());
-        let forwarded = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
-        let (up, count, token) = (upstream.clone(), forwarded.clone(), stop.clone());
+        let (up, token) = (upstream.clone(), stop.clone());
         tokio::spawn(async move {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
             loop {
@@ -44,13 +41,13 @@ impl RenamingProxy {
                     accepted = listener.accept() => accepted,
                 };
                 let Ok((stream, _)) = accepted else { continue };
-                let (up, count, http) = (up.clone(), count.clone(), http.clone());
+                let (up, http) = (up.clone(), http.clone());
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), serve(stream, up, count, http)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), serve(stream, up, http)).await;
                 });
             }
         });
-        Self { addr, upstream, forwarded, stop }
+        Self { addr, upstream, stop }
     }
 
     /// The base URL to give the executor as `BUCKET_URL`.
@@ -62,11 +59,6 @@ impl RenamingProxy {
     pub fn point_at(&self, bucket_url: String) {
         let _ = self.upstream.set(bucket_url);
     }
-
-    /// How many requests were forwarded.
-    pub fn forwarded(&self) -> usize {
-        self.forwarded.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for RenamingProxy {
@@ -75,7 +67,7 @@ impl Drop for RenamingProxy {
     }
 }
 
-async fn serve(mut stream: TcpStream, upstream: Arc<OnceCell<String>>, count: Arc<AtomicUsize>, http: reqwest::Client) {
+async fn serve(mut stream: TcpStream, upstream: Arc<OnceCell<String>>, http: reqwest::Client) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
     let (head_end, content_length) = loop {
@@ -115,7 +107,6 @@ async fn serve(mut stream: TcpStream, upstream: Arc<OnceCell<String>>, count: Ar
         body["requester_id"] = serde_json::json!(RENAMED_REQUESTER);
     }
     let Some(base) = upstream.get() else { return };
-    count.fetch_add(1, Ordering::Relaxed);
     let mut request = http.post(format!("{base}{path}")).json(&body);
     for name in ["x-trace-id", "traceparent", "idempotency-key"] {
         if let Some(value) = header(name) {

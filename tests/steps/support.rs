@@ -127,7 +127,7 @@ pub fn matches_text(value: &Value, expected: &str) -> bool {
     match value {
         Value::String(s) => s == expected,
         Value::Number(n) => expected.parse::<f64>().is_ok_and(|e| n.as_f64().is_some_and(|v| (v - e).abs() < 1e-9)),
-        other => other.to_string() == expected,
+        other => expected.parse::<Value>().is_ok_and(|e| e == *other),
     }
 }
 

@@ -72,7 +72,9 @@ impl BhivWorld {
                     .iter()
                     .filter(|e| matches!(e.action, Action::WhatsApp | Action::Ai))
                     .map(|e| {
-                        let own = provider.get(e.trace.as_str()).unwrap_or_else(|| panic!("no provider call for {}", e.trace));
+                        let own = provider
+                            .get(e.trace.as_str())
+                            .unwrap_or_else(|| panic!("no provider call for {}", e.trace));
                         reply(e).elapsed.as_secs_f64() * 1000.0 - own
                     })
                     .collect()
@@ -107,13 +109,7 @@ async fn users_ask_core(w: &mut BhivWorld, count: usize, action: Action, at_once
     w.notes.insert("last_core_run".into(), json!(replies.iter().map(|r| r.task_id.clone()).collect::<Vec<_>>()));
     for reply in replies {
         assert_eq!(reply.reply.body.pointer("/agent_output/workflow_dispatched"), Some(&json!(true)));
-        w.executions.push(Execution {
-            trace: reply.task_id.clone(),
-            action,
-            user: w.user.clone(),
-            product: "unknown".into(),
-            reply: None,
-        });
+        w.executions.push(Execution { trace: reply.task_id.clone(), action, user: w.user.clone(), reply: None });
         w.core_replies.push(reply);
     }
 }
@@ -130,7 +126,10 @@ async fn percentile_under(w: &mut BhivWorld, p: u32, measure: Measure, budget: u
         percentile(&samples, 95.0),
         percentile(&samples, 99.0)
     );
-    assert!(value < budget as f64, "p{p} of {measure:?} is {value:.1} ms (budget {budget} ms; p50 {median:.1}, max {worst:.1})");
+    assert!(
+        value < budget as f64,
+        "p{p} of {measure:?} is {value:.1} ms (budget {budget} ms; p50 {median:.1}, max {worst:.1})"
+    );
     w.samples.insert(measure, samples);
 }
 

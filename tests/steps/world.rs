@@ -127,8 +127,6 @@ pub struct Execution {
     pub action: Action,
     /// The user it was for.
     pub user: String,
-    /// The product it was for (`unknown` when none).
-    pub product: String,
     /// The executor's answer (none when it came through Core).
     pub reply: Option<Reply>,
 }
@@ -145,8 +143,6 @@ pub struct CoreReply {
 /// A journal entry, as the in-process journal and the control API both serialize it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Hit {
-    /// Position in the journal.
-    pub seq: u64,
     /// `karma`, `bucket`, `core`, `providers` or `smtp`.
     pub pillar: String,
     /// HTTP method (`DATA` for a mail).
@@ -188,8 +184,6 @@ impl Hit {
 pub struct StoredView {
     /// Position in the chain, from 1.
     pub sequence: u64,
-    /// The product it was filed under.
-    pub product: String,
     /// The stored record.
     pub record: Value,
     /// The previous hash.
@@ -662,14 +656,6 @@ impl BhivWorld {
         serde_json::from_value(mails).expect("mails")
     }
 
-    /// How many WhatsApp messages the provider accepted for a recipient number (digits only).
-    pub async fn whatsapp_count(&self) -> usize {
-        if self.is_external() {
-            return self.control_get("/providers/whatsapp").await["messages"].as_array().map_or(0, Vec::len);
-        }
-        self.stack().providers().whatsapp_messages().len()
-    }
-
     // ----- faults -----
 
     /// Sets a fault rule.
@@ -753,9 +739,10 @@ impl BhivWorld {
             .map(|(k, v)| (k.to_owned(), v)),
         );
         let settings = workflow_executor::Settings::from_lookup(|name| env.get(name).cloned()).expect("valid settings");
-        let app = bounded("building the executor", Duration::from_secs(30), workflow_executor::Application::build(settings))
-            .await
-            .expect("the executor builds");
+        let app =
+            bounded("building the executor", Duration::from_secs(30), workflow_executor::Application::build(settings))
+                .await
+                .expect("the executor builds");
         let url = format!("http://{}", app.local_addr());
         let stop = CancellationToken::new();
         let token = stop.clone();
