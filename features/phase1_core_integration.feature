@@ -9,7 +9,7 @@ Feature: Phase 1 — Core hands workflows to the executor, fire-and-forget
     Given a running BHIV stack
 
   @external
-  Scenario Outline: Core hands a <action> task to the executor, with its task id as trace id
+  Scenario Outline: Core hands a <action> workflow to the executor, with its task id as trace id
     When a user asks Core "<request>"
     Then Core decided on a <action> workflow
     And Core reports the workflow as dispatched
