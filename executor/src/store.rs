@@ -254,7 +254,8 @@ impl Store {
             }
             next
         };
-        let (wal, logged) = Wal::open(&dir.join("executor.wal")).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+        let (wal, logged) =
+            Wal::open(&dir.join("executor.wal"), CHECKPOINT_BYTES).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
         let mut writer = Writer {
             db: db.clone(),
             wal,
@@ -405,7 +406,7 @@ pub fn now_ms() -> u64 {
 /// the hot pages (the outbox heads and the newest records) fit in far less.
 const CACHE_BYTES: usize = 32 << 20;
 
-/// Checkpoint when the log grows past this many bytes...
+/// The log's preallocated size: checkpoint when it is full...
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// ...or when the last checkpoint is this old.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
@@ -442,7 +443,7 @@ impl Writer {
             for request in pending.drain(..) {
                 let _ = request.done.send(result.clone());
             }
-            if self.wal.len() >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            if self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
                 self.checkpoint();
             }
         }
@@ -456,6 +457,9 @@ impl Writer {
         let resolved: Vec<Resolved> =
             pending.iter_mut().flat_map(|r| r.batch.ops.drain(..)).map(|op| self.resolve(op)).collect();
         if durable {
+            if !self.wal.fits(&resolved) {
+                self.checkpoint();
+            }
             self.wal.append(&resolved).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
         }
         self.apply(&resolved, true)
