@@ -467,9 +467,13 @@ impl Writer {
 
     /// Makes every lazy commit durable and empties the log.
     fn checkpoint(&mut self) {
+        let started = Instant::now();
         let result = self.db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?));
         match result.and_then(|()| self.wal.clear().map_err(|e| StoreError::Redb(redb::Error::Io(e)))) {
-            Ok(()) => self.last_checkpoint = Instant::now(),
+            Ok(()) => {
+                self.last_checkpoint = Instant::now();
+                self.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+            }
             Err(e) => tracing::error!(error = %e, "store checkpoint failed; the log is kept for replay"),
         }
     }
