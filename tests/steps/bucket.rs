@@ -206,7 +206,9 @@ async fn bucket_unchanged(w: &mut BhivWorld) {
     let events = w.bucket_events().await;
     assert_eq!(events.len(), before, "Bucket's store changed");
     assert!(events.iter().all(|e| e.record.get("status") != Some(&json!("tampered"))), "an event was altered");
-    assert_eq!(first_broken_link(&events), None, "the chain still verifies");
+    if let Some(index) = first_broken_link(&events) {
+        panic!("the hash chain no longer verifies: recomputed, stored event {} does not link", index + 1);
+    }
 }
 
 #[then("Bucket's hash chain verifies")]
@@ -216,7 +218,16 @@ async fn chain_verifies(w: &mut BhivWorld) {
     let report = w.chain_report().await;
     assert_eq!(report["valid"], json!(true), "Bucket's own check: {report}");
     assert_eq!(report["length"], json!(events.len()), "Bucket's own check: {report}");
-    assert_eq!(first_broken_link(&events), None, "recomputed links do not match: {events:?}");
+    if let Some(index) = first_broken_link(&events) {
+        let event = &events[index];
+        panic!(
+            "Bucket says its chain is valid, but recomputing sha256(prev_hash ‖ canonical record) breaks at stored \
+             event {}: prev_hash {} hash {}",
+            index + 1,
+            event.prev_hash,
+            event.hash
+        );
+    }
     let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
     assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>(), "sequences have gaps");
 }

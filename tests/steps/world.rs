@@ -503,7 +503,12 @@ impl BhivWorld {
     /// Sends a request and reads the whole answer.
     pub async fn request(&self, request: reqwest::RequestBuilder) -> Reply {
         let started = Instant::now();
-        let response = request.send().await.unwrap_or_else(|e| panic!("request failed: {e}"));
+        let response = request.send().await.unwrap_or_else(|e| {
+            if e.is_timeout() {
+                panic!("no answer within 10 s: {e}");
+            }
+            panic!("request failed: {e}")
+        });
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let bytes = response.bytes().await.unwrap_or_else(|e| panic!("answer body unreadable: {e}"));
