@@ -120,12 +120,14 @@ async fn percentile_under(w: &mut BhivWorld, p: u32, measure: Measure, budget: u
     let value = percentile(&samples, f64::from(p));
     let median = percentile(&samples, 50.0);
     let worst = percentile(&samples, 100.0);
-    println!(
-        "      {measure:?} over {} samples: p50 {median:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {worst:.1} ms",
-        samples.len(),
-        percentile(&samples, 95.0),
-        percentile(&samples, 99.0)
-    );
+    if w.samples.get(&measure) != Some(&samples) {
+        println!(
+            "      {measure:?} over {} samples: p50 {median:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {worst:.1} ms",
+            samples.len(),
+            percentile(&samples, 95.0),
+            percentile(&samples, 99.0)
+        );
+    }
     assert!(
         value < budget as f64,
         "p{p} of {measure:?} is {value:.1} ms (budget {budget} ms; p50 {median:.1}, max {worst:.1})"
