@@ -61,7 +61,8 @@ impl Application {
         let bounds = [bound(&settings.bucket), bound(&settings.karma)];
         let dir = settings.data_dir.clone();
         let store_metrics = metrics.clone();
-        let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&dir, bounds, store_metrics))
+        let wal_bytes = settings.wal_bytes;
+        let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&dir, wal_bytes, bounds, store_metrics))
             .await
             .map_err(|e| StoreError::Redb(redb::Error::Io(std::io::Error::other(e))))??;
         let sinks = [

@@ -219,7 +219,12 @@ impl WriterThread {
 
 impl Store {
     /// Opens (or creates) the store in `dir` and starts the writer thread.
-    pub fn open(dir: &Path, bounds: [OutboxBound; 2], metrics: Metrics) -> Result<(Store, WriterThread), StoreError> {
+    pub fn open(
+        dir: &Path,
+        wal_bytes: u64,
+        bounds: [OutboxBound; 2],
+        metrics: Metrics,
+    ) -> Result<(Store, WriterThread), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
         let db = Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(dir.join("executor.redb"))?);
         let gauges: Arc<[OutboxGauge; 2]> = Arc::new(Default::default());
@@ -255,7 +260,7 @@ impl Store {
             next
         };
         let (wal, logged) =
-            Wal::open(&dir.join("executor.wal"), CHECKPOINT_BYTES).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+            Wal::open(&dir.join("executor.wal"), wal_bytes).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
         let mut writer = Writer {
             db: db.clone(),
             wal,
@@ -406,9 +411,7 @@ pub fn now_ms() -> u64 {
 /// the hot pages (the outbox heads and the newest records) fit in far less.
 const CACHE_BYTES: usize = 32 << 20;
 
-/// The log's preallocated size: checkpoint when it is full...
-const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// ...or when the last checkpoint is this old.
+/// Checkpoint when the log is full (`EXECUTOR_WAL_BYTES`) or when the last checkpoint is this old.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
 struct Writer {

@@ -7,9 +7,9 @@
 //! lazy commits durable and empties the log. On start, records left in the log are replayed on
 //! top of the last checkpoint, so a crash at any point loses nothing that was acknowledged.
 //!
-//! **Layout.** The file is preallocated (zeros written once, in 4 MiB steps as it first grows) and
-//! reused: overwriting allocated blocks and `fdatasync`ing them is several times cheaper than
-//! appending, which makes the file system allocate blocks and update the inode on every commit. A 16-byte header holds a magic
+//! **Layout.** The file is preallocated (zeros written once, when it is created) and reused:
+//! overwriting allocated blocks and `fdatasync`ing them is several times cheaper than appending,
+//! which makes the file system allocate blocks and update the inode on every commit. A 16-byte header holds a magic
 //! and the current *epoch*; each record is `len: u32 | epoch: u64 | checksum: u64 | payload`, the
 //! checksum (FNV-1a) covering the epoch and the payload. Clearing the log bumps the epoch, so
 //! records of earlier epochs still in the file are never replayed; replay stops at the first
@@ -41,8 +41,6 @@ pub(crate) enum Resolved {
 const MAGIC: &[u8; 8] = b"BHIVWAL1";
 const HEADER: u64 = 16;
 const RECORD_HEADER: usize = 20;
-/// Preallocation step.
-const CHUNK: u64 = 4 << 20;
 
 /// The log file.
 pub(crate) struct Wal {
@@ -82,20 +80,19 @@ impl Wal {
             at += RECORD_HEADER + len;
         }
         let mut wal = Wal { file, epoch, end: at as u64, allocated: bytes.len() as u64, capacity };
-        wal.preallocate(wal.end + 1)?;
+        wal.preallocate(capacity)?;
         if bytes.len() < HEADER as usize || &bytes[..8] != MAGIC {
             wal.write_header()?;
         }
         Ok((wal, batches))
     }
 
-    /// Writes zeros up to the chunk boundary past `needed`, so later overwrites find their
-    /// blocks allocated.
-    fn preallocate(&mut self, needed: u64) -> io::Result<()> {
-        if needed <= self.allocated {
+    /// Writes zeros up to `to` bytes, so later overwrites find their blocks allocated (a batch
+    /// larger than the whole log grows it the same way).
+    fn preallocate(&mut self, to: u64) -> io::Result<()> {
+        if to <= self.allocated {
             return Ok(());
         }
-        let to = needed.div_ceil(CHUNK) * CHUNK;
         let zeros = vec![0u8; 1 << 20];
         while self.allocated < to {
             let n = (to - self.allocated).min(zeros.len() as u64) as usize;
@@ -320,7 +317,7 @@ mod tests {
         {
             let (mut wal, batches) = Wal::open(&path, capacity).expect("open");
             assert!(batches.is_empty());
-            assert_eq!(std::fs::metadata(&path).expect("file").len(), CHUNK, "preallocated");
+            assert_eq!(std::fs::metadata(&path).expect("file").len(), capacity, "preallocated");
             wal.append(&sample()).expect("append");
             wal.append(&sample()[..2]).expect("append");
             // A crash mid-write leaves a partial record behind.

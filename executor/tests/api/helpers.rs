@@ -488,6 +488,7 @@ fn base_env(fakes: &Fakes, data_dir: &TempDir) -> BTreeMap<String, String> {
     let pairs = [
         ("EXECUTOR_BIND", "127.0.0.1:0".to_owned()),
         ("EXECUTOR_DATA_DIR", data_dir.path().display().to_string()),
+        ("EXECUTOR_WAL_BYTES", (2u64 << 20).to_string()),
         ("BUCKET_URL", fakes.bucket.uri()),
         ("KARMA_URL", fakes.karma.uri()),
         ("WHATSAPP_API_URL", fakes.whatsapp.uri()),
