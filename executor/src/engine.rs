@@ -32,7 +32,7 @@ use crate::delivery::SinkState;
 use crate::events::{ExecutionFacts, bucket_event, karma_event};
 use crate::metrics::Metrics;
 use crate::now_rfc3339;
-use crate::store::{Batch, EXECUTIONS, IN_FLIGHT, Op, Sink, Store, now_ms};
+use crate::store::{Batch, IN_FLIGHT, Op, Sink, Store, now_ms};
 
 /// The engine's answer to a workflow request.
 #[derive(Debug)]
@@ -146,7 +146,7 @@ impl Engine {
             }
             ExecutingGuard { set: &self.executing, key: key.clone() }
         };
-        match self.store.get(EXECUTIONS, &key) {
+        match self.store.get_execution(&key) {
             Ok(Some(bytes)) => return self.replay(&bytes, &request.fingerprint),
             Ok(None) => {}
             Err(error) => {
@@ -322,7 +322,7 @@ impl Engine {
             let slots = &self.reserved[state.sink as usize];
             // This execution's slot plus those of every admitted execution not yet committed.
             let promised = slots.fetch_add(1, Ordering::SeqCst) + 1;
-            let full = gauge.depth.load(Ordering::SeqCst) + promised > settings.max_events
+            let full = gauge.events() + promised > settings.max_events
                 || gauge.bytes.load(Ordering::Relaxed) >= settings.max_bytes;
             if full {
                 slots.fetch_sub(1, Ordering::SeqCst);

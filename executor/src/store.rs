@@ -10,17 +10,26 @@
 //! concurrent requests share one fsync. A batch asks for a durable commit (execution results and
 //! their events) or a lazy one (delivery acknowledgements: losing one only re-sends an event,
 //! which sinks drop by `event_id`). Durable batches are made durable by the write-ahead log
-//! ([`crate::wal`]): one sequential append and fsync, instead of rewriting every B-tree page a
-//! batch touched; redb itself is committed lazily and checkpointed periodically.
+//! ([`crate::wal`]): one write and fsync, instead of rewriting every B-tree page a batch touched;
+//! redb itself is committed lazily and checkpointed periodically.
+//!
+//! **Checkpoints off the request path.** A checkpoint (the durable redb commit that lets a log be
+//! emptied) writes out every page dirtied since the last one, which takes tens of milliseconds.
+//! It runs on its own thread while the writer keeps going: there are two logs, and a checkpoint
+//! switches new records to the other one. While it runs, durable batches are logged and
+//! acknowledged as usual but applied to redb only after it ends; their stored answers are served
+//! from an in-memory overlay meanwhile ([`Store::get_execution`]), and their events count in the
+//! outbox gauges. Lazy batches (delivery acknowledgements) wait for the apply.
 //!
 //! **Outbox accounting.** The writer is the only mutator of the outbox tables, so it keeps each
 //! sink's exact depth and byte count in [`OutboxGauge`]s and applies the drop-oldest policy itself.
 //! Outbox values are the event's enqueue time (8 bytes, big-endian milliseconds) followed by the
 //! JSON body to post.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -177,6 +186,17 @@ struct Request {
     done: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
+/// What the writer thread receives.
+enum Msg {
+    /// A batch to commit.
+    Batch(Request),
+    /// A checkpoint thread finished (the writer collects its result).
+    CheckpointEnded,
+}
+
+/// Stored answers logged but not yet applied to redb (during a checkpoint).
+type Overlay = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
 /// Exact depth and size of one sink's outbox, maintained by the writer.
 #[derive(Debug, Default)]
 pub struct OutboxGauge {
@@ -184,6 +204,15 @@ pub struct OutboxGauge {
     pub depth: AtomicU64,
     /// Bytes waiting.
     pub bytes: AtomicU64,
+    /// Events logged during a checkpoint and not yet applied (not in `depth` yet).
+    pub deferred: AtomicU64,
+}
+
+impl OutboxGauge {
+    /// Events waiting, including those not applied yet.
+    pub fn events(&self) -> u64 {
+        self.depth.load(Ordering::SeqCst) + self.deferred.load(Ordering::SeqCst)
+    }
 }
 
 /// Bounds and policy the writer applies to one outbox.
@@ -201,8 +230,9 @@ pub struct OutboxBound {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-    sender: mpsc::UnboundedSender<Request>,
+    sender: mpsc::UnboundedSender<Msg>,
     gauges: Arc<[OutboxGauge; 2]>,
+    overlay: Overlay,
 }
 
 /// Joins the writer thread after the last [`Store`] handle is gone.
@@ -259,21 +289,39 @@ impl Store {
             }
             next
         };
-        let (wal, logged) =
-            Wal::open(&dir.join("executor.wal"), wal_bytes).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+        let mut wals = Vec::with_capacity(2);
+        let mut logged = Vec::new();
+        for i in 0..2 {
+            let (wal, batches) = Wal::open(&dir.join(format!("executor.wal.{i}")), wal_bytes)
+                .map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+            logged.push((wal.epoch(), batches));
+            wals.push(wal);
+        }
+        // The log with the older epoch holds the older records.
+        logged.sort_by_key(|(epoch, _)| *epoch);
+        let wals: [Wal; 2] = wals.try_into().unwrap_or_else(|_| unreachable!("two logs"));
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let overlay = Overlay::default();
         let mut writer = Writer {
             db: db.clone(),
-            wal,
+            wals,
+            active: 0,
             gauges: gauges.clone(),
             bounds,
             next_seq,
             metrics,
             dropping: [false; 2],
             last_checkpoint: Instant::now(),
+            overlay: overlay.clone(),
+            wake: sender.downgrade(),
+            checkpoint: None,
+            deferred: Vec::new(),
+            waiting: Vec::new(),
         };
-        if !logged.is_empty() {
-            tracing::info!(batches = logged.len(), "replaying the store's write-ahead log");
-            for batch in &logged {
+        let batches: Vec<Vec<Resolved>> = logged.into_iter().flat_map(|(_, batches)| batches).collect();
+        if !batches.is_empty() {
+            tracing::info!(batches = batches.len(), "replaying the store's write-ahead log");
+            for batch in &batches {
                 for op in batch {
                     if let Resolved::Enqueue { sink, seq, .. } = op {
                         let next = &mut writer.next_seq[sink.index()];
@@ -282,20 +330,19 @@ impl Store {
                 }
                 writer.apply(batch, false)?;
             }
-            writer.checkpoint();
         }
-        let (sender, receiver) = mpsc::unbounded_channel();
+        writer.checkpoint_now()?;
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
-        Ok((Store { db, sender, gauges }, WriterThread(thread)))
+        Ok((Store { db, sender, gauges, overlay }, WriterThread(thread)))
     }
 
     /// Applies `batch` atomically and waits for its commit.
     pub async fn commit(&self, batch: Batch) -> Result<(), Arc<StoreError>> {
         let (done, wait) = oneshot::channel();
-        self.sender.send(Request { batch, done }).map_err(|_| Arc::new(StoreError::Closed))?;
+        self.sender.send(Msg::Batch(Request { batch, done })).map_err(|_| Arc::new(StoreError::Closed))?;
         wait.await.map_err(|_| Arc::new(StoreError::Closed))?
     }
 
@@ -307,6 +354,14 @@ impl Store {
     /// Depth and size of a sink's outbox.
     pub fn gauge(&self, sink: Sink) -> &OutboxGauge {
         &self.gauges[sink.index()]
+    }
+
+    /// The stored answer for an idempotency key, including one logged but not yet applied.
+    pub fn get_execution(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(record) = self.overlay.lock().expect("overlay lock").get(key) {
+            return Ok(Some(record.clone()));
+        }
+        self.get(EXECUTIONS, key)
     }
 
     /// Reads one value of a `&str -> bytes` table.
@@ -416,7 +471,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
 struct Writer {
     db: Arc<Database>,
-    wal: Wal,
+    /// Two logs: records go to `wals[active]`; the other is empty, or being checkpointed.
+    wals: [Wal; 2],
+    active: usize,
     gauges: Arc<[OutboxGauge; 2]>,
     bounds: [OutboxBound; 2],
     next_seq: [u64; 2],
@@ -424,61 +481,184 @@ struct Writer {
     /// Whether each sink is in a drop-oldest episode (logged once when it starts and ends).
     dropping: [bool; 2],
     last_checkpoint: Instant,
+    overlay: Overlay,
+    /// Lets a checkpoint thread wake the writer without keeping the channel open.
+    wake: mpsc::WeakUnboundedSender<Msg>,
+    /// The running checkpoint, if any.
+    checkpoint: Option<std::thread::JoinHandle<Result<Duration, StoreError>>>,
+    /// Ops logged while a checkpoint runs, applied when it ends.
+    deferred: Vec<Resolved>,
+    /// Requests answered only once their ops are applied.
+    waiting: Vec<oneshot::Sender<Result<(), Arc<StoreError>>>>,
 }
 
 impl Writer {
-    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Request>) {
+    fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Msg>) {
         let mut pending = Vec::new();
         while let Some(first) = receiver.blocking_recv() {
-            pending.push(first);
-            while pending.len() < 4096 {
-                match receiver.try_recv() {
-                    Ok(more) => pending.push(more),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some(msg) = next.take() {
+                if let Msg::Batch(request) = msg {
+                    pending.push(request);
+                }
+                if pending.len() < 4096 {
+                    next = receiver.try_recv().ok();
                 }
             }
-            let started = Instant::now();
-            let result = self.write(&mut pending).map_err(|e| {
-                tracing::error!(error = %e, "store commit failed");
-                Arc::new(e)
-            });
-            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-            for request in pending.drain(..) {
-                let _ = request.done.send(result.clone());
+            if self.checkpoint.as_ref().is_some_and(|c| c.is_finished()) {
+                self.end_checkpoint();
             }
-            if self.wal.len() > 0 && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                self.checkpoint();
+            if !pending.is_empty() {
+                let started = Instant::now();
+                self.write(&mut pending);
+                self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            let active = &self.wals[self.active];
+            let due = active.len() >= active.capacity() / 2 || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            if self.checkpoint.is_none() && active.len() > 0 && due {
+                self.start_checkpoint();
             }
         }
-        // Every handle is gone: make everything durable in redb and empty the log.
-        self.checkpoint();
+        // Every handle is gone: finish, make everything durable in redb and empty the logs.
+        if self.checkpoint.is_some() {
+            self.end_checkpoint();
+        }
+        if let Err(e) = self.checkpoint_now() {
+            tracing::error!(error = %e, "final store checkpoint failed; the log is kept for replay");
+        }
     }
 
-    /// Resolves the batches, logs them if any must be durable, and applies them lazily to redb.
-    fn write(&mut self, pending: &mut [Request]) -> Result<(), StoreError> {
+    /// Resolves the batches, logs them if any must be durable, then applies them to redb (or,
+    /// during a checkpoint, defers them), and answers the requests.
+    fn write(&mut self, pending: &mut Vec<Request>) {
         let durable = pending.iter().any(|r| r.batch.durable);
         let resolved: Vec<Resolved> =
             pending.iter_mut().flat_map(|r| r.batch.ops.drain(..)).map(|op| self.resolve(op)).collect();
         if durable {
-            if !self.wal.fits(&resolved) {
-                self.checkpoint();
+            if !self.wals[self.active].fits(&resolved) {
+                // The log is full: the other one must be free before records can go there.
+                if self.checkpoint.is_some() {
+                    self.end_checkpoint();
+                }
+                self.start_checkpoint();
             }
-            self.wal.append(&resolved).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+            if let Err(e) = self.wals[self.active].append(&resolved) {
+                let error = Arc::new(StoreError::Redb(redb::Error::Io(e)));
+                tracing::error!(%error, "write-ahead log append failed");
+                for request in pending.drain(..) {
+                    let _ = request.done.send(Err(error.clone()));
+                }
+                return;
+            }
         }
-        self.apply(&resolved, true)
+        if self.checkpoint.is_some() {
+            let mut overlay = self.overlay.lock().expect("overlay lock");
+            for op in &resolved {
+                match op {
+                    Resolved::PutExecution { key, record, .. } => {
+                        overlay.insert(key.clone(), record.clone());
+                    }
+                    Resolved::Enqueue { sink, .. } => {
+                        self.gauges[sink.index()].deferred.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+            drop(overlay);
+            self.deferred.extend(resolved);
+            for request in pending.drain(..) {
+                if request.batch.durable {
+                    let _ = request.done.send(Ok(()));
+                } else {
+                    self.waiting.push(request.done);
+                }
+            }
+            return;
+        }
+        let result = self.apply(&resolved, true).map_err(|e| {
+            tracing::error!(error = %e, "store commit failed");
+            Arc::new(e)
+        });
+        for request in pending.drain(..) {
+            let _ = request.done.send(result.clone());
+        }
     }
 
-    /// Makes every lazy commit durable and empties the log.
-    fn checkpoint(&mut self) {
-        let started = Instant::now();
-        let result = self.db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?));
-        match result.and_then(|()| self.wal.clear().map_err(|e| StoreError::Redb(redb::Error::Io(e)))) {
-            Ok(()) => {
+    /// Switches records to the other log and checkpoints on another thread everything applied
+    /// so far (which includes every record of the log just left).
+    fn start_checkpoint(&mut self) {
+        let other = 1 - self.active;
+        if self.wals[other].len() > 0 {
+            // The other log was not emptied (a failed checkpoint): checkpoint both, here.
+            if let Err(e) = self.checkpoint_now() {
+                tracing::error!(error = %e, "store checkpoint failed; the logs are kept for replay");
+            }
+            return;
+        }
+        self.active = other;
+        let db = self.db.clone();
+        let wake = self.wake.clone();
+        let spawned = std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
+            let started = Instant::now();
+            let result = db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?));
+            if let Some(sender) = wake.upgrade() {
+                let _ = sender.send(Msg::CheckpointEnded);
+            }
+            result.map(|()| started.elapsed())
+        });
+        match spawned {
+            Ok(handle) => self.checkpoint = Some(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start a checkpoint thread"),
+        }
+    }
+
+    /// Collects the checkpoint's result, applies what was deferred, and empties the log it
+    /// made durable.
+    fn end_checkpoint(&mut self) {
+        let Some(handle) = self.checkpoint.take() else { return };
+        let outcome = handle.join().unwrap_or_else(|_| {
+            Err(StoreError::Redb(redb::Error::Io(std::io::Error::other("the checkpoint thread panicked"))))
+        });
+        let deferred = std::mem::take(&mut self.deferred);
+        for op in &deferred {
+            if let Resolved::Enqueue { sink, .. } = op {
+                self.gauges[sink.index()].deferred.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let applied = self.apply(&deferred, true).map_err(|e| {
+            tracing::error!(error = %e, "store commit failed");
+            Arc::new(e)
+        });
+        self.overlay.lock().expect("overlay lock").clear();
+        for done in self.waiting.drain(..) {
+            let _ = done.send(applied.clone());
+        }
+        match outcome {
+            Ok(took) => {
+                let checkpointed = 1 - self.active;
+                let epoch = self.wals.iter().map(Wal::epoch).max().unwrap_or(0) + 1;
+                if let Err(e) = self.wals[checkpointed].clear(epoch) {
+                    tracing::error!(error = %e, "cannot empty the write-ahead log");
+                }
                 self.last_checkpoint = Instant::now();
-                self.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics.checkpoint_seconds.observe(took.as_secs_f64());
             }
             Err(e) => tracing::error!(error = %e, "store checkpoint failed; the log is kept for replay"),
         }
+    }
+
+    /// Checkpoints on this thread and empties both logs (start and shutdown).
+    fn checkpoint_now(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        self.db.begin_write()?.commit()?;
+        let epoch = self.wals.iter().map(Wal::epoch).max().unwrap_or(0);
+        for (i, wal) in self.wals.iter_mut().enumerate() {
+            wal.clear(epoch + 1 + i as u64).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+        }
+        self.active = 0;
+        self.last_checkpoint = Instant::now();
+        self.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Decides sequence numbers and timestamps, so the logged op replays identically.

@@ -11,8 +11,9 @@
 //! overwriting allocated blocks and `fdatasync`ing them is several times cheaper than appending,
 //! which makes the file system allocate blocks and update the inode on every commit. A 16-byte header holds a magic
 //! and the current *epoch*; each record is `len: u32 | epoch: u64 | checksum: u64 | payload`, the
-//! checksum (FNV-1a) covering the epoch and the payload. Clearing the log bumps the epoch, so
-//! records of earlier epochs still in the file are never replayed; replay stops at the first
+//! checksum (FNV-1a) covering the epoch and the payload. Clearing a log moves it to a new, larger
+//! epoch, so records of earlier epochs still in the file are never replayed (and, with two logs,
+//! the epochs say which holds the older records); replay stops at the first
 //! record that is short, of another epoch, or fails its checksum (a torn write from a crash,
 //! whose batch was never acknowledged).
 //!
@@ -131,9 +132,10 @@ impl Wal {
         Ok(())
     }
 
-    /// Empties the log (after a checkpoint made its contents durable in redb): a new epoch.
-    pub(crate) fn clear(&mut self) -> io::Result<()> {
-        self.epoch += 1;
+    /// Empties the log (after a checkpoint made its contents durable in redb) by moving it to
+    /// `epoch`, which must be newer than every epoch in use, so replay orders logs by epoch.
+    pub(crate) fn clear(&mut self, epoch: u64) -> io::Result<()> {
+        self.epoch = epoch;
         self.write_header()?;
         self.end = HEADER;
         Ok(())
@@ -142,6 +144,16 @@ impl Wal {
     /// Bytes of records in the log.
     pub(crate) fn len(&self) -> u64 {
         self.end - HEADER
+    }
+
+    /// The log's current epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The size past which it asks for a checkpoint.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.capacity
     }
 }
 
@@ -330,7 +342,7 @@ mod tests {
         drop(wal);
         let (mut wal, batches) = Wal::open(&path, capacity).expect("open");
         assert_eq!(batches.len(), 3, "a record written over a torn tail is readable");
-        wal.clear().expect("clear");
+        wal.clear(wal.epoch() + 1).expect("clear");
         wal.append(&sample()[3..4]).expect("append in the new epoch");
         drop(wal);
         // Records of the old epoch further in the file are not replayed.
@@ -347,7 +359,7 @@ mod tests {
         assert!(wal.fits(&sample()), "an empty log takes any batch");
         wal.append(&sample()).expect("append");
         assert!(!wal.fits(&sample()));
-        wal.clear().expect("clear");
+        wal.clear(wal.epoch() + 1).expect("clear");
         assert!(wal.fits(&sample()));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
