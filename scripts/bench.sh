@@ -80,6 +80,7 @@ PIDS+=($!)
 wait_http "http://$BASELINE_ADDR/health" baseline
 drive baseline --target "http://$BASELINE_ADDR" --concurrency "$CONNS" --duration "${DURATION}s" --mix task
 BASE=$(field "$WORK/baseline.json" report.throughput)
+drive baseline-open --target "http://$BASELINE_ADDR" --rate "$RATE" --duration "${DURATION}s" --mix task
 
 echo "==> starting the simulator (no executor) and the executor"
 "$SIM" up --no-executor > "$WORK/sim.log" 2>&1 &
@@ -108,6 +109,7 @@ for mix in task whatsapp email ai "task=1,whatsapp=1,email=1,ai=1"; do
 done
 
 echo "==> 3. fault invariance (open loop, $RATE req/s)"
+row "| baseline handler, open loop $RATE req/s (the floor: load driver and loopback) | p50 $(printf %.2f "$(field "$WORK/baseline-open.json" report.latency_ms.p50)") ms | | p99 $(printf %.2f "$(field "$WORK/baseline-open.json" report.latency_ms.p99)") ms | |"
 phase() { # name, description
   drive "$1" --target "$EXECUTOR" --rate "$RATE" --duration "${DURATION}s" --mix task
   for id in $(curl -fsS "$PILLAR_SIM_CONTROL/scenarios" | python3 -c "import json,sys; print(' '.join(s['id'] for s in json.load(sys.stdin)['scenarios'] if not s.get('finished')))"); do
