@@ -35,7 +35,7 @@ cargo build --release --locked -p workflow-executor -p pillar-sim
 SIM=target/release/pillar-sim
 EXE=target/release/workflow-executor
 
-for port in 8000 8001 8002 8003 8010 2525 8090 "${BASELINE_ADDR##*:}"; do
+for port in 8000 8001 8002 8003 8004 8010 2525 8090 "${BASELINE_ADDR##*:}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: stop what runs there (a running 'pillar-sim up'?) and retry" >&2
     exit 1
@@ -94,6 +94,34 @@ wait_http "$EXECUTOR/healthz" executor
 
 ROWS=()
 row() { ROWS+=("$1"); }
+
+echo "==> 2a. executor without telemetry (sinks disabled), task adapter"
+EXECUTOR_BIND=127.0.0.1:8004 EXECUTOR_BUCKET_ENABLED=false EXECUTOR_KARMA_ENABLED=false \
+  EXECUTOR_DATA_DIR="$WORK/executor-solo" RUST_LOG=warn "$EXE" > "$WORK/executor-solo.log" 2>&1 &
+SOLO_PID=$!
+PIDS+=($SOLO_PID)
+wait_http http://127.0.0.1:8004/healthz "executor (no telemetry)"
+drive exec-solo --target http://127.0.0.1:8004 --concurrency "$CONNS" --duration "${DURATION}s" --mix task
+solo=$(field "$WORK/exec-solo.json" report.throughput)
+row "| executor, task, telemetry off, closed loop c=$CONNS | $(printf %.0f "$solo") req/s | **$(python3 -c "print(f'{$solo/$BASE:.3f}')")** | p99 $(printf %.2f "$(field "$WORK/exec-solo.json" report.latency_ms.p99)") ms | |"
+if command -v wrk > /dev/null; then
+  # The same comparison with wrk, a lighter load tool (more of the machine left to the server).
+  cat > "$WORK/post.lua" <<'LUA'
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("tid", threads) end
+counter = 0
+request = function()
+  counter = counter + 1
+  local body = '{"trace_id":"wrk-' .. tid .. '-' .. counter .. '-' .. os.time() .. '","decision":"workflow","data":{"workflow_type":"workflow","payload":{"action_type":"task","title":"Follow up","user_id":"u1"}}}'
+  return wrk.format("POST", "/api/workflow/execute", {["Content-Type"]="application/json"}, body)
+end
+LUA
+  wrk_rate() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+  wbase=$(wrk_rate "http://$BASELINE_ADDR/")
+  wsolo=$(wrk_rate http://127.0.0.1:8004/)
+  row "| (wrk) baseline $(printf %.0f "$wbase") req/s; executor, task, telemetry off | $(printf %.0f "$wsolo") req/s | **$(python3 -c "print(f'{$wsolo/$wbase:.3f}')")** | | |"
+fi
+kill "$SOLO_PID"
 
 echo "==> 2. executor with telemetry, per adapter (closed loop, $CONNS connections)"
 for mix in task whatsapp email ai "task=1,whatsapp=1,email=1,ai=1"; do
