@@ -34,21 +34,31 @@ use crate::metrics::Metrics;
 use crate::now_rfc3339;
 use crate::store::{Batch, IN_FLIGHT, Op, Sink, Store, now_ms};
 
-/// The engine's answer to a workflow request.
+/// The engine's answer to a workflow request: the JSON body, serialized once.
 #[derive(Debug)]
 pub enum Answer {
     /// Executed now.
-    Fresh(Value),
+    Fresh(Vec<u8>),
     /// The stored answer of an earlier identical request.
-    Replay(Value),
+    Replay(Vec<u8>),
 }
 
-/// What the store keeps per idempotency key.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredExecution {
-    fingerprint: String,
-    response: Value,
+/// What the store keeps per idempotency key: the request's fingerprint (64 hex digits) followed
+/// by the answer's JSON, exactly as it was sent.
+fn stored_execution(fingerprint: &str, body: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(fingerprint.len() + body.len());
+    record.extend_from_slice(fingerprint.as_bytes());
+    record.extend_from_slice(body);
+    record
 }
+
+/// Splits a stored execution into its fingerprint and answer.
+fn split_stored_execution(record: &[u8]) -> Option<(&[u8], &[u8])> {
+    record.split_at_checked(FINGERPRINT_LEN)
+}
+
+/// A SHA-256 fingerprint in hex.
+const FINGERPRINT_LEN: usize = 64;
 
 /// What the store keeps for an execution whose provider call may have started.
 #[derive(Debug, Serialize, Deserialize)]
@@ -192,30 +202,32 @@ impl Engine {
         };
         let duration = started.elapsed();
         let (response, ops) = self.conclude(&request, outcome, duration);
-        let status = response["status"].as_str().unwrap_or("failed").to_owned();
-        let record = StoredExecution { fingerprint: request.fingerprint.clone(), response };
+        let body = serde_json::to_vec(&response).unwrap_or_default();
         let mut batch = vec![Op::PutExecution {
             key,
             created_ms: now_ms(),
-            record: serde_json::to_vec(&record).unwrap_or_default(),
+            record: stored_execution(&request.fingerprint, &body),
             clear_in_flight: request.plan.as_ref().is_ok_and(|action| action.is_remote()),
         }];
         batch.extend(ops);
         let committed = self.store.commit(Batch { ops: batch, durable: true }).await;
-        self.metrics.executions.with_label_values(&[metric_label(&request.action_type), &status]).inc();
+        self.metrics
+            .executions
+            .with_label_values(&[metric_label(&request.action_type), response.status.as_str()])
+            .inc();
         match committed {
             Ok(()) => {
                 for (state, _) in &self.sinks {
                     self.metrics.events_enqueued.with_label_values(&[state.sink.name()]).inc();
                     state.wake();
                 }
-                Ok(Answer::Fresh(record.response))
+                Ok(Answer::Fresh(body))
             }
             Err(error) => {
                 tracing::error!(%error, "cannot store the execution and its events");
                 match request.plan {
                     // The provider acted: report what happened rather than invite a retry.
-                    Ok(action) if action.is_remote() => Ok(Answer::Fresh(record.response)),
+                    Ok(action) if action.is_remote() => Ok(Answer::Fresh(body)),
                     // Nothing happened (the task row shares the failed commit).
                     _ => Err(ApiError::internal()),
                 }
@@ -229,7 +241,7 @@ impl Engine {
         request: &ExecuteRequest,
         outcome: Result<Performed, Failure>,
         duration: Duration,
-    ) -> (Value, Vec<Op>) {
+    ) -> (ExecuteResponse, Vec<Op>) {
         let timestamp = now_rfc3339();
         let mut ops = Vec::new();
         let result = match outcome {
@@ -259,6 +271,9 @@ impl Engine {
         };
         let status = if result.success { ExecutionStatus::Success } else { ExecutionStatus::Failed };
         let response = ExecuteResponse { trace_id: request.trace_id.clone(), status, execution_result: result };
+        if self.sinks.is_empty() {
+            return (response, ops);
+        }
         let result_map = match serde_json::to_value(&response.execution_result) {
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
@@ -275,7 +290,7 @@ impl Engine {
             timestamp: &timestamp,
         };
         ops.extend(self.event_ops(&facts));
-        (serde_json::to_value(&response).unwrap_or_default(), ops)
+        (response, ops)
     }
 
     fn event_ops(&self, facts: &ExecutionFacts<'_>) -> Vec<Op> {
@@ -298,17 +313,17 @@ impl Engine {
     }
 
     fn replay(&self, stored: &[u8], fingerprint: &str) -> Result<Answer, ApiError> {
-        let stored: StoredExecution = serde_json::from_slice(stored).map_err(|error| {
-            tracing::error!(%error, "stored execution is unreadable");
-            ApiError::internal()
-        })?;
-        if stored.fingerprint != fingerprint {
+        let Some((stored_fingerprint, body)) = split_stored_execution(stored) else {
+            tracing::error!("stored execution is unreadable");
+            return Err(ApiError::internal());
+        };
+        if stored_fingerprint != fingerprint.as_bytes() {
             self.metrics.rejections.with_label_values(&["idempotency_key_reused"]).inc();
             return Err(ApiError::key_reused());
         }
         self.metrics.replays.inc();
         tracing::info!("EXECUTION_REPLAYED");
-        Ok(Answer::Replay(stored.response))
+        Ok(Answer::Replay(body.to_vec()))
     }
 
     /// Refuses new executions while a fail-closed outbox is full.
@@ -373,11 +388,11 @@ impl Engine {
             };
             let elapsed = Duration::from_millis(now_ms().saturating_sub(marker.started_ms));
             let (response, mut ops) = self.conclude(&request, Err(request.plan.clone().expect_err("failure")), elapsed);
-            let record = StoredExecution { fingerprint: request.fingerprint.clone(), response };
+            let body = serde_json::to_vec(&response).unwrap_or_default();
             ops.push(Op::PutExecution {
                 key,
                 created_ms: now_ms(),
-                record: serde_json::to_vec(&record).unwrap_or_default(),
+                record: stored_execution(&request.fingerprint, &body),
                 clear_in_flight: true,
             });
             self.store.commit(Batch { ops, durable: true }).await?;

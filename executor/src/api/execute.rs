@@ -116,14 +116,15 @@ async fn handle(
                 tracing::error!(%error, "the execution task failed");
                 ApiError::internal()
             })??;
-            Ok(match answer {
-                Answer::Fresh(body) => (StatusCode::OK, axum::Json(body)).into_response(),
-                Answer::Replay(body) => {
-                    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
-                    response.headers_mut().insert(REPLAY_HEADER, HeaderValue::from_static("true"));
-                    response
-                }
-            })
+            let (body, replayed) = match answer {
+                Answer::Fresh(body) => (body, false),
+                Answer::Replay(body) => (body, true),
+            };
+            let mut response = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+            if replayed {
+                response.headers_mut().insert(REPLAY_HEADER, HeaderValue::from_static("true"));
+            }
+            Ok(response)
         }
     }
 }
