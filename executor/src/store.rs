@@ -346,11 +346,6 @@ impl Store {
         wait.await.map_err(|_| Arc::new(StoreError::Closed))?
     }
 
-    /// The database, for read transactions.
-    pub fn db(&self) -> &Database {
-        &self.db
-    }
-
     /// Depth and size of a sink's outbox.
     pub fn gauge(&self, sink: Sink) -> &OutboxGauge {
         &self.gauges[sink.index()]
@@ -402,14 +397,14 @@ impl Store {
         Ok(table.first()?.map(|(_, v)| decode_outbox_value(0, v.value()).enqueued_ms))
     }
 
-    /// Dead-lettered events of `sink`: (sequence, stored JSON with the reason).
-    pub fn dead_letters(&self, sink: Sink, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    /// The newest `limit` dead-lettered events of `sink`, newest first (stored JSON with the
+    /// reason and the event).
+    pub fn dead_letters(&self, sink: Sink, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(sink.dead_letters())?;
         let mut out = Vec::new();
-        for entry in table.range::<u64>(..)?.take(limit) {
-            let (k, v) = entry?;
-            out.push((k.value(), v.value().to_vec()));
+        for entry in table.range::<u64>(..)?.rev().take(limit) {
+            out.push(entry?.1.value().to_vec());
         }
         Ok(out)
     }

@@ -2,7 +2,8 @@
 //!
 //! - `POST /api/workflow/execute` ([`execute`]): load shedding, caller tokens, media type and size
 //!   checks, then the schema layer ([`request`]) and the engine.
-//! - `GET /healthz`, `GET /metrics`, `GET /api/integration/status` ([`ops`]).
+//! - `GET /healthz`, `GET /metrics`, `GET /api/integration/status`,
+//!   `GET /api/integration/dead-letters` ([`ops`]).
 //!
 //! A middleware counts every request and its latency by the matched route template (never the
 //! raw URI), so metric cardinality stays bounded.
@@ -54,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .route("/api/integration/status", get(ops::integration_status))
+        .route("/api/integration/dead-letters", get(ops::dead_letters))
         .fallback(|| async { error::ApiError::not_found() })
         .method_not_allowed_fallback(|| async { error::ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), track))

@@ -2,7 +2,8 @@
 //!
 //! `/healthz` always answers 200 while the process serves (so orchestrators do not restart a
 //! healthy executor because a neighbour is down) and says which pillars are `up`, `degraded` or
-//! `down`. The status endpoint gives the detail per pillar; `/metrics` is Prometheus text.
+//! `down`. The status endpoint gives the detail per pillar, `/api/integration/dead-letters` the
+//! events that could not be delivered and why; `/metrics` is Prometheus text.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::error::ApiError;
 use crate::delivery::{CircuitState, SinkState};
 use crate::now_rfc3339;
 use crate::store::{Sink, now_ms};
@@ -89,6 +91,36 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
         "pillars": pillars,
         "alerts": alerts,
     }))
+}
+
+/// Query of `GET /api/integration/dead-letters`.
+#[derive(Debug, serde::Deserialize)]
+pub struct DeadLetterQuery {
+    /// `bucket` or `karma`.
+    sink: String,
+    /// How many, newest first (default 50, at most 1,000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/integration/dead-letters?sink=bucket|karma&limit=N`: the newest dead-lettered events
+/// with the reason each was given up on.
+pub async fn dead_letters(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    let axum::extract::Query(query) = query
+        .map_err(|e| ApiError::invalid("invalid_query", format!("expected ?sink=bucket|karma&limit=N: {e}"), "sink"))?;
+    let sink = match query.sink.as_str() {
+        "bucket" => Sink::Bucket,
+        "karma" => Sink::Karma,
+        _ => return Err(ApiError::invalid("invalid_query", "sink must be bucket or karma", "sink")),
+    };
+    let records = state.store.dead_letters(sink, query.limit.unwrap_or(50).min(1000)).map_err(|error| {
+        tracing::error!(%error, "cannot read dead letters");
+        ApiError::internal()
+    })?;
+    let events: Vec<Value> = records.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect();
+    Ok(axum::Json(json!({"sink": sink.name(), "count": events.len(), "dead_letters": events})).into_response())
 }
 
 fn pillar_state(state: &AppState, sink: &SinkState) -> &'static str {

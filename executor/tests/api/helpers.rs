@@ -653,6 +653,11 @@ impl TestApp {
         TestResponse::from(self.http.get(self.url("/api/integration/status"))).await
     }
 
+    /// `GET /api/integration/dead-letters?{query}`.
+    pub async fn dead_letters(&self, query: &str) -> TestResponse {
+        TestResponse::from(self.http.get(self.url(&format!("/api/integration/dead-letters?{query}")))).await
+    }
+
     /// `GET /metrics`.
     pub async fn metrics(&self) -> MetricsText {
         let response = self.http.get(self.url("/metrics")).send().await.expect("metrics answer");

@@ -9,7 +9,9 @@
 //! - [`idempotency`]: replays, 409 for a concurrent duplicate, 422 for a reused key.
 //! - [`crash`]: the real binary killed with SIGKILL and restarted on the same data directory.
 //! - [`shutdown`]: graceful shutdown flushes queued events; a restart resumes delivery.
+//! - [`client`]: the caller's client (what Core uses), awaited, fire-and-forget and health check.
 
+mod client;
 mod crash;
 mod execute;
 mod helpers;

@@ -377,6 +377,28 @@ async fn a_permanent_4xx_from_a_sink_is_dead_lettered_at_once_with_its_reason() 
     assert_eq!(app.karma.attempts(), 2, "a permanent refusal is not retried");
     assert!(status["pillars"]["karma"]["last_error"].as_str().unwrap_or_default().contains("422"), "{status}");
     assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 2, "the other sink is unaffected");
+
+    // Operators can read what was given up on, and why.
+    let listed = app.dead_letters("sink=karma&limit=10").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["count"], 2, "{}", listed.body);
+    let mut listed_traces: Vec<String> = listed.body["dead_letters"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|d| {
+            assert!(d["reason"].as_str().unwrap_or_default().contains("HTTP 422"), "{d}");
+            assert_eq!(d["event"]["type"], "life_event", "{d}");
+            d["trace_id"].as_str().expect("a trace id").to_owned()
+        })
+        .collect();
+    listed_traces.sort();
+    let mut expected = traces.clone();
+    expected.sort();
+    assert_eq!(listed_traces, expected);
+    assert_eq!(app.dead_letters("sink=bucket").await.body["count"], 0);
+    let bad = app.dead_letters("sink=core").await;
+    assert_eq!((bad.status, bad.body["error"]["code"].as_str()), (422, Some("invalid_query")), "{}", bad.body);
 }
 
 #[tokio::test]
