@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::Url;
 use serde::Serialize;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliverySettings;
@@ -86,7 +85,7 @@ pub struct SinkReport {
     pub failing: bool,
 }
 
-/// Shared state of one sink: breaker, counters, and the bell rung when events are committed.
+/// Shared state of one sink: breaker and counters.
 #[derive(Debug)]
 pub struct SinkState {
     /// Which sink.
@@ -95,7 +94,6 @@ pub struct SinkState {
     pub endpoint: Url,
     breaker: Mutex<Breaker>,
     report: Mutex<SinkReport>,
-    notify: Notify,
 }
 
 impl SinkState {
@@ -111,13 +109,7 @@ impl SinkState {
                 reopenings: 0,
             }),
             report: Mutex::new(SinkReport::default()),
-            notify: Notify::new(),
         }
-    }
-
-    /// Wakes the deliverer: new events are committed.
-    pub fn wake(&self) {
-        self.notify.notify_one();
     }
 
     /// The circuit's state now.
@@ -177,7 +169,8 @@ impl Deliverer {
         }
         let sink = self.state.sink.name();
         let drained = tokio::time::timeout(grace, async {
-            while self.store.gauge(self.state.sink).depth.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            // Events logged but not applied yet count: they become readable within a commit.
+            while self.store.gauge(self.state.sink).events() > 0 {
                 match self.round().await {
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => tokio::task::yield_now().await,
@@ -185,7 +178,7 @@ impl Deliverer {
             }
         })
         .await;
-        let left = self.store.gauge(self.state.sink).depth.load(std::sync::atomic::Ordering::Relaxed);
+        let left = self.store.gauge(self.state.sink).events();
         match drained {
             Ok(()) => tracing::info!(sink, "outbox drained"),
             Err(_) => {
@@ -196,8 +189,8 @@ impl Deliverer {
 
     async fn deliver_forever(&mut self) {
         loop {
-            let state = self.state.clone();
-            let notified = state.notify.notified();
+            let store = self.store.clone();
+            let notified = store.outbox_bell(self.state.sink).notified();
             match self.round().await {
                 Some(wait) => tokio::time::sleep(wait).await,
                 None if self.store.gauge(self.state.sink).depth.load(std::sync::atomic::Ordering::Relaxed) == 0 => {

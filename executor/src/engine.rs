@@ -219,7 +219,6 @@ impl Engine {
             Ok(()) => {
                 for (state, _) in &self.sinks {
                     self.metrics.events_enqueued.with_label_values(&[state.sink.name()]).inc();
-                    state.wake();
                 }
                 Ok(Answer::Fresh(body))
             }
@@ -297,7 +296,7 @@ impl Engine {
         self.sinks
             .iter()
             .map(|(state, _)| {
-                let event_id = uuid::Uuid::new_v4().to_string();
+                let event_id = crate::new_id().to_string();
                 let body = match state.sink {
                     Sink::Bucket => serde_json::to_vec(&bucket_event(facts, &event_id, self.mask_recipients)),
                     Sink::Karma => serde_json::to_vec(&karma_event(facts, &event_id)),
@@ -337,8 +336,7 @@ impl Engine {
             let slots = &self.reserved[state.sink as usize];
             // This execution's slot plus those of every admitted execution not yet committed.
             let promised = slots.fetch_add(1, Ordering::SeqCst) + 1;
-            let full = gauge.events() + promised > settings.max_events
-                || gauge.bytes.load(Ordering::Relaxed) >= settings.max_bytes;
+            let full = gauge.events() + promised > settings.max_events || gauge.total_bytes() >= settings.max_bytes;
             if full {
                 slots.fetch_sub(1, Ordering::SeqCst);
             } else {

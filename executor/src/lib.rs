@@ -41,6 +41,19 @@ mod wal;
 pub use app::{Application, StartError};
 pub use config::Settings;
 
+/// A fresh random (version 4) UUID for event and message ids. Ids need uniqueness, not secrecy:
+/// they come from the thread's fast generator, where `Uuid::new_v4` makes a system call each.
+pub fn new_id() -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+}
+
+/// A fresh time-ordered (version 7) UUID, so ids created in sequence land at the end of a
+/// B-tree; random bits as in [`new_id`].
+pub fn new_time_ordered_id() -> uuid::Uuid {
+    let random: [u8; 10] = fastrand::u128(..).to_le_bytes()[..10].try_into().expect("10 bytes");
+    uuid::Builder::from_unix_timestamp_millis(store::now_ms(), &random).into_uuid()
+}
+
 /// Now, as RFC 3339 in UTC (`2026-11-25T15:14:42.123456789Z`).
 pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()

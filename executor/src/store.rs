@@ -1,39 +1,50 @@
-//! The embedded durable store (redb) and its group-commit writer.
+//! The embedded durable store (redb), its group-commit writer and its applier.
 //!
 //! One file, `executor.redb` in the data directory, holds everything that must survive a crash:
 //! execution records (for idempotent replays), in-flight markers (to report unknown outcomes after a
 //! crash), tasks created by the task adapter, and one outbox table plus one dead-letter table per
 //! sink.
 //!
-//! **Group commit.** All writes go through one writer thread: callers send a [`Batch`] of
-//! [`Op`]s and await its commit; the thread drains everything queued and commits it at once, so
-//! concurrent requests share one fsync. A batch asks for a durable commit (execution results and
-//! their events) or a lazy one (delivery acknowledgements: losing one only re-sends an event,
-//! which sinks drop by `event_id`). Durable batches are made durable by the write-ahead log
-//! ([`crate::wal`]): one write and fsync, instead of rewriting every B-tree page a batch touched;
-//! redb itself is committed lazily and checkpointed periodically.
+//! **Two threads, one order.** Every write goes through the *writer* thread: callers send a
+//! [`Batch`] of [`Op`]s; the writer drains everything queued, decides sequence numbers and
+//! timestamps, appends the whole group to the write-ahead log ([`crate::wal`]) with one write and
+//! one `fdatasync`, and passes it on to the *applier* thread, which applies groups to redb in
+//! lazy commits. Concurrent requests share one fsync, and, under load, the applier's commits
+//! cover many groups at once: a redb commit costs per page it touches, so big commits are much
+//! cheaper per insert than one per group.
 //!
-//! **Checkpoints off the request path.** A checkpoint (the durable redb commit that lets a log be
-//! emptied) writes out every page dirtied since the last one, which takes tens of milliseconds.
-//! It runs on its own thread while the writer keeps going: there are two logs, and a checkpoint
-//! switches new records to the other one. While it runs, durable batches are logged and
-//! acknowledged as usual but applied to redb only after it ends; their stored answers are served
-//! from an in-memory overlay meanwhile ([`Store::get_execution`]), and their events count in the
-//! outbox gauges. Lazy batches (delivery acknowledgements) wait for the apply.
+//! **When a caller is answered.** A durable batch is answered as soon as it is logged: it
+//! survives a crash from then on (the log is replayed on start). Its stored answers are readable
+//! at once from an in-memory overlay until the applier has applied them ([`Store::get_execution`]
+//! reads the overlay, then the applier's latest published snapshot). Batches that remove events
+//! from an outbox (acknowledgements, dead letters, expiry) are answered once applied, because
+//! their callers read the outbox next. Lazy batches (delivery acknowledgements: losing one only
+//! re-sends an event, which sinks drop by `event_id`) skip the log.
 //!
-//! **Outbox accounting.** The writer is the only mutator of the outbox tables, so it keeps each
-//! sink's exact depth and byte count in [`OutboxGauge`]s and applies the drop-oldest policy itself.
-//! Outbox values are the event's enqueue time (8 bytes, big-endian milliseconds) followed by the
-//! JSON body to post.
+//! **Checkpoints.** A checkpoint is one durable redb commit; it makes every lazy commit before it
+//! durable, so the log it covers can be emptied. There are two logs: when the active one is half
+//! full (`EXECUTOR_WAL_BYTES`) or old, the writer moves new records to the other and asks the
+//! applier, in order, to checkpoint; the writer empties the old log when the applier reports
+//! back. Requests never wait for a checkpoint unless a whole log fills before the previous
+//! checkpoint ends. If an apply or a checkpoint fails, the logs are kept (and grow): the next
+//! start replays them.
+//!
+//! **Outbox accounting.** The applier is the only mutator of the outbox tables, so it keeps each
+//! sink's exact depth and byte count in [`OutboxGauge`]s, applies the drop-oldest policy itself,
+//! and rings the sink's bell when events become readable. Events logged and not yet applied count
+//! as `deferred`. Outbox values are the event's enqueue time (8 bytes, big-endian milliseconds),
+//! its ids, then the JSON body to post.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use tokio::sync::{mpsc, oneshot};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::wal::{Resolved, Wal};
@@ -181,41 +192,71 @@ pub struct Batch {
     pub durable: bool,
 }
 
+impl Op {
+    /// Whether the op takes something out of a table its caller reads next (an outbox, the
+    /// stored answers): such a batch is answered only once applied.
+    fn read_back(&self) -> bool {
+        matches!(self, Op::Ack { .. } | Op::DeadLetter { .. } | Op::Expire { .. })
+    }
+}
+
+type Done = oneshot::Sender<Result<(), Arc<StoreError>>>;
+
 struct Request {
     batch: Batch,
-    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
+    done: Done,
 }
 
 /// What the writer thread receives.
 enum Msg {
     /// A batch to commit.
     Batch(Request),
-    /// A checkpoint thread finished (the writer collects its result).
-    CheckpointEnded,
+    /// The applier finished the checkpoint of a log.
+    Checkpointed { log: usize, result: Result<Duration, Arc<StoreError>> },
 }
 
-/// Stored answers logged but not yet applied to redb (during a checkpoint).
-type Overlay = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+/// What the applier thread receives, in log order.
+enum Work {
+    /// Ops to apply; `done` are the requests answered once they are applied; `generation` is
+    /// the overlay generation of the answers they store.
+    Apply { ops: Vec<Resolved>, done: Vec<Done>, generation: u64 },
+    /// Everything before this is applied: make it durable, so the writer can empty `log`.
+    Checkpoint { log: usize },
+}
 
-/// Exact depth and size of one sink's outbox, maintained by the writer.
+/// Stored answers logged but not yet applied to redb: key -> (overlay generation, record).
+type Overlay = Arc<Mutex<HashMap<String, (u64, Vec<u8>)>>>;
+
+/// The stored answers as of the applier's last commit.
+type Snapshot = Arc<Mutex<Arc<ReadOnlyTable<&'static str, &'static [u8]>>>>;
+
+/// Exact depth and size of one sink's outbox, maintained by the applier.
 #[derive(Debug, Default)]
 pub struct OutboxGauge {
-    /// Events waiting.
+    /// Events waiting (applied).
     pub depth: AtomicU64,
-    /// Bytes waiting.
+    /// Bytes waiting (applied).
     pub bytes: AtomicU64,
-    /// Events logged during a checkpoint and not yet applied (not in `depth` yet).
+    /// Events logged but not applied yet (not in `depth` yet).
     pub deferred: AtomicU64,
+    /// Their bytes.
+    pub deferred_bytes: AtomicU64,
 }
 
 impl OutboxGauge {
     /// Events waiting, including those not applied yet.
     pub fn events(&self) -> u64 {
+        // Applying adds to `depth` before taking from `deferred`: never an undercount.
         self.depth.load(Ordering::SeqCst) + self.deferred.load(Ordering::SeqCst)
+    }
+
+    /// Bytes waiting, including those of events not applied yet.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst) + self.deferred_bytes.load(Ordering::SeqCst)
     }
 }
 
-/// Bounds and policy the writer applies to one outbox.
+/// Bounds and policy the applier enforces on one outbox.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxBound {
     /// Most events kept.
@@ -232,14 +273,16 @@ pub struct Store {
     db: Arc<Database>,
     sender: mpsc::UnboundedSender<Msg>,
     gauges: Arc<[OutboxGauge; 2]>,
+    bells: Arc<[Notify; 2]>,
     overlay: Overlay,
+    snapshot: Snapshot,
 }
 
-/// Joins the writer thread after the last [`Store`] handle is gone.
+/// Joins the store's threads after the last [`Store`] handle is gone.
 pub struct WriterThread(std::thread::JoinHandle<()>);
 
 impl WriterThread {
-    /// Waits for the writer to apply what is queued and make it durable.
+    /// Waits for the writer and the applier to apply what is queued and make it durable.
     pub fn join(self) {
         if self.0.join().is_err() {
             tracing::error!("the store writer thread panicked");
@@ -248,14 +291,15 @@ impl WriterThread {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts the writer thread.
+    /// Opens (or creates) the store in `dir`, replays its logs, and starts its threads.
     pub fn open(
         dir: &Path,
         wal_bytes: u64,
         bounds: [OutboxBound; 2],
         metrics: Metrics,
     ) -> Result<(Store, WriterThread), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+        let io = |e: std::io::Error| StoreError::Redb(redb::Error::Io(e));
+        std::fs::create_dir_all(dir).map_err(io)?;
         let db = Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(dir.join("executor.redb"))?);
         let gauges: Arc<[OutboxGauge; 2]> = Arc::new(Default::default());
         {
@@ -278,7 +322,7 @@ impl Store {
             }
             txn.commit()?;
         }
-        let next_seq = {
+        let mut next_seq = {
             let txn = db.begin_read()?;
             let mut next = [1u64; 2];
             for sink in Sink::ALL {
@@ -292,31 +336,28 @@ impl Store {
         let mut wals = Vec::with_capacity(2);
         let mut logged = Vec::new();
         for i in 0..2 {
-            let (wal, batches) = Wal::open(&dir.join(format!("executor.wal.{i}")), wal_bytes)
-                .map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
+            let (wal, batches) = Wal::open(&dir.join(format!("executor.wal.{i}")), wal_bytes).map_err(io)?;
             logged.push((wal.epoch(), batches));
             wals.push(wal);
         }
         // The log with the older epoch holds the older records.
         logged.sort_by_key(|(epoch, _)| *epoch);
-        let wals: [Wal; 2] = wals.try_into().unwrap_or_else(|_| unreachable!("two logs"));
+        let mut wals: [Wal; 2] = wals.try_into().unwrap_or_else(|_| unreachable!("two logs"));
         let (sender, receiver) = mpsc::unbounded_channel();
         let overlay = Overlay::default();
-        let mut writer = Writer {
+        let snapshot: Snapshot = Arc::new(Mutex::new(Arc::new(db.begin_read()?.open_table(EXECUTIONS)?)));
+        let bells: Arc<[Notify; 2]> = Arc::new([Notify::new(), Notify::new()]);
+        let mut applier = Applier {
             db: db.clone(),
-            wals,
-            active: 0,
             gauges: gauges.clone(),
             bounds,
-            next_seq,
-            metrics,
+            metrics: metrics.clone(),
             dropping: [false; 2],
-            last_checkpoint: Instant::now(),
             overlay: overlay.clone(),
-            wake: sender.downgrade(),
-            checkpoint: None,
-            deferred: Vec::new(),
-            waiting: Vec::new(),
+            snapshot: snapshot.clone(),
+            bells: bells.clone(),
+            failed: false,
+            writer: sender.downgrade(),
         };
         let batches: Vec<Vec<Resolved>> = logged.into_iter().flat_map(|(_, batches)| batches).collect();
         if !batches.is_empty() {
@@ -324,22 +365,41 @@ impl Store {
             for batch in &batches {
                 for op in batch {
                     if let Resolved::Enqueue { sink, seq, .. } = op {
-                        let next = &mut writer.next_seq[sink.index()];
+                        let next = &mut next_seq[sink.index()];
                         *next = (*next).max(seq + 1);
                     }
                 }
-                writer.apply(batch, false)?;
+                applier.apply(batch, false)?;
             }
         }
-        writer.checkpoint_now()?;
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer.run(receiver))
-            .map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
-        Ok((Store { db, sender, gauges, overlay }, WriterThread(thread)))
+        let started = Instant::now();
+        applier.checkpoint()?;
+        clear_logs(&mut wals).map_err(io)?;
+        metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+
+        let (work, queue) = std_mpsc::sync_channel(APPLY_QUEUE);
+        let applier =
+            std::thread::Builder::new().name("store-applier".into()).spawn(move || applier.run(queue)).map_err(io)?;
+        let writer = Writer {
+            wals,
+            active: 0,
+            other: OtherLog::Empty,
+            next_seq,
+            gauges: gauges.clone(),
+            overlay: overlay.clone(),
+            generation: 0,
+            metrics,
+            last_checkpoint: Instant::now(),
+            backlog: Vec::new(),
+            applier: Some((work, applier)),
+        };
+        let thread =
+            std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(receiver)).map_err(io)?;
+        Ok((Store { db, sender, gauges, bells, overlay, snapshot }, WriterThread(thread)))
     }
 
-    /// Applies `batch` atomically and waits for its commit.
+    /// Commits `batch` atomically and waits until it is durable (a durable batch) and, for a
+    /// batch that takes events out of an outbox, applied.
     pub async fn commit(&self, batch: Batch) -> Result<(), Arc<StoreError>> {
         let (done, wait) = oneshot::channel();
         self.sender.send(Msg::Batch(Request { batch, done })).map_err(|_| Arc::new(StoreError::Closed))?;
@@ -351,19 +411,19 @@ impl Store {
         &self.gauges[sink.index()]
     }
 
-    /// The stored answer for an idempotency key, including one logged but not yet applied.
-    pub fn get_execution(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(record) = self.overlay.lock().expect("overlay lock").get(key) {
-            return Ok(Some(record.clone()));
-        }
-        self.get(EXECUTIONS, key)
+    /// Rung when events of `sink` become readable with [`Store::queued`].
+    pub fn outbox_bell(&self, sink: Sink) -> &Notify {
+        &self.bells[sink.index()]
     }
 
-    /// Reads one value of a `&str -> bytes` table.
-    pub fn get(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(table)?;
-        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    /// The stored answer for an idempotency key, including one logged but not yet applied.
+    pub fn get_execution(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        // The overlay first: the applier publishes a snapshot before it forgets what it applied.
+        if let Some((_, record)) = self.overlay.lock().expect("overlay lock").get(key) {
+            return Ok(Some(record.clone()));
+        }
+        let snapshot = self.snapshot.lock().expect("snapshot lock").clone();
+        Ok(snapshot.get(key)?.map(|v| v.value().to_vec()))
     }
 
     /// Every entry of a `&str -> bytes` table (used for the small in-flight table at start).
@@ -409,7 +469,6 @@ impl Store {
         Ok(out)
     }
 }
-
 /// An event waiting in an outbox.
 #[derive(Debug, Clone)]
 pub struct QueuedEvent {
@@ -461,199 +520,236 @@ pub fn now_ms() -> u64 {
 /// the hot pages (the outbox heads and the newest records) fit in far less.
 const CACHE_BYTES: usize = 32 << 20;
 
-/// Checkpoint when the log is full (`EXECUTOR_WAL_BYTES`) or when the last checkpoint is this old.
+/// Checkpoint when the active log is half full (`EXECUTOR_WAL_BYTES`) or its oldest record is
+/// this old.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
+/// Groups the writer may queue for the applier before it waits (backpressure: memory stays
+/// bounded when redb is slower than the log).
+const APPLY_QUEUE: usize = 256;
+
+/// Under sustained load, the applier commits at most this often unless someone waits or
+/// [`APPLY_MIN_OPS`] ops are held. A redb commit costs per page it touches: big commits are far
+/// cheaper per insert.
+const APPLY_DELAY: Duration = Duration::from_millis(20);
+const APPLY_MIN_OPS: usize = 8192;
+
+/// Work the applier holds back for its next commit.
+#[derive(Default)]
+struct Gathered {
+    ops: Vec<Resolved>,
+    done: Vec<Done>,
+    generation: u64,
+    checkpoint: Option<usize>,
+}
+
+impl Gathered {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.done.is_empty() && self.checkpoint.is_none()
+    }
+
+    /// Someone waits, a checkpoint is asked for, or enough ops are held.
+    fn ready(&self) -> bool {
+        !self.done.is_empty() || self.checkpoint.is_some() || self.ops.len() >= APPLY_MIN_OPS
+    }
+}
+
+/// Most requests the writer logs in one group.
+const GROUP_MAX_REQUESTS: usize = 4096;
+
+/// Empties both logs, in new epochs (after a checkpoint covered them).
+fn clear_logs(wals: &mut [Wal; 2]) -> std::io::Result<()> {
+    let epoch = wals.iter().map(Wal::epoch).max().unwrap_or(0);
+    for (i, wal) in wals.iter_mut().enumerate() {
+        wal.clear(epoch + 1 + i as u64)?;
+    }
+    Ok(())
+}
+
+/// The state of the log that is not receiving records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtherLog {
+    /// Empty: it can become the active log.
+    Empty,
+    /// Its checkpoint was asked for and has not ended.
+    Checkpointing,
+    /// Its checkpoint failed: it is kept for the next start's replay.
+    Kept,
+}
+
 struct Writer {
-    db: Arc<Database>,
-    /// Two logs: records go to `wals[active]`; the other is empty, or being checkpointed.
+    /// Two logs: records go to `wals[active]`.
     wals: [Wal; 2],
     active: usize,
-    gauges: Arc<[OutboxGauge; 2]>,
-    bounds: [OutboxBound; 2],
+    other: OtherLog,
     next_seq: [u64; 2],
-    metrics: Metrics,
-    /// Whether each sink is in a drop-oldest episode (logged once when it starts and ends).
-    dropping: [bool; 2],
-    last_checkpoint: Instant,
+    gauges: Arc<[OutboxGauge; 2]>,
     overlay: Overlay,
-    /// Lets a checkpoint thread wake the writer without keeping the channel open.
-    wake: mpsc::WeakUnboundedSender<Msg>,
-    /// The running checkpoint, if any.
-    checkpoint: Option<std::thread::JoinHandle<Result<Duration, StoreError>>>,
-    /// Ops logged while a checkpoint runs, applied when it ends.
-    deferred: Vec<Resolved>,
-    /// Requests answered only once their ops are applied.
-    waiting: Vec<oneshot::Sender<Result<(), Arc<StoreError>>>>,
+    /// Overlay generation of the last logged group.
+    generation: u64,
+    metrics: Metrics,
+    last_checkpoint: Instant,
+    /// Requests received while waiting for a checkpoint, handled next.
+    backlog: Vec<Request>,
+    /// The applier's queue and thread; taken at shutdown.
+    applier: Option<(std_mpsc::SyncSender<Work>, ApplierThread)>,
 }
 
 impl Writer {
     fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Msg>) {
-        let mut pending = Vec::new();
-        while let Some(first) = receiver.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                if let Msg::Batch(request) = msg {
-                    pending.push(request);
-                }
-                if pending.len() < 4096 {
-                    next = receiver.try_recv().ok();
+        loop {
+            if self.backlog.is_empty() {
+                match receiver.blocking_recv() {
+                    Some(msg) => self.take(msg),
+                    None => break,
                 }
             }
-            if self.checkpoint.as_ref().is_some_and(|c| c.is_finished()) {
-                self.end_checkpoint();
+            while self.backlog.len() < GROUP_MAX_REQUESTS {
+                match receiver.try_recv() {
+                    Ok(msg) => self.take(msg),
+                    Err(_) => break,
+                }
             }
-            if !pending.is_empty() {
+            if !self.backlog.is_empty() {
                 let started = Instant::now();
-                self.write(&mut pending);
+                let group = std::mem::take(&mut self.backlog);
+                self.write(group, &mut receiver);
                 self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
             }
             let active = &self.wals[self.active];
             let due = active.len() >= active.capacity() / 2 || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-            if self.checkpoint.is_none() && active.len() > 0 && due {
-                self.start_checkpoint();
+            if active.len() > 0 && due && self.other == OtherLog::Empty {
+                self.switch_logs();
             }
         }
-        // Every handle is gone: finish, make everything durable in redb and empty the logs.
-        if self.checkpoint.is_some() {
-            self.end_checkpoint();
-        }
-        if let Err(e) = self.checkpoint_now() {
-            tracing::error!(error = %e, "final store checkpoint failed; the log is kept for replay");
+        self.finish();
+    }
+
+    fn take(&mut self, msg: Msg) {
+        match msg {
+            Msg::Batch(request) => self.backlog.push(request),
+            Msg::Checkpointed { log, result } => match result {
+                Ok(took) => {
+                    let epoch = self.wals.iter().map(Wal::epoch).max().unwrap_or(0) + 1;
+                    match self.wals[log].clear(epoch) {
+                        Ok(()) => self.other = OtherLog::Empty,
+                        Err(error) => {
+                            tracing::error!(%error, "cannot empty the write-ahead log; it is kept for replay");
+                            self.other = OtherLog::Kept;
+                        }
+                    }
+                    self.metrics.checkpoint_seconds.observe(took.as_secs_f64());
+                }
+                Err(error) => {
+                    tracing::error!(%error, "store checkpoint failed; the logs are kept for the next start's replay");
+                    self.other = OtherLog::Kept;
+                }
+            },
         }
     }
 
-    /// Resolves the batches, logs them if any must be durable, then applies them to redb (or,
-    /// during a checkpoint, defers them), and answers the requests.
-    fn write(&mut self, pending: &mut Vec<Request>) {
-        let durable = pending.iter().any(|r| r.batch.durable);
-        let resolved: Vec<Resolved> =
-            pending.iter_mut().flat_map(|r| r.batch.ops.drain(..)).map(|op| self.resolve(op)).collect();
+    /// Logs a group (one write, one fsync) if any batch is durable, answers the durable
+    /// batches, and hands the group to the applier.
+    fn write(&mut self, group: Vec<Request>, receiver: &mut mpsc::UnboundedReceiver<Msg>) {
+        let durable = group.iter().any(|r| r.batch.durable);
+        let mut resolved = Vec::with_capacity(group.iter().map(|r| r.batch.ops.len()).sum());
+        let mut answers = Vec::with_capacity(group.len());
+        for Request { batch, done } in group {
+            let when_applied = !batch.durable || batch.ops.iter().any(Op::read_back);
+            answers.push((done, when_applied));
+            for op in batch.ops {
+                resolved.push(self.resolve(op));
+            }
+        }
         if durable {
             if !self.wals[self.active].fits(&resolved) {
-                // The log is full: the other one must be free before records can go there.
-                if self.checkpoint.is_some() {
-                    self.end_checkpoint();
-                }
-                self.start_checkpoint();
+                self.make_room(receiver);
             }
             if let Err(e) = self.wals[self.active].append(&resolved) {
                 let error = Arc::new(StoreError::Redb(redb::Error::Io(e)));
                 tracing::error!(%error, "write-ahead log append failed");
-                for request in pending.drain(..) {
-                    let _ = request.done.send(Err(error.clone()));
+                for (done, _) in answers {
+                    let _ = done.send(Err(error.clone()));
                 }
                 return;
             }
         }
-        if self.checkpoint.is_some() {
+        self.generation += 1;
+        {
             let mut overlay = self.overlay.lock().expect("overlay lock");
             for op in &resolved {
                 match op {
                     Resolved::PutExecution { key, record, .. } => {
-                        overlay.insert(key.clone(), record.clone());
+                        overlay.insert(key.clone(), (self.generation, record.clone()));
                     }
-                    Resolved::Enqueue { sink, .. } => {
-                        self.gauges[sink.index()].deferred.fetch_add(1, Ordering::SeqCst);
+                    Resolved::Enqueue { sink, value, .. } => {
+                        let gauge = &self.gauges[sink.index()];
+                        gauge.deferred.fetch_add(1, Ordering::SeqCst);
+                        gauge.deferred_bytes.fetch_add(value.len() as u64, Ordering::SeqCst);
                     }
                     _ => {}
                 }
             }
-            drop(overlay);
-            self.deferred.extend(resolved);
-            for request in pending.drain(..) {
-                if request.batch.durable {
-                    let _ = request.done.send(Ok(()));
-                } else {
-                    self.waiting.push(request.done);
-                }
-            }
-            return;
         }
-        let result = self.apply(&resolved, true).map_err(|e| {
-            tracing::error!(error = %e, "store commit failed");
-            Arc::new(e)
-        });
-        for request in pending.drain(..) {
-            let _ = request.done.send(result.clone());
+        let mut later = Vec::new();
+        for (done, when_applied) in answers {
+            if when_applied {
+                later.push(done);
+            } else {
+                let _ = done.send(Ok(()));
+            }
+        }
+        self.send(Work::Apply { ops: resolved, done: later, generation: self.generation });
+    }
+
+    /// The active log cannot take the next group: switch logs, waiting for the other log's
+    /// checkpoint if it runs. If the other log is kept after a failure, the active one grows.
+    fn make_room(&mut self, receiver: &mut mpsc::UnboundedReceiver<Msg>) {
+        while self.other == OtherLog::Checkpointing {
+            match receiver.blocking_recv() {
+                Some(msg) => self.take(msg),
+                None => return,
+            }
+        }
+        if self.other == OtherLog::Empty {
+            self.switch_logs();
         }
     }
 
-    /// Switches records to the other log and checkpoints on another thread everything applied
-    /// so far (which includes every record of the log just left).
-    fn start_checkpoint(&mut self) {
-        let other = 1 - self.active;
-        if self.wals[other].len() > 0 {
-            // The other log was not emptied (a failed checkpoint): checkpoint both, here.
-            if let Err(e) = self.checkpoint_now() {
-                tracing::error!(error = %e, "store checkpoint failed; the logs are kept for replay");
-            }
-            return;
-        }
-        self.active = other;
-        let db = self.db.clone();
-        let wake = self.wake.clone();
-        let spawned = std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
-            let started = Instant::now();
-            let result = db.begin_write().map_err(StoreError::from).and_then(|txn| Ok(txn.commit()?));
-            if let Some(sender) = wake.upgrade() {
-                let _ = sender.send(Msg::CheckpointEnded);
-            }
-            result.map(|()| started.elapsed())
-        });
-        match spawned {
-            Ok(handle) => self.checkpoint = Some(handle),
-            Err(e) => tracing::error!(error = %e, "cannot start a checkpoint thread"),
-        }
-    }
-
-    /// Collects the checkpoint's result, applies what was deferred, and empties the log it
-    /// made durable.
-    fn end_checkpoint(&mut self) {
-        let Some(handle) = self.checkpoint.take() else { return };
-        let outcome = handle.join().unwrap_or_else(|_| {
-            Err(StoreError::Redb(redb::Error::Io(std::io::Error::other("the checkpoint thread panicked"))))
-        });
-        let deferred = std::mem::take(&mut self.deferred);
-        for op in &deferred {
-            if let Resolved::Enqueue { sink, .. } = op {
-                self.gauges[sink.index()].deferred.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let applied = self.apply(&deferred, true).map_err(|e| {
-            tracing::error!(error = %e, "store commit failed");
-            Arc::new(e)
-        });
-        self.overlay.lock().expect("overlay lock").clear();
-        for done in self.waiting.drain(..) {
-            let _ = done.send(applied.clone());
-        }
-        match outcome {
-            Ok(took) => {
-                let checkpointed = 1 - self.active;
-                let epoch = self.wals.iter().map(Wal::epoch).max().unwrap_or(0) + 1;
-                if let Err(e) = self.wals[checkpointed].clear(epoch) {
-                    tracing::error!(error = %e, "cannot empty the write-ahead log");
-                }
-                self.last_checkpoint = Instant::now();
-                self.metrics.checkpoint_seconds.observe(took.as_secs_f64());
-            }
-            Err(e) => tracing::error!(error = %e, "store checkpoint failed; the log is kept for replay"),
-        }
-    }
-
-    /// Checkpoints on this thread and empties both logs (start and shutdown).
-    fn checkpoint_now(&mut self) -> Result<(), StoreError> {
-        let started = Instant::now();
-        self.db.begin_write()?.commit()?;
-        let epoch = self.wals.iter().map(Wal::epoch).max().unwrap_or(0);
-        for (i, wal) in self.wals.iter_mut().enumerate() {
-            wal.clear(epoch + 1 + i as u64).map_err(|e| StoreError::Redb(redb::Error::Io(e)))?;
-        }
-        self.active = 0;
+    /// Sends new records to the other (empty) log and asks the applier to checkpoint the one
+    /// left, after everything already handed to it.
+    fn switch_logs(&mut self) {
+        let left = self.active;
+        self.active = 1 - left;
+        self.other = OtherLog::Checkpointing;
         self.last_checkpoint = Instant::now();
-        self.metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(())
+        self.send(Work::Checkpoint { log: left });
+    }
+
+    fn send(&mut self, work: Work) {
+        let Some((queue, _)) = &self.applier else { return };
+        if queue.send(work).is_err() {
+            // The applier is gone (it panicked): the logs keep everything for the next start.
+            tracing::error!("the store applier stopped; new records are only in the write-ahead log");
+        }
+    }
+
+    /// Every handle is gone: let the applier apply everything and checkpoint, then empty the
+    /// logs.
+    fn finish(mut self) {
+        let Some((queue, applier)) = self.applier.take() else { return };
+        drop(queue);
+        match applier.join() {
+            Ok(Ok(())) => {
+                if let Err(error) = clear_logs(&mut self.wals) {
+                    tracing::error!(%error, "cannot empty the write-ahead logs; they are replayed at the next start");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "final store checkpoint failed; the logs are kept for replay")
+            }
+            Err(_) => tracing::error!("the store applier thread panicked; the logs are kept for replay"),
+        }
     }
 
     /// Decides sequence numbers and timestamps, so the logged op replays identically.
@@ -673,6 +769,142 @@ impl Writer {
             Op::DeadLetter { sink, seq, reason } => Resolved::DeadLetter { sink, seq, reason, at_ms: now_ms() },
             Op::Expire { before_ms } => Resolved::Expire { before_ms },
         }
+    }
+}
+
+/// The applier thread; it returns the result of its final checkpoint.
+type ApplierThread = std::thread::JoinHandle<Result<(), StoreError>>;
+
+struct Applier {
+    db: Arc<Database>,
+    gauges: Arc<[OutboxGauge; 2]>,
+    bounds: [OutboxBound; 2],
+    metrics: Metrics,
+    /// Whether each sink is in a drop-oldest episode (logged once when it starts and ends).
+    dropping: [bool; 2],
+    overlay: Overlay,
+    snapshot: Snapshot,
+    bells: Arc<[Notify; 2]>,
+    /// An apply failed: redb misses logged ops, so nothing may be checkpointed any more.
+    failed: bool,
+    /// Reports checkpoints without keeping the writer's channel open.
+    writer: mpsc::WeakUnboundedSender<Msg>,
+}
+
+impl Applier {
+    /// Applies what the writer hands over until it hangs up, then checkpoints. Under sustained
+    /// load (the last commit is less than [`APPLY_DELAY`] old), groups nobody waits on are held
+    /// back until then, so one commit covers many of them; otherwise they apply at once.
+    fn run(mut self, queue: std_mpsc::Receiver<Work>) -> Result<(), StoreError> {
+        let mut gathered = Gathered::default();
+        let mut next_flush = Instant::now();
+        loop {
+            let received = if gathered.is_empty() {
+                queue.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected)
+            } else {
+                match next_flush.checked_duration_since(Instant::now()) {
+                    Some(left) if !gathered.ready() => queue.recv_timeout(left),
+                    _ => Err(std_mpsc::RecvTimeoutError::Timeout),
+                }
+            };
+            match received {
+                Ok(Work::Apply { ops, done, generation }) => {
+                    gathered.ops.extend(ops);
+                    gathered.done.extend(done);
+                    gathered.generation = generation;
+                    if !gathered.ready() && Instant::now() < next_flush {
+                        continue;
+                    }
+                }
+                Ok(Work::Checkpoint { log }) => gathered.checkpoint = Some(log),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    self.flush(std::mem::take(&mut gathered));
+                    return self.checkpoint();
+                }
+            }
+            self.flush(std::mem::take(&mut gathered));
+            next_flush = Instant::now() + APPLY_DELAY;
+        }
+    }
+
+    /// Applies what was gathered and checkpoints if asked.
+    fn flush(&mut self, gathered: Gathered) {
+        let Gathered { ops, done, generation, checkpoint, .. } = gathered;
+        if !ops.is_empty() || !done.is_empty() {
+            self.apply_live(&ops, done, generation);
+        }
+        if let Some(log) = checkpoint {
+            let started = Instant::now();
+            let result = self.checkpoint().map(|()| started.elapsed()).map_err(Arc::new);
+            if let Some(writer) = self.writer.upgrade() {
+                let _ = writer.send(Msg::Checkpointed { log, result });
+            }
+        }
+    }
+
+    /// Applies a group of groups, publishes the new state to readers, and answers the requests
+    /// that waited for it.
+    fn apply_live(&mut self, ops: &[Resolved], done: Vec<Done>, generation: u64) {
+        let result = if self.failed {
+            Err(Arc::new(StoreError::Redb(redb::Error::Io(std::io::Error::other(
+                "an earlier store commit failed; restart the executor to replay the write-ahead log",
+            )))))
+        } else {
+            self.apply(ops, true).and_then(|()| self.publish(ops, generation)).map_err(|e| {
+                tracing::error!(error = %e, "store commit failed; the write-ahead log keeps the records for replay");
+                self.failed = true;
+                Arc::new(e)
+            })
+        };
+        for done in done {
+            let _ = done.send(result.clone());
+        }
+    }
+
+    /// After a commit: readers see the new snapshot, the overlay forgets what it holds, the
+    /// deferred counts drop, and deliverers of sinks with new events are woken.
+    fn publish(&self, ops: &[Resolved], generation: u64) -> Result<(), StoreError> {
+        let table = Arc::new(self.db.begin_read()?.open_table(EXECUTIONS)?);
+        *self.snapshot.lock().expect("snapshot lock") = table;
+        let mut enqueued = [(0u64, 0u64); 2];
+        {
+            let mut overlay = self.overlay.lock().expect("overlay lock");
+            for op in ops {
+                match op {
+                    // A newer answer for the same key stays until it is applied too.
+                    Resolved::PutExecution { key, .. } if overlay.get(key).is_some_and(|(g, _)| *g <= generation) => {
+                        overlay.remove(key);
+                    }
+                    Resolved::Enqueue { sink, value, .. } => {
+                        enqueued[sink.index()].0 += 1;
+                        enqueued[sink.index()].1 += value.len() as u64;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for sink in Sink::ALL {
+            let (count, bytes) = enqueued[sink.index()];
+            if count > 0 {
+                let gauge = &self.gauges[sink.index()];
+                gauge.deferred.fetch_sub(count, Ordering::SeqCst);
+                gauge.deferred_bytes.fetch_sub(bytes, Ordering::SeqCst);
+                self.bells[sink.index()].notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    /// One durable commit: every lazy commit before it becomes durable.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Redb(redb::Error::Io(std::io::Error::other(
+                "an earlier store commit failed; not checkpointing a store that misses logged records",
+            ))));
+        }
+        self.db.begin_write()?.commit()?;
+        Ok(())
     }
 
     /// Applies resolved ops in one lazy redb commit. `live` is false while replaying the log:
@@ -786,8 +1018,6 @@ impl Writer {
                 self.dropping[i] = false;
                 tracing::info!(sink = sink.name(), "outbox has room again: no longer dropping events");
             }
-            self.metrics.outbox_depth.with_label_values(&[sink.name()]).set(gauge.depth.load(Ordering::Relaxed) as i64);
-            self.metrics.outbox_bytes.with_label_values(&[sink.name()]).set(gauge.bytes.load(Ordering::Relaxed) as i64);
         }
         Ok(())
     }

@@ -1,9 +1,9 @@
 //! The write-ahead log that makes group commits cheap.
 //!
 //! A durable redb commit rewrites every B-tree page the batch touched and fsyncs them; with
-//! random idempotency keys that is one page per insert. Instead, the writer appends each durable
-//! batch to this log as one record and fsyncs only that sequential append, then applies the batch
-//! to redb with a lazy commit. Every so often a *checkpoint* (one durable redb commit) makes the
+//! random idempotency keys that is one page per insert. Instead, the store's writer appends each
+//! group of batches to this log as one record and fsyncs only that sequential append; its applier
+//! then applies the groups to redb in lazy commits. Every so often a *checkpoint* (one durable redb commit) makes the
 //! lazy commits durable and empties the log. On start, records left in the log are replayed on
 //! top of the last checkpoint, so a crash at any point loses nothing that was acknowledged.
 //!
@@ -11,7 +11,7 @@
 //! overwriting allocated blocks and `fdatasync`ing them is several times cheaper than appending,
 //! which makes the file system allocate blocks and update the inode on every commit. A 16-byte header holds a magic
 //! and the current *epoch*; each record is `len: u32 | epoch: u64 | checksum: u64 | payload`, the
-//! checksum (FNV-1a) covering the epoch and the payload. Clearing a log moves it to a new, larger
+//! checksum ([`checksum`]) covering the epoch and the payload. Clearing a log moves it to a new, larger
 //! epoch, so records of earlier epochs still in the file are never replayed (and, with two logs,
 //! the epochs say which holds the older records); replay stops at the first
 //! record that is short, of another epoch, or fails its checksum (a torn write from a crash,
@@ -39,7 +39,10 @@ pub(crate) enum Resolved {
     Expire { before_ms: u64 },
 }
 
-const MAGIC: &[u8; 8] = b"BHIVWAL1";
+/// The current format: records checksummed eight bytes at a time ([`checksum`]).
+const MAGIC: &[u8; 8] = b"BHIVWAL2";
+/// The first format, checksummed byte by byte with FNV-1a; still replayed.
+const MAGIC_V1: &[u8; 8] = b"BHIVWAL1";
 const HEADER: u64 = 16;
 const RECORD_HEADER: usize = 20;
 
@@ -53,6 +56,8 @@ pub(crate) struct Wal {
     allocated: u64,
     /// Size past which the caller must checkpoint.
     capacity: u64,
+    /// The checksum of the file's format (the first format until the log is cleared).
+    checksum: fn(u64, &[u8]) -> u64,
 }
 
 impl Wal {
@@ -62,9 +67,12 @@ impl Wal {
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let epoch = match bytes.get(..HEADER as usize) {
-            Some(header) if &header[..8] == MAGIC => u64::from_be_bytes(header[8..16].try_into().expect("8 bytes")),
-            _ => 0,
+        let (epoch, checksum) = match bytes.get(..HEADER as usize) {
+            Some(header) if [MAGIC, MAGIC_V1].contains(&&header[..8].try_into().expect("8 bytes")) => {
+                let epoch = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
+                (epoch, if &header[..8] == MAGIC { checksum as fn(u64, &[u8]) -> u64 } else { checksum_v1 })
+            }
+            _ => (0, checksum as fn(u64, &[u8]) -> u64),
         };
         let mut batches = Vec::new();
         let mut at = HEADER as usize;
@@ -80,9 +88,9 @@ impl Wal {
             batches.push(batch);
             at += RECORD_HEADER + len;
         }
-        let mut wal = Wal { file, epoch, end: at as u64, allocated: bytes.len() as u64, capacity };
+        let mut wal = Wal { file, epoch, end: at as u64, allocated: bytes.len() as u64, capacity, checksum };
         wal.preallocate(capacity)?;
-        if bytes.len() < HEADER as usize || &bytes[..8] != MAGIC {
+        if bytes.len() < HEADER as usize || ![MAGIC, MAGIC_V1].contains(&&bytes[..8].try_into().expect("8 bytes")) {
             wal.write_header()?;
         }
         Ok((wal, batches))
@@ -119,12 +127,14 @@ impl Wal {
 
     /// Writes one batch and waits until it is on disk.
     pub(crate) fn append(&mut self, batch: &[Resolved]) -> io::Result<()> {
-        let payload = encode_batch(batch);
-        let mut record = Vec::with_capacity(RECORD_HEADER + payload.len());
-        record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        record.extend_from_slice(&self.epoch.to_be_bytes());
-        record.extend_from_slice(&checksum(self.epoch, &payload).to_be_bytes());
-        record.extend_from_slice(&payload);
+        let mut record = Vec::with_capacity(RECORD_HEADER + encoded_len(batch));
+        record.resize(RECORD_HEADER, 0);
+        encode_batch(batch, &mut record);
+        let payload_len = record.len() - RECORD_HEADER;
+        let sum = (self.checksum)(self.epoch, &record[RECORD_HEADER..]);
+        record[..4].copy_from_slice(&(payload_len as u32).to_be_bytes());
+        record[4..12].copy_from_slice(&self.epoch.to_be_bytes());
+        record[12..20].copy_from_slice(&sum.to_be_bytes());
         self.preallocate(self.end + record.len() as u64)?;
         self.file.write_all_at(&record, self.end)?;
         self.file.sync_data()?;
@@ -136,6 +146,7 @@ impl Wal {
     /// `epoch`, which must be newer than every epoch in use, so replay orders logs by epoch.
     pub(crate) fn clear(&mut self, epoch: u64) -> io::Result<()> {
         self.epoch = epoch;
+        self.checksum = checksum;
         self.write_header()?;
         self.end = HEADER;
         Ok(())
@@ -157,7 +168,25 @@ impl Wal {
     }
 }
 
+/// Detects torn and stale records (not an adversary): a multiply-rotate hash over the epoch, the
+/// payload eight bytes at a time, and its length. Several times faster than byte-wise FNV-1a,
+/// which showed in the writer's profile.
 fn checksum(epoch: u64, payload: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |hash: u64, word: u64| (hash ^ word).wrapping_mul(K).rotate_left(29);
+    let mut chunks = payload.chunks_exact(8);
+    let mut hash = mix(FNV_OFFSET, epoch);
+    for chunk in &mut chunks {
+        hash = mix(hash, u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+    }
+    let mut tail = [0u8; 8];
+    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    let hash = mix(mix(hash, u64::from_le_bytes(tail)), payload.len() as u64);
+    hash ^ (hash >> 32)
+}
+
+/// The first format's checksum: FNV-1a over the epoch and the payload.
+fn checksum_v1(epoch: u64, payload: &[u8]) -> u64 {
     fnv1a_from(fnv1a_from(FNV_OFFSET, &epoch.to_be_bytes()), payload)
 }
 
@@ -183,49 +212,48 @@ fn sink_tag(sink: Sink) -> u8 {
     }
 }
 
-fn encode_batch(batch: &[Resolved]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(batch.len() * 256);
+/// Appends the encoding of `batch` to `out`.
+fn encode_batch(batch: &[Resolved], out: &mut Vec<u8>) {
     for op in batch {
         match op {
             Resolved::PutExecution { key, created_ms, record, clear_in_flight } => {
                 out.push(1);
-                put_bytes(&mut out, key.as_bytes());
-                put_u64(&mut out, *created_ms);
-                put_bytes(&mut out, record);
+                put_bytes(out, key.as_bytes());
+                put_u64(out, *created_ms);
+                put_bytes(out, record);
                 out.push(*clear_in_flight as u8);
             }
             Resolved::PutInFlight { key, record } => {
                 out.push(2);
-                put_bytes(&mut out, key.as_bytes());
-                put_bytes(&mut out, record);
+                put_bytes(out, key.as_bytes());
+                put_bytes(out, record);
             }
             Resolved::PutTask { id, record } => {
                 out.push(3);
-                put_bytes(&mut out, id.as_bytes());
-                put_bytes(&mut out, record);
+                put_bytes(out, id.as_bytes());
+                put_bytes(out, record);
             }
             Resolved::Enqueue { sink, seq, value } => {
                 out.extend_from_slice(&[4, sink_tag(*sink)]);
-                put_u64(&mut out, *seq);
-                put_bytes(&mut out, value);
+                put_u64(out, *seq);
+                put_bytes(out, value);
             }
             Resolved::Ack { sink, seq } => {
                 out.extend_from_slice(&[5, sink_tag(*sink)]);
-                put_u64(&mut out, *seq);
+                put_u64(out, *seq);
             }
             Resolved::DeadLetter { sink, seq, reason, at_ms } => {
                 out.extend_from_slice(&[6, sink_tag(*sink)]);
-                put_u64(&mut out, *seq);
-                put_bytes(&mut out, reason.as_bytes());
-                put_u64(&mut out, *at_ms);
+                put_u64(out, *seq);
+                put_bytes(out, reason.as_bytes());
+                put_u64(out, *at_ms);
             }
             Resolved::Expire { before_ms } => {
                 out.push(7);
-                put_u64(&mut out, *before_ms);
+                put_u64(out, *before_ms);
             }
         }
     }
-    out
 }
 
 /// An upper bound of [`encode_batch`]'s output size.
@@ -348,6 +376,34 @@ mod tests {
         // Records of the old epoch further in the file are not replayed.
         let (_, batches) = Wal::open(&path, capacity).expect("open");
         assert_eq!(batches, vec![sample()[3..4].to_vec()]);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_log_of_the_first_format_is_replayed_and_cleared_into_the_current_one() {
+        let dir = std::env::temp_dir().join(format!("wal-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("wal");
+        let epoch = 3u64;
+        let mut payload = Vec::new();
+        encode_batch(&sample(), &mut payload);
+        let mut file = Vec::from(*MAGIC_V1);
+        file.extend_from_slice(&epoch.to_be_bytes());
+        file.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        file.extend_from_slice(&epoch.to_be_bytes());
+        file.extend_from_slice(&checksum_v1(epoch, &payload).to_be_bytes());
+        file.extend_from_slice(&payload);
+        std::fs::write(&path, &file).expect("write a first-format log");
+
+        let (mut wal, batches) = Wal::open(&path, 1 << 16).expect("open");
+        assert_eq!(batches, vec![sample()], "first-format records are replayed");
+        wal.clear(epoch + 1).expect("clear");
+        wal.append(&sample()[..1]).expect("append");
+        drop(wal);
+        let header = std::fs::read(&path).expect("read")[..8].to_vec();
+        assert_eq!(header, MAGIC.to_vec(), "a cleared log is in the current format");
+        let (_, batches) = Wal::open(&path, 1 << 16).expect("open");
+        assert_eq!(batches, vec![sample()[..1].to_vec()]);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

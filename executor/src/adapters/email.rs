@@ -60,7 +60,7 @@ impl Email {
         let to: Mailbox = recipient
             .parse()
             .map_err(|_| Failure::new("invalid_recipient", "recipient is not a valid e-mail address"))?;
-        let message_id = format!("<{}@{}>", uuid::Uuid::new_v4(), self.domain);
+        let message_id = format!("<{}@{}>", crate::new_id(), self.domain);
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)

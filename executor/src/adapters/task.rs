@@ -11,7 +11,7 @@ use crate::store::Op;
 
 /// Creates a task; the returned op stores it.
 pub(super) fn create(title: &str, description: &str, trace_id: &str) -> Performed {
-    let task_id = format!("task_{}", uuid::Uuid::now_v7().simple());
+    let task_id = format!("task_{}", crate::new_time_ordered_id().simple());
     let created_at = crate::now_rfc3339();
     let record = json!({
         "task_id": task_id, "title": title, "description": description, "status": "CREATED",

@@ -6,7 +6,6 @@
 //! events that could not be delivered and why; `/metrics` is Prometheus text.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::header;
@@ -37,7 +36,10 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     for sink in Sink::ALL {
         let age = oldest_age_seconds(&state, sink).unwrap_or(0.0);
+        let gauge = state.store.gauge(sink);
         state.metrics.outbox_oldest_age.with_label_values(&[sink.name()]).set(age);
+        state.metrics.outbox_depth.with_label_values(&[sink.name()]).set(gauge.events() as i64);
+        state.metrics.outbox_bytes.with_label_values(&[sink.name()]).set(gauge.total_bytes() as i64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
@@ -71,8 +73,8 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
                 "state": pillar_state(&state, sink_state),
                 "endpoint": sink_state.endpoint.as_str(),
                 "circuit": sink_state.circuit(),
-                "outbox_depth": gauge.depth.load(Ordering::Relaxed),
-                "outbox_bytes": gauge.bytes.load(Ordering::Relaxed),
+                "outbox_depth": gauge.events(),
+                "outbox_bytes": gauge.total_bytes(),
                 "oldest_event_age_seconds": oldest_age_seconds(&state, sink),
                 "delivered": report.delivered,
                 "failed_attempts": report.failed_attempts,

@@ -301,8 +301,12 @@ async fn a_full_behavioural_outbox_drops_the_oldest_events_and_counts_them() {
 
     let traces = execute_tasks(&app, 5, secs(1.0)).await;
 
-    let metrics = app.metrics().await;
-    assert_eq!(metrics.get("workflow_events_dropped_total", &[("sink", "karma")]), 3.0);
+    // The policy is enforced when the events are applied to the store, just after the answers.
+    let metrics = eventually(secs(5.0), "three Karma events are dropped", async || {
+        let metrics = app.metrics().await;
+        (metrics.get("workflow_events_dropped_total", &[("sink", "karma")]) == 3.0).then_some(metrics)
+    })
+    .await;
     assert_eq!(metrics.get("workflow_events_dropped_total", &[("sink", "bucket")]), 0.0);
     assert_eq!(app.status().await.body["pillars"]["karma"]["outbox_depth"], 2);
     assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 5, "the audit trail is complete");
