@@ -378,8 +378,18 @@ impl Store {
         metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
 
         let (work, queue) = std_mpsc::sync_channel(APPLY_QUEUE);
-        let applier =
-            std::thread::Builder::new().name("store-applier".into()).spawn(move || applier.run(queue)).map_err(io)?;
+        let applier = std::thread::Builder::new()
+            .name("store-applier".into())
+            .spawn(move || {
+                // Applying is deferrable work (answers are served from the overlay meanwhile): it
+                // takes the CPU the request path leaves, and the bounded queue to it holds the
+                // writer back if it falls too far behind.
+                if let Err(error) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
+                    tracing::debug!(%error, "cannot lower the store applier's priority");
+                }
+                applier.run(queue)
+            })
+            .map_err(io)?;
         let writer = Writer {
             wals,
             active: 0,
