@@ -541,8 +541,8 @@ const APPLY_QUEUE: usize = 256;
 /// Under sustained load, the applier commits at most this often unless someone waits or
 /// [`APPLY_MIN_OPS`] ops are held. A redb commit costs per page it touches: big commits are far
 /// cheaper per insert.
-const APPLY_DELAY: Duration = Duration::from_millis(20);
-const APPLY_MIN_OPS: usize = 8192;
+const APPLY_DELAY: Duration = Duration::from_millis(100);
+const APPLY_MIN_OPS: usize = 32_768;
 
 /// Work the applier holds back for its next commit.
 #[derive(Default)]

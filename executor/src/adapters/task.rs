@@ -4,26 +4,37 @@
 //! a task exists exactly when its execution is recorded. Task ids are time-ordered (UUIDv7), so
 //! inserts land at the end of the table's B-tree.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Performed, fields};
 use crate::store::Op;
 
+/// A stored task (fields in the order the first versions wrote them).
+#[derive(Serialize)]
+struct TaskRecord<'a> {
+    created_at: &'a str,
+    description: &'a str,
+    status: &'static str,
+    task_id: &'a str,
+    title: &'a str,
+    trace_id: &'a str,
+}
+
 /// Creates a task; the returned op stores it.
 pub(super) fn create(title: &str, description: &str, trace_id: &str) -> Performed {
     let task_id = format!("task_{}", crate::new_time_ordered_id().simple());
     let created_at = crate::now_rfc3339();
-    let record = json!({
-        "task_id": task_id, "title": title, "description": description, "status": "CREATED",
-        "trace_id": trace_id, "created_at": created_at,
-    });
+    let record =
+        TaskRecord { created_at: &created_at, description, status: "CREATED", task_id: &task_id, title, trace_id };
+    let record = serde_json::to_vec(&record).unwrap_or_default();
     Performed {
         fields: fields([
+            ("reference", Value::String(format!("local://tasks/{task_id}"))),
             ("task_id", Value::String(task_id.clone())),
             ("task_status", json!("CREATED")),
-            ("reference", Value::String(format!("local://tasks/{task_id}"))),
             ("created_at", Value::String(created_at)),
         ]),
-        ops: vec![Op::PutTask { id: task_id, record: serde_json::to_vec(&record).unwrap_or_default() }],
+        ops: vec![Op::PutTask { id: task_id, record }],
     }
 }

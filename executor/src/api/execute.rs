@@ -62,8 +62,12 @@ async fn handle(
     let is_json =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next()).is_some_and(
             |mime| {
-                let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+                let mime = mime.trim().as_bytes();
+                let (kind, suffix) = (b"application/".as_slice(), b"+json".as_slice());
+                mime.eq_ignore_ascii_case(b"application/json")
+                    || (mime.len() >= kind.len() + suffix.len()
+                        && mime[..kind.len()].eq_ignore_ascii_case(kind)
+                        && mime[mime.len() - suffix.len()..].eq_ignore_ascii_case(suffix))
             },
         );
     if !is_json {

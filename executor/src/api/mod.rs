@@ -63,10 +63,10 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let response = next.run(request).await.into_response();
-    let route = route.as_deref().unwrap_or("unmatched");
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     state.metrics.request_seconds.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
     state.metrics.http_requests.with_label_values(&[route, response.status().as_str()]).inc();
     response
