@@ -38,7 +38,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redb::{
@@ -377,7 +377,8 @@ impl Store {
         clear_logs(&mut wals).map_err(io)?;
         metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
 
-        let (work, queue) = std_mpsc::sync_channel(APPLY_QUEUE);
+        let handoff = Arc::new(Handoff::default());
+        let queue = handoff.clone();
         let applier = std::thread::Builder::new()
             .name("store-applier".into())
             .spawn(move || {
@@ -401,7 +402,7 @@ impl Store {
             metrics,
             last_checkpoint: Instant::now(),
             backlog: Vec::new(),
-            applier: Some((work, applier)),
+            applier: Some((handoff, applier)),
         };
         let thread =
             std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(receiver)).map_err(io)?;
@@ -534,9 +535,9 @@ const CACHE_BYTES: usize = 32 << 20;
 /// this old.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
-/// Groups the writer may queue for the applier before it waits (backpressure: memory stays
-/// bounded when redb is slower than the log).
-const APPLY_QUEUE: usize = 256;
+/// Ops the writer may hold for the applier before it waits (backpressure: memory stays bounded
+/// when redb is slower than the log).
+const APPLY_QUEUE_OPS: usize = 65_536;
 
 /// Under sustained load, the applier commits at most this often unless someone waits or
 /// [`APPLY_MIN_OPS`] ops are held. A redb commit costs per page it touches: big commits are far
@@ -554,6 +555,17 @@ struct Gathered {
 }
 
 impl Gathered {
+    fn add(&mut self, work: Work) {
+        match work {
+            Work::Apply { ops, done, generation } => {
+                self.ops.extend(ops);
+                self.done.extend(done);
+                self.generation = generation;
+            }
+            Work::Checkpoint { log } => self.checkpoint = Some(log),
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.done.is_empty() && self.checkpoint.is_none()
     }
@@ -566,6 +578,95 @@ impl Gathered {
 
 /// Most requests the writer logs in one group.
 const GROUP_MAX_REQUESTS: usize = 4096;
+
+/// Where the writer leaves work for the applier. The writer wakes the applier only when the
+/// work is due (someone waits, a checkpoint is asked for, enough is held, or the last commit is
+/// [`APPLY_DELAY`] old): under load, the applier sleeps between commits instead of being woken
+/// by every group.
+#[derive(Default)]
+struct Handoff {
+    state: Mutex<HandoffState>,
+    /// The applier waits here for due work.
+    work: std::sync::Condvar,
+    /// The writer waits here for room.
+    room: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct HandoffState {
+    gathered: Gathered,
+    /// The applier's next commit time under load.
+    next_flush: Option<Instant>,
+    applier_waiting: bool,
+    writer_waiting: bool,
+    /// The writer is gone: apply the rest, checkpoint, and stop.
+    closed: bool,
+}
+
+impl HandoffState {
+    fn due(&self) -> bool {
+        self.closed
+            || self.gathered.ready()
+            || (!self.gathered.is_empty() && self.next_flush.is_none_or(|at| Instant::now() >= at))
+    }
+}
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Leaves work for the applier (waiting while too much is held).
+    fn give(&self, work: Work) {
+        let mut state = self.lock();
+        while state.gathered.ops.len() >= APPLY_QUEUE_OPS {
+            state.writer_waiting = true;
+            state = self.room.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.writer_waiting = false;
+        }
+        // The applier waits without a deadline while nothing is held: the first work must wake
+        // it (it then sleeps until the work is due); later work only if it makes the work due.
+        let first = state.gathered.is_empty();
+        state.gathered.add(work);
+        if state.applier_waiting && (first || state.due()) {
+            self.work.notify_one();
+        }
+    }
+
+    /// The writer is gone.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.work.notify_one();
+    }
+
+    /// Waits for due work and takes it; `None` once closed and drained.
+    fn take(&self) -> Option<Gathered> {
+        let mut state = self.lock();
+        while !state.due() {
+            state.applier_waiting = true;
+            state = match state.next_flush.filter(|_| !state.gathered.is_empty()) {
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    self.work.wait_timeout(state, left).unwrap_or_else(std::sync::PoisonError::into_inner).0
+                }
+                None => self.work.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner),
+            };
+            state.applier_waiting = false;
+        }
+        if state.gathered.is_empty() && state.closed {
+            return None;
+        }
+        if state.writer_waiting {
+            self.room.notify_one();
+        }
+        Some(std::mem::take(&mut state.gathered))
+    }
+
+    /// The applier committed: under load, the next commit waits until [`APPLY_DELAY`] from now.
+    fn flushed(&self) {
+        self.lock().next_flush = Some(Instant::now() + APPLY_DELAY);
+    }
+}
 
 /// Empties both logs, in new epochs (after a checkpoint covered them).
 fn clear_logs(wals: &mut [Wal; 2]) -> std::io::Result<()> {
@@ -602,7 +703,7 @@ struct Writer {
     /// Requests received while waiting for a checkpoint, handled next.
     backlog: Vec<Request>,
     /// The applier's queue and thread; taken at shutdown.
-    applier: Option<(std_mpsc::SyncSender<Work>, ApplierThread)>,
+    applier: Option<(Arc<Handoff>, ApplierThread)>,
 }
 
 impl Writer {
@@ -737,18 +838,16 @@ impl Writer {
     }
 
     fn send(&mut self, work: Work) {
-        let Some((queue, _)) = &self.applier else { return };
-        if queue.send(work).is_err() {
-            // The applier is gone (it panicked): the logs keep everything for the next start.
-            tracing::error!("the store applier stopped; new records are only in the write-ahead log");
+        if let Some((handoff, _)) = &self.applier {
+            handoff.give(work);
         }
     }
 
     /// Every handle is gone: let the applier apply everything and checkpoint, then empty the
     /// logs.
     fn finish(mut self) {
-        let Some((queue, applier)) = self.applier.take() else { return };
-        drop(queue);
+        let Some((handoff, applier)) = self.applier.take() else { return };
+        handoff.close();
         match applier.join() {
             Ok(Ok(())) => {
                 if let Err(error) = clear_logs(&mut self.wals) {
@@ -805,37 +904,12 @@ impl Applier {
     /// Applies what the writer hands over until it hangs up, then checkpoints. Under sustained
     /// load (the last commit is less than [`APPLY_DELAY`] old), groups nobody waits on are held
     /// back until then, so one commit covers many of them; otherwise they apply at once.
-    fn run(mut self, queue: std_mpsc::Receiver<Work>) -> Result<(), StoreError> {
-        let mut gathered = Gathered::default();
-        let mut next_flush = Instant::now();
-        loop {
-            let received = if gathered.is_empty() {
-                queue.recv().map_err(|_| std_mpsc::RecvTimeoutError::Disconnected)
-            } else {
-                match next_flush.checked_duration_since(Instant::now()) {
-                    Some(left) if !gathered.ready() => queue.recv_timeout(left),
-                    _ => Err(std_mpsc::RecvTimeoutError::Timeout),
-                }
-            };
-            match received {
-                Ok(Work::Apply { ops, done, generation }) => {
-                    gathered.ops.extend(ops);
-                    gathered.done.extend(done);
-                    gathered.generation = generation;
-                    if !gathered.ready() && Instant::now() < next_flush {
-                        continue;
-                    }
-                }
-                Ok(Work::Checkpoint { log }) => gathered.checkpoint = Some(log),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                    self.flush(std::mem::take(&mut gathered));
-                    return self.checkpoint();
-                }
-            }
-            self.flush(std::mem::take(&mut gathered));
-            next_flush = Instant::now() + APPLY_DELAY;
+    fn run(mut self, handoff: Arc<Handoff>) -> Result<(), StoreError> {
+        while let Some(gathered) = handoff.take() {
+            self.flush(gathered);
+            handoff.flushed();
         }
+        self.checkpoint()
     }
 
     /// Applies what was gathered and checkpoints if asked.
