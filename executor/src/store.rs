@@ -537,13 +537,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(30);
 
 /// Ops the writer may hold for the applier before it waits (backpressure: memory stays bounded
 /// when redb is slower than the log).
-const APPLY_QUEUE_OPS: usize = 65_536;
+const APPLY_QUEUE_OPS: usize = 16_384;
 
 /// Under sustained load, the applier commits at most this often unless someone waits or
 /// [`APPLY_MIN_OPS`] ops are held. A redb commit costs per page it touches: big commits are far
 /// cheaper per insert.
-const APPLY_DELAY: Duration = Duration::from_millis(100);
-const APPLY_MIN_OPS: usize = 32_768;
+const APPLY_DELAY: Duration = Duration::from_millis(20);
+const APPLY_MIN_OPS: usize = 8_192;
 
 /// Work the applier holds back for its next commit.
 #[derive(Default)]
