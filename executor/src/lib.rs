@@ -14,8 +14,8 @@
 //! - [`engine`]: idempotency, the one adapter call, and the atomic commit of answer and events.
 //! - [`adapters`]: `task` (local durable store), `whatsapp` (Cloud API), `email` (SMTP), `ai`
 //!   (OpenAI-compatible).
-//! - [`store`]: the embedded redb store and its group-commit writer thread; `wal` its write-ahead
-//!   log.
+//! - [`store`]: the embedded redb store, its group-commit writer and its applier; `wal` its
+//!   write-ahead log, `key_filter` the Bloom filter that spares fresh requests a lookup.
 //! - [`events`]: the Bucket and Karma event shapes, with recipient masking.
 //! - [`delivery`]: background deliverers with backoff, circuit breakers and dead letters.
 //! - [`metrics`]: the Prometheus registry.
@@ -32,6 +32,7 @@ pub mod contract;
 pub mod delivery;
 pub mod engine;
 pub mod events;
+mod key_filter;
 pub mod logging;
 pub mod metrics;
 pub mod store;

@@ -46,6 +46,7 @@ use redb::{
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::key_filter::KeyFilter;
 use crate::metrics::Metrics;
 use crate::wal::{Resolved, Wal};
 
@@ -276,6 +277,7 @@ pub struct Store {
     bells: Arc<[Notify; 2]>,
     overlay: Overlay,
     snapshot: Snapshot,
+    keys: Arc<KeyFilter>,
 }
 
 /// Joins the store's threads after the last [`Store`] handle is gone.
@@ -377,6 +379,11 @@ impl Store {
         clear_logs(&mut wals).map_err(io)?;
         metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
 
+        // Every stored key, including those just replayed from the logs.
+        let keys = Arc::new(KeyFilter::new());
+        for entry in db.begin_read()?.open_table(EXECUTIONS)?.range::<&str>(..)? {
+            keys.insert(entry?.0.value());
+        }
         let handoff = Arc::new(Handoff::default());
         let queue = handoff.clone();
         let applier = std::thread::Builder::new()
@@ -398,6 +405,7 @@ impl Store {
             next_seq,
             gauges: gauges.clone(),
             overlay: overlay.clone(),
+            keys: keys.clone(),
             generation: 0,
             metrics,
             last_checkpoint: Instant::now(),
@@ -406,7 +414,7 @@ impl Store {
         };
         let thread =
             std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(receiver)).map_err(io)?;
-        Ok((Store { db, sender, gauges, bells, overlay, snapshot }, WriterThread(thread)))
+        Ok((Store { db, sender, gauges, bells, overlay, snapshot, keys }, WriterThread(thread)))
     }
 
     /// Commits `batch` atomically and waits until it is durable (a durable batch) and, for a
@@ -429,9 +437,13 @@ impl Store {
 
     /// The stored answer for an idempotency key, including one logged but not yet applied.
     pub fn get_execution(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        // The overlay first: the applier publishes a snapshot before it forgets what it applied.
+        // The overlay first: the applier publishes a snapshot before it forgets what it applied,
+        // and the writer adds keys to the filter under the overlay's lock.
         if let Some((_, record)) = self.overlay.lock().expect("overlay lock").get(key) {
             return Ok(Some(record.clone()));
+        }
+        if !self.keys.may_contain(key) {
+            return Ok(None);
         }
         let snapshot = self.snapshot.lock().expect("snapshot lock").clone();
         Ok(snapshot.get(key)?.map(|v| v.value().to_vec()))
@@ -696,6 +708,8 @@ struct Writer {
     next_seq: [u64; 2],
     gauges: Arc<[OutboxGauge; 2]>,
     overlay: Overlay,
+    /// Keys with a stored answer; added before the answer is readable.
+    keys: Arc<KeyFilter>,
     /// Overlay generation of the last logged group.
     generation: u64,
     metrics: Metrics,
@@ -791,6 +805,7 @@ impl Writer {
             for op in &resolved {
                 match op {
                     Resolved::PutExecution { key, record, .. } => {
+                        self.keys.insert(key);
                         overlay.insert(key.clone(), (self.generation, record.clone()));
                     }
                     Resolved::Enqueue { sink, value, .. } => {
