@@ -15,8 +15,11 @@
 //!
 //! **When a caller is answered.** A durable batch is answered as soon as it is logged: it
 //! survives a crash from then on (the log is replayed on start). Its stored answers are readable
-//! at once from an in-memory overlay until the applier has applied them ([`Store::get_execution`]
-//! reads the overlay, then the applier's latest published snapshot). Batches that remove events
+//! at once from an in-memory overlay until the applier has applied them. [`Store::get_execution`]
+//! reads the overlay, then asks a Bloom filter of the stored keys ([`crate::key_filter`]), which
+//! spares a fresh request the B-tree lookup, then reads the applier's latest published snapshot.
+//! The applier runs at the lowest thread priority: its work is deferrable and takes the CPU the
+//! request path leaves; the writer waits only if too much is left for it. Batches that remove events
 //! from an outbox (acknowledgements, dead letters, expiry) are answered once applied, because
 //! their callers read the outbox next. Lazy batches (delivery acknowledgements: losing one only
 //! re-sends an event, which sinks drop by `event_id`) skip the log.
