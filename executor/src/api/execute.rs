@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::OwnedSemaphorePermit;
@@ -24,7 +24,9 @@ use crate::engine::Answer;
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// Handles one execute request.
-pub async fn execute(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn execute(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    // The request by value: its headers are read in place, not cloned by an extractor.
+    let (parts, body) = request.into_parts();
     let Ok(permit) = state.load.clone().try_acquire_owned() else {
         state.metrics.rejections.with_label_values(&["overloaded"]).inc();
         return ApiError::unavailable("overloaded", "too many concurrent requests; retry shortly", 1).into_response();
@@ -32,7 +34,7 @@ pub async fn execute(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
     state.metrics.in_flight.inc();
     // Decremented on every exit, including when the caller hangs up and this future is dropped.
     let _in_flight = InFlight(state.metrics.in_flight.clone());
-    match handle(&state, &headers, body, permit).await {
+    match handle(&state, &parts.headers, body, permit).await {
         Ok(response) => response,
         Err(error) => {
             if error.status().is_client_error() {
