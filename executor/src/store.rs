@@ -495,6 +495,7 @@ impl Store {
         Ok(out)
     }
 }
+
 /// An event waiting in an outbox.
 #[derive(Debug, Clone)]
 pub struct QueuedEvent {

@@ -67,13 +67,16 @@ impl Wal {
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (epoch, checksum) = match bytes.get(..HEADER as usize) {
-            Some(header) if [MAGIC, MAGIC_V1].contains(&&header[..8].try_into().expect("8 bytes")) => {
-                let epoch = u64::from_be_bytes(header[8..16].try_into().expect("8 bytes"));
-                (epoch, if &header[..8] == MAGIC { checksum as fn(u64, &[u8]) -> u64 } else { checksum_v1 })
-            }
-            _ => (0, checksum as fn(u64, &[u8]) -> u64),
-        };
+        // The header names the format, hence the checksum; a file without one is new.
+        let format = bytes.get(..HEADER as usize).and_then(|header| {
+            let checksum: fn(u64, &[u8]) -> u64 = match &header[..8] {
+                magic if magic == MAGIC => checksum,
+                magic if magic == MAGIC_V1 => checksum_v1,
+                _ => return None,
+            };
+            Some((u64::from_be_bytes(header[8..16].try_into().expect("8 bytes")), checksum))
+        });
+        let (epoch, checksum) = format.unwrap_or((0, checksum));
         let mut batches = Vec::new();
         let mut at = HEADER as usize;
         while let Some(head) = bytes.get(at..at + RECORD_HEADER) {
@@ -90,7 +93,7 @@ impl Wal {
         }
         let mut wal = Wal { file, epoch, end: at as u64, allocated: bytes.len() as u64, capacity, checksum };
         wal.preallocate(capacity)?;
-        if bytes.len() < HEADER as usize || ![MAGIC, MAGIC_V1].contains(&&bytes[..8].try_into().expect("8 bytes")) {
+        if format.is_none() {
             wal.write_header()?;
         }
         Ok((wal, batches))
