@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -38,23 +39,23 @@ use crate::store::{Batch, IN_FLIGHT, Op, Sink, Store, now_ms};
 #[derive(Debug)]
 pub enum Answer {
     /// Executed now.
-    Fresh(Vec<u8>),
+    Fresh(Bytes),
     /// The stored answer of an earlier identical request.
-    Replay(Vec<u8>),
+    Replay(Bytes),
 }
 
 /// What the store keeps per idempotency key: the request's fingerprint (64 hex digits) followed
-/// by the answer's JSON, exactly as it was sent.
-fn stored_execution(fingerprint: &str, body: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(fingerprint.len() + body.len());
+/// by the answer's JSON, exactly as it is sent. The response is serialized once, into the record;
+/// the returned body is a view of it (no copy).
+fn stored_execution(fingerprint: &str, response: &ExecuteResponse) -> (Bytes, Bytes) {
+    let mut record = Vec::with_capacity(fingerprint.len() + 512);
     record.extend_from_slice(fingerprint.as_bytes());
-    record.extend_from_slice(body);
-    record
-}
-
-/// Splits a stored execution into its fingerprint and answer.
-fn split_stored_execution(record: &[u8]) -> Option<(&[u8], &[u8])> {
-    record.split_at_checked(FINGERPRINT_LEN)
+    if serde_json::to_writer(&mut record, response).is_err() {
+        record.truncate(fingerprint.len());
+    }
+    let record = Bytes::from(record);
+    let body = record.slice(fingerprint.len()..);
+    (record, body)
 }
 
 /// A SHA-256 fingerprint in hex.
@@ -157,7 +158,7 @@ impl Engine {
             ExecutingGuard { set: &self.executing, key: key.clone() }
         };
         match self.store.get_execution(&key) {
-            Ok(Some(bytes)) => return self.replay(&bytes, &request.fingerprint),
+            Ok(Some(stored)) => return self.replay(stored, &request.fingerprint),
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(%error, "cannot read stored executions");
@@ -202,11 +203,11 @@ impl Engine {
         };
         let duration = started.elapsed();
         let (response, ops) = self.conclude(&request, outcome, duration);
-        let body = serde_json::to_vec(&response).unwrap_or_default();
+        let (record, body) = stored_execution(&request.fingerprint, &response);
         let mut batch = vec![Op::PutExecution {
             key,
             created_ms: now_ms(),
-            record: stored_execution(&request.fingerprint, &body),
+            record,
             clear_in_flight: request.plan.as_ref().is_ok_and(|action| action.is_remote()),
         }];
         batch.extend(ops);
@@ -311,18 +312,18 @@ impl Engine {
             .collect()
     }
 
-    fn replay(&self, stored: &[u8], fingerprint: &str) -> Result<Answer, ApiError> {
-        let Some((stored_fingerprint, body)) = split_stored_execution(stored) else {
+    fn replay(&self, stored: Bytes, fingerprint: &str) -> Result<Answer, ApiError> {
+        if stored.len() < FINGERPRINT_LEN {
             tracing::error!("stored execution is unreadable");
             return Err(ApiError::internal());
-        };
-        if stored_fingerprint != fingerprint.as_bytes() {
+        }
+        if stored[..FINGERPRINT_LEN] != *fingerprint.as_bytes() {
             self.metrics.rejections.with_label_values(&["idempotency_key_reused"]).inc();
             return Err(ApiError::key_reused());
         }
         self.metrics.replays.inc();
         tracing::info!("EXECUTION_REPLAYED");
-        Ok(Answer::Replay(body.to_vec()))
+        Ok(Answer::Replay(stored.slice(FINGERPRINT_LEN..)))
     }
 
     /// Refuses new executions while a fail-closed outbox is full.
@@ -386,13 +387,8 @@ impl Engine {
             };
             let elapsed = Duration::from_millis(now_ms().saturating_sub(marker.started_ms));
             let (response, mut ops) = self.conclude(&request, Err(request.plan.clone().expect_err("failure")), elapsed);
-            let body = serde_json::to_vec(&response).unwrap_or_default();
-            ops.push(Op::PutExecution {
-                key,
-                created_ms: now_ms(),
-                record: stored_execution(&request.fingerprint, &body),
-                clear_in_flight: true,
-            });
+            let (record, _) = stored_execution(&request.fingerprint, &response);
+            ops.push(Op::PutExecution { key, created_ms: now_ms(), record, clear_in_flight: true });
             self.store.commit(Batch { ops, durable: true }).await?;
         }
         Ok(count)

@@ -25,12 +25,14 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use bytes::Bytes;
+
 use crate::store::Sink;
 
 /// A store mutation with every decision already made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Resolved {
-    PutExecution { key: String, created_ms: u64, record: Vec<u8>, clear_in_flight: bool },
+    PutExecution { key: String, created_ms: u64, record: Bytes, clear_in_flight: bool },
     PutInFlight { key: String, record: Vec<u8> },
     PutTask { id: String, record: Vec<u8> },
     Enqueue { sink: Sink, seq: u64, value: Vec<u8> },
@@ -320,7 +322,7 @@ fn decode_batch(payload: &[u8]) -> Option<Vec<Resolved>> {
             1 => Resolved::PutExecution {
                 key: r.string()?,
                 created_ms: r.u64()?,
-                record: r.bytes()?,
+                record: Bytes::from(r.bytes()?),
                 clear_in_flight: r.u8()? != 0,
             },
             2 => Resolved::PutInFlight { key: r.string()?, record: r.bytes()? },
@@ -341,7 +343,12 @@ mod tests {
 
     fn sample() -> Vec<Resolved> {
         vec![
-            Resolved::PutExecution { key: "k".into(), created_ms: 7, record: b"{}".to_vec(), clear_in_flight: true },
+            Resolved::PutExecution {
+                key: "k".into(),
+                created_ms: 7,
+                record: Bytes::from_static(b"{}"),
+                clear_in_flight: true,
+            },
             Resolved::PutInFlight { key: "k2".into(), record: b"x".to_vec() },
             Resolved::PutTask { id: "task_1".into(), record: b"t".to_vec() },
             Resolved::Enqueue { sink: Sink::Karma, seq: 3, value: vec![1, 2, 3] },

@@ -197,12 +197,14 @@ impl<'a> PayloadFields<'a> {
     /// The first present field among `keys` (a name and its aliases).
     fn first_of(&self, keys: &[&str], max_chars: usize, single_line: bool) -> Result<Option<&'a str>, ApiError> {
         for key in keys {
-            let field = format!("data.payload.{key}");
+            // The field's name is built only for an error: this runs for every field of every request.
+            let field = || format!("data.payload.{key}");
             match self.0.get(*key) {
                 None | Some(Value::Null) => continue,
                 Some(Value::String(s)) if s.is_empty() => continue,
                 Some(Value::String(s)) => {
                     if s.chars().count() > max_chars {
+                        let field = field();
                         return Err(ApiError::invalid(
                             "field_too_long",
                             format!("{field} must be at most {max_chars} characters"),
@@ -211,6 +213,7 @@ impl<'a> PayloadFields<'a> {
                     }
                     let forbidden = |c: char| c.is_control() && (single_line || !matches!(c, '\n' | '\r' | '\t'));
                     if s.chars().any(forbidden) {
+                        let field = field();
                         return Err(ApiError::invalid(
                             "invalid_characters",
                             format!("{field} must not contain control characters"),
@@ -219,7 +222,7 @@ impl<'a> PayloadFields<'a> {
                     }
                     return Ok(Some(s));
                 }
-                Some(_) => return Err(type_error(&field, "a string")),
+                Some(_) => return Err(type_error(&field(), "a string")),
             }
         }
         Ok(None)
