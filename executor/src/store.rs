@@ -947,7 +947,7 @@ impl Applier {
 
     /// Applies what was gathered and checkpoints if asked.
     fn flush(&mut self, gathered: Gathered) {
-        let Gathered { ops, done, generation, checkpoint, .. } = gathered;
+        let Gathered { ops, done, generation, checkpoint } = gathered;
         if !ops.is_empty() || !done.is_empty() {
             self.apply_live(&ops, done, generation);
         }
@@ -984,21 +984,23 @@ impl Applier {
     fn publish(&self, ops: &[Resolved], generation: u64) -> Result<(), StoreError> {
         let table = Arc::new(self.db.begin_read()?.open_table(EXECUTIONS)?);
         *self.snapshot.lock().expect("snapshot lock") = table;
-        let mut enqueued = [(0u64, 0u64); 2];
         {
+            // Every lookup takes this lock first: hold it only for the answers.
             let mut overlay = self.overlay.lock().expect("overlay lock");
             for op in ops {
-                match op {
-                    // A newer answer for the same key stays until it is applied too.
-                    Resolved::PutExecution { key, .. } if overlay.get(key).is_some_and(|(g, _)| *g <= generation) => {
-                        overlay.remove(key);
-                    }
-                    Resolved::Enqueue { sink, value, .. } => {
-                        enqueued[sink.index()].0 += 1;
-                        enqueued[sink.index()].1 += value.len() as u64;
-                    }
-                    _ => {}
+                // A newer answer for the same key stays until it is applied too.
+                if let Resolved::PutExecution { key, .. } = op
+                    && overlay.get(key).is_some_and(|(g, _)| *g <= generation)
+                {
+                    overlay.remove(key);
                 }
+            }
+        }
+        let mut enqueued = [(0u64, 0u64); 2];
+        for op in ops {
+            if let Resolved::Enqueue { sink, value, .. } = op {
+                enqueued[sink.index()].0 += 1;
+                enqueued[sink.index()].1 += value.len() as u64;
             }
         }
         for sink in Sink::ALL {

@@ -3,19 +3,20 @@
 //! A durable redb commit rewrites every B-tree page the batch touched and fsyncs them; with
 //! random idempotency keys that is one page per insert. Instead, the store's writer appends each
 //! group of batches to this log as one record and fsyncs only that sequential append; its applier
-//! then applies the groups to redb in lazy commits. Every so often a *checkpoint* (one durable redb commit) makes the
-//! lazy commits durable and empties the log. On start, records left in the log are replayed on
-//! top of the last checkpoint, so a crash at any point loses nothing that was acknowledged.
+//! then applies the groups to redb in lazy commits. Every so often a *checkpoint* (one durable
+//! redb commit) makes the lazy commits durable and empties the log. On start, records left in the
+//! log are replayed on top of the last checkpoint, so a crash at any point loses nothing that was
+//! acknowledged.
 //!
 //! **Layout.** The file is preallocated (zeros written once, when it is created) and reused:
 //! overwriting allocated blocks and `fdatasync`ing them is several times cheaper than appending,
-//! which makes the file system allocate blocks and update the inode on every commit. A 16-byte header holds a magic
-//! and the current *epoch*; each record is `len: u32 | epoch: u64 | checksum: u64 | payload`, the
-//! checksum ([`checksum`]) covering the epoch and the payload. Clearing a log moves it to a new, larger
-//! epoch, so records of earlier epochs still in the file are never replayed (and, with two logs,
-//! the epochs say which holds the older records); replay stops at the first
-//! record that is short, of another epoch, or fails its checksum (a torn write from a crash,
-//! whose batch was never acknowledged).
+//! which makes the file system allocate blocks and update the inode on every commit. A 16-byte
+//! header holds a magic and the current *epoch*; each record is
+//! `len: u32 | epoch: u64 | checksum: u64 | payload`, the checksum ([`checksum`]) covering the
+//! epoch and the payload. Clearing a log moves it to a new, larger epoch, so records of earlier
+//! epochs still in the file are never replayed (and, with two logs, the epochs say which holds the
+//! older records); replay stops at the first record that is short, of another epoch, or fails its
+//! checksum (a torn write from a crash, whose batch was never acknowledged).
 //!
 //! Ops are logged *resolved* ([`Resolved`]): sequence numbers and timestamps are decided before
 //! logging, so replaying a record rebuilds exactly the state the original apply produced.
