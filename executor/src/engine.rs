@@ -13,7 +13,9 @@
 //! 4. **One attempt.** The adapter runs once; no retries.
 //! 5. **One commit.** The answer, the adapter's own writes (the task row) and the Bucket and Karma
 //!    events are committed in one durable (group) commit before the response is sent. Delivery
-//!    happens later, in the background, so the response never waits for a pillar.
+//!    happens later, in the background, so the response never waits for a pillar. The key stays
+//!    claimed (a duplicate answers 409) until that commit ends, even if the caller hangs up
+//!    during it ([`Store::commit_holding`]), so a retry replays the answer instead of acting again.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,22 +82,22 @@ pub struct Engine {
     metrics: Metrics,
     sinks: Vec<(Arc<SinkState>, SinkSettings)>,
     mask_recipients: bool,
-    executing: Mutex<HashSet<String>>,
+    executing: Arc<Mutex<HashSet<String>>>,
     full: [AtomicBool; 2],
     /// Outbox slots promised to admitted executions whose events are not committed yet, per
     /// sink: without them, concurrent requests all pass the fail-closed check before any of
     /// them commits, and the bound is exceeded by up to the concurrency limit.
-    reserved: [AtomicU64; 2],
+    reserved: Arc<[AtomicU64; 2]>,
 }
 
 /// Outbox slots held by one admitted execution; released when it ends (after its commit, whose
 /// events the outbox gauge then counts).
-struct Reservation<'a> {
-    reserved: &'a [AtomicU64; 2],
+struct Reservation {
+    reserved: Arc<[AtomicU64; 2]>,
     held: [bool; 2],
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         for (slots, held) in self.reserved.iter().zip(self.held) {
             if held {
@@ -105,13 +107,14 @@ impl Drop for Reservation<'_> {
     }
 }
 
-/// Removes a key from the executing set when the request ends, however it ends.
-struct ExecutingGuard<'a> {
-    set: &'a Mutex<HashSet<String>>,
+/// Removes a key from the executing set when the request ends, however it ends (if the request
+/// is dropped while its outcome is being committed, once the commit ends).
+struct ExecutingGuard {
+    set: Arc<Mutex<HashSet<String>>>,
     key: String,
 }
 
-impl Drop for ExecutingGuard<'_> {
+impl Drop for ExecutingGuard {
     fn drop(&mut self) {
         self.set.lock().expect("executing set lock").remove(&self.key);
     }
@@ -136,26 +139,26 @@ impl Engine {
             metrics,
             sinks,
             mask_recipients: settings.mask_recipients,
-            executing: Mutex::new(HashSet::new()),
+            executing: Arc::default(),
             full: [AtomicBool::new(false), AtomicBool::new(false)],
-            reserved: [AtomicU64::new(0), AtomicU64::new(0)],
+            reserved: Arc::default(),
         }
     }
 
     /// Executes one workflow request.
     pub async fn execute(&self, request: ExecuteRequest, idempotency_key: Option<&str>) -> Result<Answer, ApiError> {
-        let _reservation = self.admit()?;
+        let reservation = self.admit()?;
         let key = match idempotency_key {
             Some(k) => format!("key:{k}"),
             None => format!("trace:{}:{}", request.trace_id, request.fingerprint),
         };
-        let _guard = {
+        let guard = {
             let mut executing = self.executing.lock().expect("executing set lock");
             if !executing.insert(key.clone()) {
                 self.metrics.rejections.with_label_values(&["in_progress"]).inc();
                 return Err(ApiError::in_progress());
             }
-            ExecutingGuard { set: &self.executing, key: key.clone() }
+            ExecutingGuard { set: self.executing.clone(), key: key.clone() }
         };
         match self.store.get_execution(&key) {
             Ok(Some(stored)) => return self.replay(stored, &request.fingerprint),
@@ -211,7 +214,9 @@ impl Engine {
             clear_in_flight: request.plan.as_ref().is_ok_and(|action| action.is_remote()),
         }];
         batch.extend(ops);
-        let committed = self.store.commit(Batch { ops: batch, durable: true }).await;
+        // The key stays claimed and the outbox slots reserved until the commit ends, even if the
+        // caller goes away meanwhile: a retry then replays instead of acting a second time.
+        let committed = self.store.commit_holding(Batch { ops: batch, durable: true }, (guard, reservation)).await;
         self.metrics
             .executions
             .with_label_values(&[metric_label(&request.action_type), response.status.as_str()])
@@ -327,8 +332,8 @@ impl Engine {
     }
 
     /// Refuses new executions while a fail-closed outbox is full.
-    fn admit(&self) -> Result<Reservation<'_>, ApiError> {
-        let mut reservation = Reservation { reserved: &self.reserved, held: [false; 2] };
+    fn admit(&self) -> Result<Reservation, ApiError> {
+        let mut reservation = Reservation { reserved: self.reserved.clone(), held: [false; 2] };
         for (state, settings) in &self.sinks {
             if settings.full_policy != FullPolicy::Reject {
                 continue;

@@ -424,9 +424,17 @@ impl Store {
     /// Commits `batch` atomically and waits until it is durable (a durable batch) and, for a
     /// batch that takes events out of an outbox, applied.
     pub async fn commit(&self, batch: Batch) -> Result<(), Arc<StoreError>> {
+        self.commit_holding(batch, ()).await
+    }
+
+    /// [`Store::commit`], keeping `held` alive until the commit ends. The batch is handed to the
+    /// writer before the first await, so it is committed even if this future is dropped; `held`
+    /// (claims that must outlive the commit, such as an idempotency key's in-progress mark) is
+    /// then dropped by a task that waits for the commit in the dropped future's place.
+    pub async fn commit_holding<T: Send + 'static>(&self, batch: Batch, held: T) -> Result<(), Arc<StoreError>> {
         let (done, wait) = oneshot::channel();
         self.sender.send(Msg::Batch(Request { batch, done })).map_err(|_| Arc::new(StoreError::Closed))?;
-        wait.await.map_err(|_| Arc::new(StoreError::Closed))?
+        HeldUntilCommitted { wait: Some(wait), held: Some(held) }.await
     }
 
     /// Depth and size of a sink's outbox.
@@ -494,6 +502,43 @@ impl Store {
             out.push(entry?.1.value().to_vec());
         }
         Ok(out)
+    }
+}
+
+/// Waits for a commit and drops `held` once it has ended, whether it is awaited to the end or
+/// dropped before (then a spawned task does the waiting).
+struct HeldUntilCommitted<T: Send + 'static> {
+    wait: Option<oneshot::Receiver<Result<(), Arc<StoreError>>>>,
+    held: Option<T>,
+}
+
+// `held` is never pinned: it is only moved out or dropped.
+impl<T: Send + 'static> Unpin for HeldUntilCommitted<T> {}
+
+impl<T: Send + 'static> std::future::Future for HeldUntilCommitted<T> {
+    type Output = Result<(), Arc<StoreError>>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let Some(wait) = self.wait.as_mut() else {
+            return std::task::Poll::Ready(Err(Arc::new(StoreError::Closed)));
+        };
+        let outcome = std::task::ready!(std::pin::Pin::new(wait).poll(cx));
+        self.wait = None;
+        self.held = None;
+        std::task::Poll::Ready(outcome.unwrap_or_else(|_| Err(Arc::new(StoreError::Closed))))
+    }
+}
+
+impl<T: Send + 'static> Drop for HeldUntilCommitted<T> {
+    fn drop(&mut self) {
+        if let (Some(wait), Some(held)) = (self.wait.take(), self.held.take())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = wait.await;
+                drop(held);
+            });
+        }
     }
 }
 
@@ -1176,6 +1221,44 @@ mod tests {
         assert_eq!(store.get_execution("z-before").expect("read"), None);
         assert_eq!(store.get_execution("a-before").expect("read"), None);
         assert_eq!(store.get_execution("m-after").expect("read"), Some(Bytes::from("answer for m-after")));
+        drop(store);
+        tokio::task::spawn_blocking(move || writer.join()).await.expect("writer joined");
+    }
+
+    /// Reports, when dropped, whether the answer for `key` was readable by then.
+    struct Claim {
+        store: Store,
+        key: &'static str,
+        report: Option<oneshot::Sender<bool>>,
+    }
+
+    impl Drop for Claim {
+        fn drop(&mut self) {
+            let stored = self.store.get_execution(self.key).is_ok_and(|answer| answer.is_some());
+            if let Some(report) = self.report.take() {
+                let _ = report.send(stored);
+            }
+        }
+    }
+
+    /// A commit whose waiter is dropped after its first poll (a caller that hung up) still
+    /// happens, and what it holds is released only once the commit has ended.
+    #[tokio::test]
+    async fn a_dropped_commit_completes_and_holds_its_claim_until_then() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bound = OutboxBound { max_events: 10, max_bytes: 1 << 20, drop_oldest: false };
+        let (store, writer) = Store::open(dir.path(), 1 << 20, [bound; 2], Metrics::new()).expect("store");
+        let (report, released) = oneshot::channel();
+        let claim = Claim { store: store.clone(), key: "dropped", report: Some(report) };
+        let mut commit =
+            Box::pin(store.commit_holding(Batch { ops: vec![put("dropped", now_ms())], durable: true }, claim));
+        let first = commit.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        assert!(first.is_pending(), "a commit cannot be durable before the writer has run");
+        drop(commit);
+        let stored_when_released =
+            tokio::time::timeout(Duration::from_secs(30), released).await.expect("claim released").expect("report");
+        assert!(stored_when_released, "the claim was released before the answer was stored");
+        assert_eq!(store.get_execution("dropped").expect("read"), Some(Bytes::from("answer for dropped")));
         drop(store);
         tokio::task::spawn_blocking(move || writer.join()).await.expect("writer joined");
     }

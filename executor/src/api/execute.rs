@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::request::{Parsed, parse};
 use super::{AppState, REPLAY_HEADER};
+use crate::adapters::Action;
 use crate::contract::SkippedResponse;
 use crate::engine::Answer;
 
@@ -107,21 +108,31 @@ async fn handle(
         }
         Parsed::Execute(request) => {
             let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller);
-            // The engine runs in its own task so that a caller hanging up cannot cancel an
-            // execution half-way: the provider may already have acted, and a dropped future would
-            // store neither the result nor its events, so a retry would act a second time. The
-            // task owns the request's permit, so an abandoned execution still counts as load.
-            let engine = Arc::clone(state);
-            let key = idempotency_key.map(str::to_owned);
-            let execution = async move {
+            let answer = if request.plan.as_ref().is_ok_and(Action::is_remote) {
+                // A remote action runs in its own task so that a caller hanging up cannot cancel
+                // it half-way: the provider may already have acted, and a dropped future would
+                // store neither the result nor its events, so a retry would act a second time.
+                // The task owns the request's permit, so an abandoned execution still counts as
+                // load.
+                let engine = Arc::clone(state);
+                let key = idempotency_key.map(str::to_owned);
+                let execution = async move {
+                    let _permit = permit;
+                    engine.engine.execute(request, key.as_deref()).await
+                }
+                .instrument(span);
+                tokio::spawn(execution).await.map_err(|error| {
+                    tracing::error!(%error, "the execution task failed");
+                    ApiError::internal()
+                })??
+            } else {
+                // A local action (a task, or a failure decided by validation) acts only through
+                // its commit, which the engine hands to the store before it first waits and
+                // which completes even if the caller hangs up: it runs in place, without the cost
+                // of a task of its own.
                 let _permit = permit;
-                engine.engine.execute(request, key.as_deref()).await
-            }
-            .instrument(span);
-            let answer = tokio::spawn(execution).await.map_err(|error| {
-                tracing::error!(%error, "the execution task failed");
-                ApiError::internal()
-            })??;
+                state.engine.execute(request, idempotency_key).instrument(span).await?
+            };
             let (body, replayed) = match answer {
                 Answer::Fresh(body) => (body, false),
                 Answer::Replay(body) => (body, true),
