@@ -15,7 +15,8 @@
 //! - [`adapters`]: `task` (local durable store), `whatsapp` (Cloud API), `email` (SMTP), `ai`
 //!   (OpenAI-compatible).
 //! - [`store`]: the embedded redb store, its group-commit writer and its applier; `wal` its
-//!   write-ahead log, `key_filter` the Bloom filter that spares fresh requests a lookup.
+//!   write-ahead log, `answers` the append-only layout of stored answers, `key_filter` the Bloom
+//!   filter that spares fresh requests a lookup.
 //! - [`events`]: the Bucket and Karma event shapes, with recipient masking.
 //! - [`delivery`]: background deliverers with backoff, circuit breakers and dead letters.
 //! - [`metrics`]: the Prometheus registry.
@@ -24,6 +25,7 @@
 //! - [`logging`]: tracing subscriber setup (text or JSON).
 
 pub mod adapters;
+mod answers;
 pub mod api;
 pub mod app;
 pub mod client;

@@ -1,9 +1,9 @@
 //! The embedded durable store (redb), its group-commit writer and its applier.
 //!
 //! One file, `executor.redb` in the data directory, holds everything that must survive a crash:
-//! execution records (for idempotent replays), in-flight markers (to report unknown outcomes after a
-//! crash), tasks created by the task adapter, and one outbox table plus one dead-letter table per
-//! sink.
+//! stored answers (for idempotent replays, laid out as described in [`crate::answers`]), in-flight
+//! markers (to report unknown outcomes after a crash), tasks created by the task adapter, and one
+//! outbox table plus one dead-letter table per sink.
 //!
 //! **Two threads, one order.** Every write goes through the *writer* thread: callers send a
 //! [`Batch`] of [`Op`]s; the writer drains everything queued, decides sequence numbers and
@@ -17,7 +17,8 @@
 //! survives a crash from then on (the log is replayed on start). Its stored answers are readable
 //! at once from an in-memory overlay until the applier has applied them. [`Store::get_execution`]
 //! reads the overlay, then asks a Bloom filter of the stored keys ([`crate::key_filter`]), which
-//! spares a fresh request the B-tree lookup, then reads the applier's latest published snapshot.
+//! spares a fresh request the index lookups, then the answer indexes and the applier's latest
+//! published snapshot.
 //! The applier runs at the lowest thread priority: its work is deferrable and takes the CPU the
 //! request path leaves; the writer waits only if too much is left for it. Batches that remove events
 //! from an outbox (acknowledgements, dead letters, expiry) are answered once applied, because
@@ -45,19 +46,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::answers::{self, AnswerLog, AnswerSnapshot, RecentIndex};
 use crate::key_filter::KeyFilter;
 use crate::metrics::Metrics;
 use crate::wal::{Resolved, Wal};
 
-/// Idempotency key -> stored execution (JSON).
-pub(crate) const EXECUTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("executions");
-/// (created-at millis, idempotency key) -> (); the retention index.
-const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("execution_expiry");
 /// Idempotency key -> marker (JSON) for executions whose provider call may have started.
 pub(crate) const IN_FLIGHT: TableDefinition<&str, &[u8]> = TableDefinition::new("in_flight");
 /// Task id -> task (JSON).
@@ -233,7 +229,7 @@ enum Work {
 type Overlay = Arc<Mutex<HashMap<String, (u64, Bytes)>>>;
 
 /// The stored answers as of the applier's last commit.
-type Snapshot = Arc<Mutex<Arc<ReadOnlyTable<&'static str, &'static [u8]>>>>;
+type Snapshot = Arc<Mutex<Arc<AnswerSnapshot>>>;
 
 /// Exact depth and size of one sink's outbox, maintained by the applier.
 #[derive(Debug, Default)]
@@ -281,6 +277,7 @@ pub struct Store {
     bells: Arc<[Notify; 2]>,
     overlay: Overlay,
     snapshot: Snapshot,
+    recent: RecentIndex,
     keys: Arc<KeyFilter>,
 }
 
@@ -308,11 +305,12 @@ impl Store {
         std::fs::create_dir_all(dir).map_err(io)?;
         let db = Arc::new(Database::builder().set_cache_size(CACHE_BYTES).create(dir.join("executor.redb"))?);
         let gauges: Arc<[OutboxGauge; 2]> = Arc::new(Default::default());
+        let recent = RecentIndex::default();
+        let answers;
         {
             // Create every table up front and count what a previous run left queued.
             let txn = db.begin_write()?;
-            txn.open_table(EXECUTIONS)?;
-            txn.open_table(EXPIRY)?;
+            answers = AnswerLog::open(&txn, recent.clone())?;
             txn.open_table(IN_FLIGHT)?;
             txn.open_table(TASKS)?;
             for sink in Sink::ALL {
@@ -351,7 +349,7 @@ impl Store {
         let mut wals: [Wal; 2] = wals.try_into().unwrap_or_else(|_| unreachable!("two logs"));
         let (sender, receiver) = mpsc::unbounded_channel();
         let overlay = Overlay::default();
-        let snapshot: Snapshot = Arc::new(Mutex::new(Arc::new(db.begin_read()?.open_table(EXECUTIONS)?)));
+        let snapshot: Snapshot = Arc::new(Mutex::new(Arc::new(AnswerSnapshot::open(&db.begin_read()?)?)));
         let bells: Arc<[Notify; 2]> = Arc::new([Notify::new(), Notify::new()]);
         let mut applier = Applier {
             db: db.clone(),
@@ -361,6 +359,7 @@ impl Store {
             dropping: [false; 2],
             overlay: overlay.clone(),
             snapshot: snapshot.clone(),
+            answers,
             bells: bells.clone(),
             failed: false,
             writer: sender.downgrade(),
@@ -377,6 +376,7 @@ impl Store {
                 }
                 applier.apply(batch, false)?;
             }
+            applier.flush_answer_index();
         }
         let started = Instant::now();
         applier.checkpoint()?;
@@ -385,9 +385,7 @@ impl Store {
 
         // Every stored key, including those just replayed from the logs.
         let keys = Arc::new(KeyFilter::new());
-        for entry in db.begin_read()?.open_table(EXECUTIONS)?.range::<&str>(..)? {
-            keys.insert(entry?.0.value());
-        }
+        answers::for_each_key(&db, |key| keys.insert(key))?;
         let handoff = Arc::new(Handoff::default());
         let queue = handoff.clone();
         let applier = std::thread::Builder::new()
@@ -418,7 +416,7 @@ impl Store {
         };
         let thread =
             std::thread::Builder::new().name("store-writer".into()).spawn(move || writer.run(receiver)).map_err(io)?;
-        Ok((Store { db, sender, gauges, bells, overlay, snapshot, keys }, WriterThread(thread)))
+        Ok((Store { db, sender, gauges, bells, overlay, snapshot, recent, keys }, WriterThread(thread)))
     }
 
     /// Commits `batch` atomically and waits until it is durable (a durable batch) and, for a
@@ -457,8 +455,12 @@ impl Store {
         if !self.keys.may_contain(key) {
             return Ok(None);
         }
+        // Then the recent index, then the snapshot: the applier publishes a snapshot before it
+        // takes flushed entries out of the recent index.
+        let hash = answers::key_hash(key.as_bytes());
+        let recent = answers::recent_candidates(&self.recent, hash);
         let snapshot = self.snapshot.lock().expect("snapshot lock").clone();
-        Ok(snapshot.get(key)?.map(|v| Bytes::copy_from_slice(v.value())))
+        snapshot.find(key, hash, &recent)
     }
 
     /// Every entry of a `&str -> bytes` table (used for the small in-flight table at start).
@@ -730,19 +732,6 @@ impl Handoff {
     }
 }
 
-/// Inserts execution records in key order and empties `records` (stable: for a key stored twice,
-/// the later record wins, as in log order).
-fn insert_sorted<'a>(
-    executions: &mut redb::Table<&str, &[u8]>,
-    records: &mut Vec<(&'a str, &'a [u8])>,
-) -> Result<(), StoreError> {
-    records.sort_by_key(|(key, _)| *key);
-    for (key, record) in records.drain(..) {
-        executions.insert(key, record)?;
-    }
-    Ok(())
-}
-
 /// Empties both logs, in new epochs (after a checkpoint covered them).
 fn clear_logs(wals: &mut [Wal; 2]) -> std::io::Result<()> {
     let epoch = wals.iter().map(Wal::epoch).max().unwrap_or(0);
@@ -971,6 +960,8 @@ struct Applier {
     dropping: [bool; 2],
     overlay: Overlay,
     snapshot: Snapshot,
+    /// The stored answers' numbering and indexes.
+    answers: AnswerLog,
     bells: Arc<[Notify; 2]>,
     /// An apply failed: redb misses logged ops, so nothing may be checkpointed any more.
     failed: bool,
@@ -1022,13 +1013,15 @@ impl Applier {
         for done in done {
             let _ = done.send(result.clone());
         }
+        if result.is_ok() {
+            self.flush_answer_index();
+        }
     }
 
     /// After a commit: readers see the new snapshot, the overlay forgets what it holds, the
     /// deferred counts drop, and deliverers of sinks with new events are woken.
     fn publish(&self, ops: &[Resolved], generation: u64) -> Result<(), StoreError> {
-        let table = Arc::new(self.db.begin_read()?.open_table(EXECUTIONS)?);
-        *self.snapshot.lock().expect("snapshot lock") = table;
+        self.publish_snapshot()?;
         {
             // Every lookup takes this lock first: hold it only for the answers.
             let mut overlay = self.overlay.lock().expect("overlay lock");
@@ -1060,6 +1053,38 @@ impl Applier {
         Ok(())
     }
 
+    /// Readers see the state as of the last commit.
+    fn publish_snapshot(&self) -> Result<(), StoreError> {
+        let snapshot = Arc::new(AnswerSnapshot::open(&self.db.begin_read()?)?);
+        *self.snapshot.lock().expect("snapshot lock") = snapshot;
+        Ok(())
+    }
+
+    /// Moves the recent answer index into redb when it is full (see [`crate::answers`]). The
+    /// index is derived from the answer rows, so a failure here loses nothing: the entries stay
+    /// in memory and the next flush retries.
+    fn flush_answer_index(&mut self) {
+        if !self.answers.wants_flush() {
+            return;
+        }
+        let started = Instant::now();
+        let flushed = (|| {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            let flushed = self.answers.flush(&txn)?;
+            txn.commit()?;
+            self.publish_snapshot()?;
+            Ok::<_, StoreError>(flushed)
+        })();
+        match flushed {
+            Ok(flushed) => {
+                self.answers.forget(&flushed);
+                tracing::debug!(entries = flushed.len(), elapsed = ?started.elapsed(), "answer index flushed");
+            }
+            Err(error) => tracing::error!(%error, "cannot flush the answer index; it stays in memory"),
+        }
+    }
+
     /// One durable commit: every lazy commit before it becomes durable.
     fn checkpoint(&self) -> Result<(), StoreError> {
         if self.failed {
@@ -1079,22 +1104,54 @@ impl Applier {
         // Gauge changes are published only after the commit succeeds.
         let mut delta = [(0i64, 0i64); 2];
         let mut dropped = [0u64; 2];
+        let written = self.write_ops(&txn, ops, live, &mut delta, &mut dropped);
+        if let Err(error) = written.and_then(|()| Ok(txn.commit()?)) {
+            self.answers.aborted();
+            return Err(error);
+        }
+        self.answers.committed();
+        for sink in Sink::ALL {
+            let i = sink.index();
+            let gauge = &self.gauges[i];
+            gauge
+                .depth
+                .store((gauge.depth.load(Ordering::Relaxed) as i64 + delta[i].0).max(0) as u64, Ordering::Relaxed);
+            gauge
+                .bytes
+                .store((gauge.bytes.load(Ordering::Relaxed) as i64 + delta[i].1).max(0) as u64, Ordering::Relaxed);
+            if dropped[i] > 0 {
+                self.metrics.events_dropped.with_label_values(&[sink.name()]).inc_by(dropped[i]);
+                if !self.dropping[i] {
+                    self.dropping[i] = true;
+                    tracing::warn!(sink = sink.name(), "outbox full: dropping the oldest events (drop_oldest policy)");
+                }
+            } else if self.dropping[i] && delta[i].0 > 0 {
+                self.dropping[i] = false;
+                tracing::info!(sink = sink.name(), "outbox has room again: no longer dropping events");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `ops` into `txn`, counting outbox changes into `delta` and `dropped`.
+    fn write_ops(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        ops: &[Resolved],
+        live: bool,
+        delta: &mut [(i64, i64); 2],
+        dropped: &mut [u64; 2],
+    ) -> Result<(), StoreError> {
         {
-            let mut executions = txn.open_table(EXECUTIONS)?;
-            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut answers = txn.open_table(crate::answers::ANSWERS)?;
             let mut in_flight = txn.open_table(IN_FLIGHT)?;
             let mut tasks = txn.open_table(TASKS)?;
             let mut outboxes = [txn.open_table(Sink::Bucket.outbox())?, txn.open_table(Sink::Karma.outbox())?];
             let mut dead = [txn.open_table(Sink::Bucket.dead_letters())?, txn.open_table(Sink::Karma.dead_letters())?];
-            // Execution records go into the B-tree in key order (their keys are random): sorted
-            // inserts walk the tree once, left to right, instead of jumping between leaves. Only
-            // `Expire` also touches the table, so the sorted runs end there.
-            let mut records: Vec<(&str, &[u8])> = Vec::new();
             for op in ops {
                 match op {
                     Resolved::PutExecution { key, created_ms, record, clear_in_flight } => {
-                        records.push((key, record));
-                        expiry.insert((*created_ms, key.as_str()), ())?;
+                        self.answers.append(&mut answers, key, *created_ms, record)?;
                         if *clear_in_flight {
                             in_flight.remove(key.as_str())?;
                         }
@@ -1154,39 +1211,9 @@ impl Applier {
                         }
                     }
                     Resolved::Expire { before_ms } => {
-                        insert_sorted(&mut executions, &mut records)?;
-                        let old: Vec<(u64, String)> = expiry
-                            .range::<(u64, &str)>(..(*before_ms, ""))?
-                            .map(|e| e.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
-                            .collect::<Result<_, _>>()?;
-                        for (at, key) in old {
-                            expiry.remove((at, key.as_str()))?;
-                            executions.remove(key.as_str())?;
-                        }
+                        self.answers.expire(txn, &mut answers, *before_ms)?;
                     }
                 }
-            }
-            insert_sorted(&mut executions, &mut records)?;
-        }
-        txn.commit()?;
-        for sink in Sink::ALL {
-            let i = sink.index();
-            let gauge = &self.gauges[i];
-            gauge
-                .depth
-                .store((gauge.depth.load(Ordering::Relaxed) as i64 + delta[i].0).max(0) as u64, Ordering::Relaxed);
-            gauge
-                .bytes
-                .store((gauge.bytes.load(Ordering::Relaxed) as i64 + delta[i].1).max(0) as u64, Ordering::Relaxed);
-            if dropped[i] > 0 {
-                self.metrics.events_dropped.with_label_values(&[sink.name()]).inc_by(dropped[i]);
-                if !self.dropping[i] {
-                    self.dropping[i] = true;
-                    tracing::warn!(sink = sink.name(), "outbox full: dropping the oldest events (drop_oldest policy)");
-                }
-            } else if self.dropping[i] && delta[i].0 > 0 {
-                self.dropping[i] = false;
-                tracing::info!(sink = sink.name(), "outbox has room again: no longer dropping events");
             }
         }
         Ok(())
@@ -1206,10 +1233,10 @@ mod tests {
         }
     }
 
-    /// Execution records are inserted in key order within a commit, but never across an
-    /// `Expire`: a record logged before it is removed by it, one logged after it stays.
+    /// An `Expire` removes the answers logged before it (in the same commit too), not those
+    /// logged after it.
     #[tokio::test]
-    async fn sorted_inserts_keep_their_order_with_expiry() {
+    async fn expiry_removes_answers_logged_before_it() {
         let dir = tempfile::tempdir().expect("temp dir");
         let bound = OutboxBound { max_events: 10, max_bytes: 1 << 20, drop_oldest: false };
         let (store, writer) = Store::open(dir.path(), 1 << 20, [bound; 2], Metrics::new()).expect("store");

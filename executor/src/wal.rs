@@ -1,7 +1,7 @@
 //! The write-ahead log that makes group commits cheap.
 //!
-//! A durable redb commit rewrites every B-tree page the batch touched and fsyncs them; with
-//! random idempotency keys that is one page per insert. Instead, the store's writer appends each
+//! A durable redb commit rewrites every B-tree page the batch touched and fsyncs them, several
+//! pages per group even when every table is appended to. Instead, the store's writer appends each
 //! group of batches to this log as one record and fsyncs only that sequential append; its applier
 //! then applies the groups to redb in lazy commits. Every so often a *checkpoint* (one durable
 //! redb commit) makes the lazy commits durable and empties the log. On start, records left in the
