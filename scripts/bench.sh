@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Benchmarks, side by side with a baseline measured in the same run on the same machine.
 #
-#   scripts/bench.sh            # full run (about 4 minutes), table printed and written to
+#   scripts/bench.sh            # full run (about 6 minutes), table printed and written to
 #                               # bench-results/bench-<timestamp>.md
 #   DURATION=5 scripts/bench.sh # shorter phases
 #
 # What runs (all on loopback, every loop bounded in time):
 #   1. baseline: a minimal axum handler that parses the same JSON body and answers a constant
 #      (`pillar-sim baseline`), loaded closed-loop at CONNS connections: the ceiling;
+#  1b. with `wrk` (when installed): WRK_ROUNDS rounds of the baseline then a fresh executor
+#      (task adapter, telemetry off), each at CONNS connections; the median round ratio;
 #   2. the executor (its own process, release build) with telemetry to the simulated Bucket and
 #      Karma (`pillar-sim up --no-executor`), closed-loop per adapter, then the end-to-end check that
 #      every trace reached Bucket and Karma;
@@ -26,6 +28,7 @@ CONNS=${CONNS:-32}                # closed-loop connections
 RATE=${RATE:-2000}                # open-loop rate for the latency phases
 OUTAGE=${OUTAGE:-30}              # seconds of Bucket outage in the recovery phase
 RECOVERY_RATE=${RECOVERY_RATE:-500}
+WRK_ROUNDS=${WRK_ROUNDS:-5}       # interleaved baseline/executor rounds of the wrk comparison
 BASELINE_ADDR=${BASELINE_ADDR:-127.0.0.1:8099}
 OUT_DIR=${OUT_DIR:-bench-results}
 export PILLAR_SIM_CONTROL=${PILLAR_SIM_CONTROL:-http://127.0.0.1:8090}
@@ -83,30 +86,15 @@ drive baseline --target "http://$BASELINE_ADDR" --concurrency "$CONNS" --duratio
 BASE=$(field "$WORK/baseline.json" report.throughput)
 drive baseline-open --target "http://$BASELINE_ADDR" --rate "$RATE" --duration "${DURATION}s" --mix task
 
-echo "==> starting the simulator (no executor) and the executor"
-"$SIM" up --no-executor > "$WORK/sim.log" 2>&1 &
-SIM_PID=$!
-PIDS+=($SIM_PID)
-wait_http "$PILLAR_SIM_CONTROL/health" simulator
-EXECUTOR_DATA_DIR="$WORK/executor" WHATSAPP_ACCESS_TOKEN=sim-whatsapp-token AI_API_KEY=sim-ai-key RUST_LOG=warn "$EXE" > "$WORK/executor.log" 2>&1 &
-EXE_PID=$!
-PIDS+=($EXE_PID)
-wait_http "$EXECUTOR/healthz" executor
-
 ROWS=()
 row() { ROWS+=("$1"); }
 
-echo "==> 2a. executor without telemetry (sinks disabled), task adapter"
-EXECUTOR_BIND=127.0.0.1:8004 EXECUTOR_BUCKET_ENABLED=false EXECUTOR_KARMA_ENABLED=false \
-  EXECUTOR_DATA_DIR="$WORK/executor-solo" RUST_LOG=warn "$EXE" > "$WORK/executor-solo.log" 2>&1 &
-SOLO_PID=$!
-PIDS+=($SOLO_PID)
-wait_http http://127.0.0.1:8004/healthz "executor (no telemetry)"
-drive exec-solo --target http://127.0.0.1:8004 --concurrency "$CONNS" --duration "${DURATION}s" --mix task
-solo=$(field "$WORK/exec-solo.json" report.throughput)
-row "| executor, task, telemetry off, closed loop c=$CONNS | $(printf %.0f "$solo") req/s | **$(python3 -c "print(f'{$solo/$BASE:.3f}')")** | p99 $(printf %.2f "$(field "$WORK/exec-solo.json" report.latency_ms.p99)") ms | |"
 if command -v wrk > /dev/null; then
-  # The same comparison with wrk, a lighter load tool (more of the machine left to the server).
+  # The baseline comparison with wrk, a lighter load tool (more of the machine left to the
+  # server), before anything else runs. The machine's speed drifts between runs (the same binary
+  # ranges over about 10%), so each of WRK_ROUNDS rounds measures the baseline right before a
+  # fresh executor (empty data directory), and the median round ratio is reported.
+  echo "==> 1b. wrk: baseline and executor (task, telemetry off), $WRK_ROUNDS interleaved rounds"
   cat > "$WORK/post.lua" <<'LUA'
 local threads = 0
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
@@ -118,10 +106,45 @@ request = function()
 end
 LUA
   wrk_rate() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
-  wbase=$(wrk_rate "http://$BASELINE_ADDR/")
-  wsolo=$(wrk_rate http://127.0.0.1:8004/)
-  row "| (wrk) baseline $(printf %.0f "$wbase") req/s; executor, task, telemetry off | $(printf %.0f "$wsolo") req/s | **$(python3 -c "print(f'{$wsolo/$wbase:.3f}')")** | | |"
+  WRK_RATIOS=()
+  for round in $(seq 1 "$WRK_ROUNDS"); do
+    wbase=$(wrk_rate "http://$BASELINE_ADDR/")
+    EXECUTOR_BIND=127.0.0.1:8004 EXECUTOR_BUCKET_ENABLED=false EXECUTOR_KARMA_ENABLED=false \
+      EXECUTOR_DATA_DIR="$WORK/executor-wrk-$round" RUST_LOG=warn "$EXE" > "$WORK/executor-wrk.log" 2>&1 &
+    WRK_PID=$!
+    PIDS+=($WRK_PID)
+    wait_http http://127.0.0.1:8004/healthz "executor (wrk round $round)"
+    wexec=$(wrk_rate http://127.0.0.1:8004/)
+    kill "$WRK_PID"
+    wait "$WRK_PID" 2>/dev/null || true
+    rm -rf "$WORK/executor-wrk-$round"
+    ratio=$(python3 -c "print(f'{$wexec/$wbase:.3f}')")
+    WRK_RATIOS+=("$ratio")
+    echo "round $round: baseline $(printf %.0f "$wbase") req/s, executor $(printf %.0f "$wexec") req/s, ratio $ratio"
+  done
+  read -r median low high < <(printf '%s\n' "${WRK_RATIOS[@]}" | python3 -c "import sys, statistics; r=[float(x) for x in sys.stdin]; print(f'{statistics.median(r):.3f} {min(r):.3f} {max(r):.3f}')")
+  row "| (wrk) executor, task, telemetry off, closed loop c=$CONNS: median of $WRK_ROUNDS interleaved rounds (range $low-$high) | | **$median** | | |"
 fi
+
+echo "==> starting the simulator (no executor) and the executor"
+"$SIM" up --no-executor > "$WORK/sim.log" 2>&1 &
+SIM_PID=$!
+PIDS+=($SIM_PID)
+wait_http "$PILLAR_SIM_CONTROL/health" simulator
+EXECUTOR_DATA_DIR="$WORK/executor" WHATSAPP_ACCESS_TOKEN=sim-whatsapp-token AI_API_KEY=sim-ai-key RUST_LOG=warn "$EXE" > "$WORK/executor.log" 2>&1 &
+EXE_PID=$!
+PIDS+=($EXE_PID)
+wait_http "$EXECUTOR/healthz" executor
+
+echo "==> 2a. executor without telemetry (sinks disabled), task adapter"
+EXECUTOR_BIND=127.0.0.1:8004 EXECUTOR_BUCKET_ENABLED=false EXECUTOR_KARMA_ENABLED=false \
+  EXECUTOR_DATA_DIR="$WORK/executor-solo" RUST_LOG=warn "$EXE" > "$WORK/executor-solo.log" 2>&1 &
+SOLO_PID=$!
+PIDS+=($SOLO_PID)
+wait_http http://127.0.0.1:8004/healthz "executor (no telemetry)"
+drive exec-solo --target http://127.0.0.1:8004 --concurrency "$CONNS" --duration "${DURATION}s" --mix task
+solo=$(field "$WORK/exec-solo.json" report.throughput)
+row "| executor, task, telemetry off, closed loop c=$CONNS | $(printf %.0f "$solo") req/s | **$(python3 -c "print(f'{$solo/$BASE:.3f}')")** | p99 $(printf %.2f "$(field "$WORK/exec-solo.json" report.latency_ms.p99)") ms | |"
 kill "$SOLO_PID"
 
 echo "==> 2. executor with telemetry, per adapter (closed loop, $CONNS connections)"

@@ -42,12 +42,15 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("answer_meta");
 /// Every answer numbered up to this is in a generation (or expired).
 const INDEXED_THROUGH: &str = "indexed_through";
 
-/// Recent-index entries that trigger a flush into the newest generation (about 8 MiB of memory).
+/// Recent-index entries that trigger a flush into the newest generation (about 2 MiB of memory,
+/// as much again while a flush copies them out).
 #[cfg(not(test))]
-const FLUSH_ENTRIES: usize = 1 << 18;
-/// Entries after which a generation takes no more: a flush touches at most its leaves.
+const FLUSH_ENTRIES: usize = 1 << 16;
+/// Entries after which a generation takes no more: a flush touches at most its leaves (about
+/// 8,000 pages of 256 entries, so at most one page per 8 entries flushed), and a lookup reads one
+/// generation per 2 million answers retained.
 #[cfg(not(test))]
-const GENERATION_ENTRIES: u64 = 1 << 22;
+const GENERATION_ENTRIES: u64 = 1 << 21;
 // Small enough for unit tests to flush many times and fill several generations.
 #[cfg(test)]
 const FLUSH_ENTRIES: usize = 64;
