@@ -59,7 +59,10 @@ pub fn new_time_ordered_id() -> uuid::Uuid {
 
 /// Now, as RFC 3339 in UTC (`2026-11-25T15:14:42.123456789Z`).
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| String::from("1970-01-01T00:00:00Z"))
+    // Into a buffer of the final size: `format` grows its output a few bytes at a time.
+    let mut out = Vec::with_capacity(32);
+    match time::OffsetDateTime::now_utc().format_into(&mut out, &time::format_description::well_known::Rfc3339) {
+        Ok(_) => String::from_utf8(out).unwrap_or_default(),
+        Err(_) => String::from("1970-01-01T00:00:00Z"),
+    }
 }
