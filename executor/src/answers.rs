@@ -328,27 +328,8 @@ pub(crate) fn for_each_key(db: &redb::Database, mut each: impl FnMut(&str)) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::store::{Batch, Op, OutboxBound, Store, WriterThread, now_ms};
-
-    fn open(dir: &std::path::Path) -> (Store, WriterThread) {
-        let bound = OutboxBound { max_events: 10, max_bytes: 1 << 20, drop_oldest: false };
-        Store::open(dir, 1 << 20, [bound; 2], Metrics::new()).expect("store")
-    }
-
-    async fn close(store: Store, writer: WriterThread) {
-        drop(store);
-        tokio::task::spawn_blocking(move || writer.join()).await.expect("writer joined");
-    }
-
-    fn put(key: &str, created_ms: u64) -> Op {
-        Op::PutExecution {
-            key: key.to_owned(),
-            created_ms,
-            record: Bytes::from(format!("answer for {key}")),
-            clear_in_flight: false,
-        }
-    }
+    use crate::store::tests::{close, open, put};
+    use crate::store::{Batch, Op, Store, now_ms};
 
     /// Commits `ops` 50 at a time, each time followed by an `Expire` (answered once applied), so
     /// that every answer is in redb and the in-memory overlay has forgotten it (lookups go

@@ -1221,10 +1221,23 @@ impl Applier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn put(key: &str, created_ms: u64) -> Op {
+    /// Opens a store in `dir` with small outbox bounds.
+    pub(crate) fn open(dir: &Path) -> (Store, WriterThread) {
+        let bound = OutboxBound { max_events: 10, max_bytes: 1 << 20, drop_oldest: false };
+        Store::open(dir, 1 << 20, [bound; 2], Metrics::new()).expect("store")
+    }
+
+    /// Drops the last handle and waits for the store's threads.
+    pub(crate) async fn close(store: Store, writer: WriterThread) {
+        drop(store);
+        tokio::task::spawn_blocking(move || writer.join()).await.expect("writer joined");
+    }
+
+    /// Stores the answer `answer for <key>`.
+    pub(crate) fn put(key: &str, created_ms: u64) -> Op {
         Op::PutExecution {
             key: key.to_owned(),
             created_ms,
@@ -1238,8 +1251,7 @@ mod tests {
     #[tokio::test]
     async fn expiry_removes_answers_logged_before_it() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bound = OutboxBound { max_events: 10, max_bytes: 1 << 20, drop_oldest: false };
-        let (store, writer) = Store::open(dir.path(), 1 << 20, [bound; 2], Metrics::new()).expect("store");
+        let (store, writer) = open(dir.path());
         let now = now_ms();
         let ops =
             vec![put("z-before", now), put("a-before", now), Op::Expire { before_ms: now + 1 }, put("m-after", now)];
@@ -1248,8 +1260,7 @@ mod tests {
         assert_eq!(store.get_execution("z-before").expect("read"), None);
         assert_eq!(store.get_execution("a-before").expect("read"), None);
         assert_eq!(store.get_execution("m-after").expect("read"), Some(Bytes::from("answer for m-after")));
-        drop(store);
-        tokio::task::spawn_blocking(move || writer.join()).await.expect("writer joined");
+        close(store, writer).await;
     }
 
     /// Reports, when dropped, whether the answer for `key` was readable by then.
@@ -1273,8 +1284,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_commit_completes_and_holds_its_claim_until_then() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let bound = OutboxBound { max_events: 10, max_bytes: 1 << 20, drop_oldest: false };
-        let (store, writer) = Store::open(dir.path(), 1 << 20, [bound; 2], Metrics::new()).expect("store");
+        let (store, writer) = open(dir.path());
         let (report, released) = oneshot::channel();
         let claim = Claim { store: store.clone(), key: "dropped", report: Some(report) };
         let mut commit =
@@ -1286,7 +1296,6 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(30), released).await.expect("claim released").expect("report");
         assert!(stored_when_released, "the claim was released before the answer was stored");
         assert_eq!(store.get_execution("dropped").expect("read"), Some(Bytes::from("answer for dropped")));
-        drop(store);
-        tokio::task::spawn_blocking(move || writer.join()).await.expect("writer joined");
+        close(store, writer).await;
     }
 }
