@@ -271,6 +271,10 @@ impl Deliverer {
                 }
             }
         }
+        // Counted as soon as the sink accepted them, before their acknowledgements are applied:
+        // whoever sees the outbox empty also sees them delivered. (If recording the
+        // acknowledgements fails, the events are sent and counted again; sinks drop them by id.)
+        self.metrics.events_delivered.with_label_values(&[sink.name()]).inc_by(delivered);
         let dead = ops.iter().filter(|op| matches!(op, Op::DeadLetter { .. })).count() as u64;
         if !ops.is_empty()
             && let Err(error) = self.store.commit(Batch { ops, durable: dead > 0 }).await
@@ -278,7 +282,6 @@ impl Deliverer {
             tracing::error!(sink = sink.name(), %error, "cannot record delivery outcomes");
             return Some(Duration::from_secs(1));
         }
-        self.metrics.events_delivered.with_label_values(&[sink.name()]).inc_by(delivered);
         if dead > 0 {
             self.metrics.events_dead_lettered.with_label_values(&[sink.name()]).inc_by(dead);
             tracing::warn!(sink = sink.name(), count = dead, reason = dead_reason.as_deref(), "events dead-lettered");

@@ -382,6 +382,9 @@ impl Store {
         applier.checkpoint()?;
         clear_logs(&mut wals).map_err(io)?;
         metrics.checkpoint_seconds.observe(started.elapsed().as_secs_f64());
+        // Lookups read the state after the replay: the snapshot taken before it misses every
+        // answer that was only in the logs, and a retry would act a second time.
+        applier.publish_snapshot()?;
 
         // Every stored key, including those just replayed from the logs.
         let keys = Arc::new(KeyFilter::new());
@@ -1018,22 +1021,13 @@ impl Applier {
         }
     }
 
-    /// After a commit: readers see the new snapshot, the overlay forgets what it holds, the
-    /// deferred counts drop, and deliverers of sinks with new events are woken.
+    /// After a commit: the deferred counts drop, readers see the new snapshot, the overlay
+    /// forgets what it holds, and deliverers of sinks with new events are woken.
     fn publish(&self, ops: &[Resolved], generation: u64) -> Result<(), StoreError> {
-        self.publish_snapshot()?;
-        {
-            // Every lookup takes this lock first: hold it only for the answers.
-            let mut overlay = self.overlay.lock().expect("overlay lock");
-            for op in ops {
-                // A newer answer for the same key stays until it is applied too.
-                if let Resolved::PutExecution { key, .. } = op
-                    && overlay.get(key).is_some_and(|(g, _)| *g <= generation)
-                {
-                    overlay.remove(key);
-                }
-            }
-        }
+        // The applied events leave `deferred` first, right after the commit added them to
+        // `depth`: until then a sink's events are counted twice (never less than they are), and
+        // a fail-closed outbox near its bound refuses executions meanwhile, so the window is kept
+        // to a few instructions.
         let mut enqueued = [(0u64, 0u64); 2];
         for op in ops {
             if let Resolved::Enqueue { sink, value, .. } = op {
@@ -1047,6 +1041,23 @@ impl Applier {
                 let gauge = &self.gauges[sink.index()];
                 gauge.deferred.fetch_sub(count, Ordering::SeqCst);
                 gauge.deferred_bytes.fetch_sub(bytes, Ordering::SeqCst);
+            }
+        }
+        self.publish_snapshot()?;
+        {
+            // Every lookup takes this lock first: hold it only for the answers.
+            let mut overlay = self.overlay.lock().expect("overlay lock");
+            for op in ops {
+                // A newer answer for the same key stays until it is applied too.
+                if let Resolved::PutExecution { key, .. } = op
+                    && overlay.get(key).is_some_and(|(g, _)| *g <= generation)
+                {
+                    overlay.remove(key);
+                }
+            }
+        }
+        for sink in Sink::ALL {
+            if enqueued[sink.index()].0 > 0 {
                 self.bells[sink.index()].notify_one();
             }
         }
@@ -1260,6 +1271,27 @@ pub(crate) mod tests {
         assert_eq!(store.get_execution("z-before").expect("read"), None);
         assert_eq!(store.get_execution("a-before").expect("read"), None);
         assert_eq!(store.get_execution("m-after").expect("read"), Some(Bytes::from("answer for m-after")));
+        close(store, writer).await;
+    }
+
+    /// Answers only in the write-ahead log (the process died before applying them) are found
+    /// right after the next start, before anything else is committed.
+    #[tokio::test]
+    async fn answers_replayed_from_the_log_are_found_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        {
+            let (mut wal, _) = Wal::open(&dir.path().join("executor.wal.0"), 1 << 20).expect("log");
+            let answer = Bytes::from("answer for logged");
+            let logged = Resolved::PutExecution {
+                key: "logged".into(),
+                created_ms: now_ms(),
+                record: answer,
+                clear_in_flight: false,
+            };
+            wal.append(&[logged]).expect("append");
+        }
+        let (store, writer) = open(dir.path());
+        assert_eq!(store.get_execution("logged").expect("read"), Some(Bytes::from("answer for logged")));
         close(store, writer).await;
     }
 
