@@ -276,12 +276,13 @@ impl AnswerLog {
     }
 
     /// Inserts the recent index, sorted, into the newest generation (a new one when it is full)
-    /// and raises the high-water mark, in `txn`. Returns the entries written: once the commit
-    /// is published, [`AnswerLog::forget`] removes them from the recent index.
-    pub(crate) fn flush(&self, txn: &WriteTransaction) -> Result<Vec<(u64, u64)>, StoreError> {
+    /// and raises the high-water mark, in `txn`. Returns how many entries it wrote and the
+    /// highest answer number among them: once the commit is published, [`AnswerLog::forget`]
+    /// takes them out of the recent index.
+    pub(crate) fn flush(&self, txn: &WriteTransaction) -> Result<(usize, u64), StoreError> {
         let entries: Vec<(u64, u64)> = self.recent.lock().expect("recent index lock").iter().copied().collect();
         let Some(highest) = entries.iter().map(|&(_, number)| number).max() else {
-            return Ok(entries);
+            return Ok((0, 0));
         };
         let mut generations = txn.open_table(GENERATIONS)?;
         let (generation, (max_number, count)) = match generations.last()? {
@@ -298,15 +299,13 @@ impl AnswerLog {
         }
         generations.insert(generation, (max_number.max(highest), count + entries.len() as u64))?;
         txn.open_table(META)?.insert(INDEXED_THROUGH, highest)?;
-        Ok(entries)
+        Ok((entries.len(), highest))
     }
 
-    /// Removes flushed entries from the recent index (after the flush's snapshot is published).
-    pub(crate) fn forget(&self, flushed: &[(u64, u64)]) {
-        let mut recent = self.recent.lock().expect("recent index lock");
-        for entry in flushed {
-            recent.remove(entry);
-        }
+    /// Takes the entries numbered up to `through` (the flushed ones) out of the recent index,
+    /// after the flush's snapshot is published.
+    pub(crate) fn forget(&self, through: u64) {
+        self.recent.lock().expect("recent index lock").retain(|&(_, number)| number > through);
     }
 }
 

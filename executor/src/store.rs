@@ -1088,9 +1088,9 @@ impl Applier {
             Ok::<_, StoreError>(flushed)
         })();
         match flushed {
-            Ok(flushed) => {
-                self.answers.forget(&flushed);
-                tracing::debug!(entries = flushed.len(), elapsed = ?started.elapsed(), "answer index flushed");
+            Ok((entries, through)) => {
+                self.answers.forget(through);
+                tracing::debug!(entries, elapsed = ?started.elapsed(), "answer index flushed");
             }
             Err(error) => tracing::error!(%error, "cannot flush the answer index; it stays in memory"),
         }

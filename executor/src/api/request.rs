@@ -159,9 +159,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
     };
     let fingerprint = {
         // The canonical JSON (object keys sorted) goes straight into the hash.
-        let mut hasher = HashWriter(Sha256::new());
+        let mut hasher = Sha256::new();
         let _ = serde_json::to_writer(&mut hasher, &(trace_id, decision, payload));
-        crate::trace::hex(&hasher.0.finalize())
+        crate::trace::hex(&hasher.finalize())
     };
     Ok(Parsed::Execute(ExecuteRequest {
         trace_id: trace_id.to_owned(),
@@ -172,20 +172,6 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         metadata,
         fingerprint,
     }))
-}
-
-/// Feeds what is written into a SHA-256.
-struct HashWriter(Sha256);
-
-impl std::io::Write for HashWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.update(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn required_string<'a>(object: &'a Map<String, Value>, key: &str, field: &str) -> Result<&'a str, ApiError> {
