@@ -9,7 +9,9 @@
 //!   retention removes rows from its front.
 //! - **The recent index**, in memory: (key hash, answer number) for answers not yet in an index
 //!   table. It holds at most about [`FLUSH_ENTRIES`] entries and is rebuilt on start from the rows
-//!   numbered above the persisted index's high-water mark ([`INDEXED_THROUGH`]).
+//!   numbered above the persisted index's high-water mark ([`INDEXED_THROUGH`]). A flush sets the
+//!   filled part aside whole ([`Recent`]), so lookups, which share its lock, never wait for a
+//!   copy or a removal of thousands of entries.
 //! - **The index generations**, in redb: tables of (key hash, answer number) -> (). When the
 //!   recent index is full, its entries are inserted, sorted, into the newest generation in one
 //!   commit: thousands of entries share each leaf they touch, and a generation stops growing at
@@ -30,7 +32,7 @@ use redb::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::store::StoreError;
+use crate::store::{Courtesy, StoreError};
 
 /// Answer number -> creation time (u64, big-endian ms), key length (u16, big-endian), key,
 /// answer.
@@ -42,8 +44,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("answer_meta");
 /// Every answer numbered up to this is in a generation (or expired).
 const INDEXED_THROUGH: &str = "indexed_through";
 
-/// Recent-index entries that trigger a flush into the newest generation (about 2 MiB of memory,
-/// as much again while a flush copies them out).
+/// Recent-index entries that trigger a flush into the newest generation (about 2 MiB of memory;
+/// as much again may fill while a flush runs).
 #[cfg(not(test))]
 const FLUSH_ENTRIES: usize = 1 << 16;
 /// Entries after which a generation takes no more: a flush touches at most its leaves (about
@@ -91,7 +93,17 @@ pub(crate) fn decode_row(row: &[u8]) -> Option<(u64, &[u8], &[u8])> {
 
 /// The recent index: (key hash, answer number) of answers not in a generation yet. Written by
 /// the store's applier only; read by lookups.
-pub(crate) type RecentIndex = Arc<Mutex<BTreeSet<(u64, u64)>>>;
+pub(crate) type RecentIndex = Arc<Mutex<Recent>>;
+
+/// The two parts of the recent index.
+#[derive(Default)]
+pub(crate) struct Recent {
+    /// Entries of the answers committed since the last flush took its part.
+    filling: BTreeSet<(u64, u64)>,
+    /// Entries being written into a generation (or whose flush failed and will be retried):
+    /// they stay findable here until the flush's commit is published.
+    flushing: Arc<BTreeSet<(u64, u64)>>,
+}
 
 /// Answer rows and index generations as of one commit, for lookups.
 pub(crate) struct AnswerSnapshot {
@@ -164,7 +176,7 @@ impl AnswerLog {
         for entry in rows.range(indexed_through + 1..)? {
             let (number, row) = entry?;
             if let Some((_, key, _)) = decode_row(row.value()) {
-                recent.insert((key_hash(key), number.value()));
+                recent.filling.insert((key_hash(key), number.value()));
             }
         }
         drop(recent);
@@ -223,9 +235,11 @@ impl AnswerLog {
         txn: &WriteTransaction,
         rows: &mut redb::Table<u64, &[u8]>,
         before_ms: u64,
+        courtesy: &mut Courtesy,
     ) -> Result<(), StoreError> {
         self.expired = true;
         loop {
+            courtesy.offer();
             let oldest =
                 rows.first()?.map(|(n, row)| (n.value(), decode_row(row.value()).map_or(0, |(created, _, _)| created)));
             match oldest {
@@ -259,9 +273,12 @@ impl AnswerLog {
         let mut recent = self.recent.lock().expect("recent index lock");
         let first_live = self.first_live;
         if std::mem::take(&mut self.expired) {
-            recent.retain(|&(_, number)| number >= first_live);
+            recent.filling.retain(|&(_, number)| number >= first_live);
+            if !recent.flushing.is_empty() {
+                Arc::make_mut(&mut recent.flushing).retain(|&(_, number)| number >= first_live);
+            }
         }
-        recent.extend(self.pending.drain(..).filter(|&(_, number)| number >= first_live));
+        recent.filling.extend(self.pending.drain(..).filter(|&(_, number)| number >= first_live));
     }
 
     /// The write transaction failed: its answers are not stored.
@@ -270,19 +287,29 @@ impl AnswerLog {
         self.expired = false;
     }
 
-    /// Whether the recent index should be flushed into a generation.
+    /// Whether the recent index should be flushed into a generation: it is full, or an earlier
+    /// flush failed.
     pub(crate) fn wants_flush(&self) -> bool {
-        self.recent.lock().expect("recent index lock").len() >= FLUSH_ENTRIES
+        let recent = self.recent.lock().expect("recent index lock");
+        recent.filling.len() >= FLUSH_ENTRIES || !recent.flushing.is_empty()
     }
 
-    /// Inserts the recent index, sorted, into the newest generation (a new one when it is full)
-    /// and raises the high-water mark, in `txn`. Returns how many entries it wrote and the
-    /// highest answer number among them: once the commit is published, [`AnswerLog::forget`]
-    /// takes them out of the recent index.
-    pub(crate) fn flush(&self, txn: &WriteTransaction) -> Result<(usize, u64), StoreError> {
-        let entries: Vec<(u64, u64)> = self.recent.lock().expect("recent index lock").iter().copied().collect();
+    /// Inserts the recent index (the part a failed flush left, if any, else the whole filled
+    /// part), sorted, into the newest generation (a new one when it is full) and raises the
+    /// high-water mark, in `txn`. Returns how many entries it wrote: once the commit is
+    /// published, [`AnswerLog::forget`] takes them out of the recent index.
+    pub(crate) fn flush(&self, txn: &WriteTransaction, courtesy: &mut Courtesy) -> Result<usize, StoreError> {
+        let entries = {
+            let mut recent = self.recent.lock().expect("recent index lock");
+            if recent.flushing.is_empty() {
+                recent.flushing = Arc::new(std::mem::take(&mut recent.filling));
+            }
+            recent.flushing.clone()
+        };
+        // Every number set aside is below every number still filling, so the highest one is the
+        // new high-water mark.
         let Some(highest) = entries.iter().map(|&(_, number)| number).max() else {
-            return Ok((0, 0));
+            return Ok(0);
         };
         let mut generations = txn.open_table(GENERATIONS)?;
         let (generation, (max_number, count)) = match generations.last()? {
@@ -293,25 +320,29 @@ impl AnswerLog {
         {
             let name = generation_name(generation);
             let mut table = txn.open_table(generation_table(&name))?;
-            for &entry in &entries {
+            for &entry in entries.iter() {
+                courtesy.offer();
                 table.insert(entry, ())?;
             }
         }
         generations.insert(generation, (max_number.max(highest), count + entries.len() as u64))?;
         txn.open_table(META)?.insert(INDEXED_THROUGH, highest)?;
-        Ok((entries.len(), highest))
+        Ok(entries.len())
     }
 
-    /// Takes the entries numbered up to `through` (the flushed ones) out of the recent index,
-    /// after the flush's snapshot is published.
-    pub(crate) fn forget(&self, through: u64) {
-        self.recent.lock().expect("recent index lock").retain(|&(_, number)| number > through);
+    /// Takes the flushed entries out of the recent index, after the flush's snapshot is
+    /// published. They are freed outside the lock.
+    pub(crate) fn forget(&self) {
+        let flushed = std::mem::take(&mut self.recent.lock().expect("recent index lock").flushing);
+        drop(flushed);
     }
 }
 
 /// The recent index's candidates for `hash`.
 pub(crate) fn recent_candidates(recent: &RecentIndex, hash: u64) -> Vec<u64> {
-    recent.lock().expect("recent index lock").range((hash, 0)..=(hash, u64::MAX)).map(|&(_, number)| number).collect()
+    let recent = recent.lock().expect("recent index lock");
+    let range = (hash, 0)..=(hash, u64::MAX);
+    recent.filling.range(range.clone()).chain(recent.flushing.range(range)).map(|&(_, number)| number).collect()
 }
 
 /// Every stored key (to fill the key filter on start).
