@@ -391,6 +391,61 @@ mod tests {
             .collect()
     }
 
+    /// A flush whose transaction does not commit (as when its commit fails) loses nothing: its
+    /// entries stay findable in the recent index while new answers keep arriving, the next flush
+    /// writes them again, and only then does the recent index let them go.
+    #[test]
+    fn a_flush_that_does_not_commit_keeps_its_entries_and_is_retried() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = redb::Database::create(dir.path().join("answers.redb")).expect("database");
+        let recent = RecentIndex::default();
+        let key = |i: usize| format!("key-{i}");
+        let store_answers = |log: &mut AnswerLog, keys: std::ops::Range<usize>| {
+            let txn = db.begin_write().expect("write");
+            {
+                let mut rows = txn.open_table(ANSWERS).expect("rows");
+                for i in keys {
+                    log.append(&mut rows, &key(i), 1, format!("answer {i}").as_bytes()).expect("append");
+                }
+            }
+            txn.commit().expect("commit");
+            log.committed();
+        };
+        let found = |i: usize| {
+            let hash = key_hash(key(i).as_bytes());
+            let candidates = recent_candidates(&recent, hash);
+            let snapshot = AnswerSnapshot::open(&db.begin_read().expect("read")).expect("snapshot");
+            snapshot.find(&key(i), hash, &candidates).expect("find")
+        };
+        let txn = db.begin_write().expect("write");
+        let mut log = AnswerLog::open(&txn, recent.clone()).expect("open");
+        txn.commit().expect("commit");
+        store_answers(&mut log, 0..FLUSH_ENTRIES);
+        assert!(log.wants_flush());
+
+        let txn = db.begin_write().expect("write");
+        assert_eq!(log.flush(&txn, &mut Courtesy::new()).expect("flush"), FLUSH_ENTRIES);
+        drop(txn);
+        store_answers(&mut log, FLUSH_ENTRIES..FLUSH_ENTRIES + 3);
+        for i in 0..FLUSH_ENTRIES + 3 {
+            assert_eq!(found(i), Some(Bytes::from(format!("answer {i}"))), "{} after the failed flush", key(i));
+        }
+        assert!(log.wants_flush(), "the failed flush is retried");
+
+        let txn = db.begin_write().expect("write");
+        assert_eq!(log.flush(&txn, &mut Courtesy::new()).expect("flush"), FLUSH_ENTRIES, "the same entries");
+        txn.commit().expect("commit");
+        log.forget();
+        assert!(!log.wants_flush());
+        let left = recent.lock().expect("recent index lock");
+        assert_eq!((left.filling.len(), left.flushing.len()), (3, 0), "only the answers stored since");
+        drop(left);
+        for i in 0..FLUSH_ENTRIES + 3 {
+            assert_eq!(found(i), Some(Bytes::from(format!("answer {i}"))), "{} after the retry", key(i));
+        }
+        assert_eq!(found(FLUSH_ENTRIES + 3), None);
+    }
+
     /// Many flushes into several generations: every answer is found, through the recent index
     /// or a generation, before and after a restart; unknown keys are not.
     #[tokio::test]

@@ -626,7 +626,7 @@ pub(crate) struct Courtesy {
 }
 
 impl Courtesy {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { since: Instant::now() }
     }
 
