@@ -125,8 +125,8 @@ impl AnswerSnapshot {
 
     /// The newest answer stored for `key`; `recent` are the candidates from the recent index
     /// (read before this snapshot was taken).
-    pub(crate) fn find(&self, key: &str, hash: u64, recent: &[u64]) -> Result<Option<Bytes>, StoreError> {
-        let mut candidates = recent.to_vec();
+    pub(crate) fn find(&self, key: &str, hash: u64, recent: Vec<u64>) -> Result<Option<Bytes>, StoreError> {
+        let mut candidates = recent;
         for generation in &self.generations {
             for entry in generation.range((hash, 0)..=(hash, u64::MAX))? {
                 candidates.push(entry?.0.value().1);
@@ -415,7 +415,7 @@ mod tests {
             let hash = key_hash(key(i).as_bytes());
             let candidates = recent_candidates(&recent, hash);
             let snapshot = AnswerSnapshot::open(&db.begin_read().expect("read")).expect("snapshot");
-            snapshot.find(&key(i), hash, &candidates).expect("find")
+            snapshot.find(&key(i), hash, candidates).expect("find")
         };
         let txn = db.begin_write().expect("write");
         let mut log = AnswerLog::open(&txn, recent.clone()).expect("open");
