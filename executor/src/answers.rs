@@ -4,9 +4,12 @@
 //! each lazy commit rewrote about one 4 KiB page per answer stored. Here answers are kept in
 //! three parts instead:
 //!
-//! - **The answer rows** ([`ANSWERS`]): answer sequence number -> creation time, key and answer.
-//!   Numbers grow with every answer, so storing one appends to the table's last leaf, and
-//!   retention removes rows from its front.
+//! - **The answer rows** ([`ANSWERS`]): answers are numbered in the order they are stored, and
+//!   each commit's answers are packed into groups of up to [`GROUP_BYTES`], one row per group
+//!   keyed by the number of its first answer: storing answers appends to the table's last leaf,
+//!   one insert per group instead of one per answer, and retention removes whole groups from
+//!   its front once their newest answer has expired. (Earlier versions stored one answer per row;
+//!   such rows are read as they are.)
 //! - **The recent index**, in memory: (key hash, answer number) for answers not yet in an index
 //!   table. It holds at most about [`FLUSH_ENTRIES`] entries and is rebuilt on start from the rows
 //!   numbered above the persisted index's high-water mark ([`INDEXED_THROUGH`]). A flush sets the
@@ -41,9 +44,20 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{Courtesy, StoreError};
 
-/// Answer number -> creation time (u64, big-endian ms), key length (u16, big-endian), key,
-/// answer.
+/// Number of a group's first answer -> [`GROUP_MARK`], then per answer: creation time (u64,
+/// big-endian ms), key length (u16), answer length (u32), key, answer. A row of earlier versions
+/// holds one answer: creation time, key length, key, answer.
 pub(crate) const ANSWERS: TableDefinition<u64, &[u8]> = TableDefinition::new("answers");
+/// The first byte of a group. A row of earlier versions starts with the top byte of a
+/// millisecond timestamp, which is 0.
+const GROUP_MARK: u8 = 0xff;
+/// A group is written once the next answer would take it past this many bytes: with its leaf's
+/// header, a full group fits a 16 KiB page.
+#[cfg(not(test))]
+const GROUP_BYTES: usize = 16_000;
+/// Small enough for unit tests to spread one commit's answers over several groups.
+#[cfg(test)]
+const GROUP_BYTES: usize = 256;
 /// Run number (runs are numbered in the order they are written) -> (highest answer number in
 /// it, entries in it).
 const RUNS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("answer_index_runs");
@@ -232,22 +246,37 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
     u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-fn encode_row(created_ms: u64, key: &str, answer: &[u8]) -> Vec<u8> {
-    let key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
-    let mut row = Vec::with_capacity(10 + key.len() + answer.len());
-    row.extend_from_slice(&created_ms.to_be_bytes());
-    row.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    row.extend_from_slice(key);
-    row.extend_from_slice(answer);
-    row
+/// One stored answer, read from a row of [`ANSWERS`].
+struct StoredAnswer<'a> {
+    number: u64,
+    created_ms: u64,
+    key: &'a [u8],
+    answer: &'a [u8],
 }
 
-/// A stored row: creation time, key, answer. `None` for a row too short to be one.
-pub(crate) fn decode_row(row: &[u8]) -> Option<(u64, &[u8], &[u8])> {
-    let (created, rest) = row.split_first_chunk::<8>()?;
-    let (len, rest) = rest.split_first_chunk::<2>()?;
-    let len = u16::from_be_bytes(*len) as usize;
-    (rest.len() >= len).then(|| (u64::from_be_bytes(*created), &rest[..len], &rest[len..]))
+/// The answers of the row of [`ANSWERS`] keyed `first`, in order; a truncated entry ends them.
+fn decode_rows(first: u64, row: &[u8]) -> impl Iterator<Item = StoredAnswer<'_>> {
+    let (grouped, mut rest) = match row.split_first() {
+        Some((&GROUP_MARK, rest)) => (true, rest),
+        _ => (false, row),
+    };
+    let mut number = first;
+    std::iter::from_fn(move || {
+        let (created, after) = rest.split_first_chunk::<8>()?;
+        let (key_len, after) = after.split_first_chunk::<2>()?;
+        let key_len = u16::from_be_bytes(*key_len) as usize;
+        let (answer_len, after) = if grouped {
+            let (len, after) = after.split_first_chunk::<4>()?;
+            (u32::from_be_bytes(*len) as usize, after)
+        } else {
+            (after.len().checked_sub(key_len)?, after)
+        };
+        let (key, after) = after.split_at_checked(key_len)?;
+        let (answer, after) = after.split_at_checked(answer_len)?;
+        rest = after;
+        number += 1;
+        Some(StoredAnswer { number: number - 1, created_ms: u64::from_be_bytes(*created), key, answer })
+    })
 }
 
 /// The recent index: (key hash, answer number) of answers not in a run yet. Written by
@@ -290,11 +319,11 @@ impl AnswerSnapshot {
         candidates.sort_unstable_by(|a, b| b.cmp(a));
         candidates.dedup();
         for number in candidates {
-            if let Some(row) = self.rows.get(number)?
-                && let Some((_, stored_key, answer)) = decode_row(row.value())
-                && stored_key == key.as_bytes()
+            if let Some((first, row)) = self.rows.range(..=number)?.next_back().transpose()?
+                && let Some(stored) = decode_rows(first.value(), row.value()).find(|a| a.number == number)
+                && stored.key == key.as_bytes()
             {
-                return Ok(Some(Bytes::copy_from_slice(answer)));
+                return Ok(Some(Bytes::copy_from_slice(stored.answer)));
             }
         }
         Ok(None)
@@ -311,6 +340,10 @@ pub(crate) struct AnswerLog {
     first_live: u64,
     /// Rows expired in the open transaction: the recent index drops theirs once it commits.
     expired: bool,
+    /// The group being filled in the open transaction ([`AnswerLog::finish_appends`] writes it),
+    /// and the number of its first answer.
+    group: Vec<u8>,
+    group_first: u64,
 }
 
 impl AnswerLog {
@@ -322,17 +355,31 @@ impl AnswerLog {
         txn.open_table(RUNS)?;
         migrate_generations(txn)?;
         let indexed_through = txn.open_table(META)?.get(INDEXED_THROUGH)?.map_or(0, |v| v.value());
-        let next_number = rows.last()?.map_or(0, |(k, _)| k.value()).max(indexed_through) + 1;
+        let last_number = match rows.last()? {
+            Some((first, row)) => decode_rows(first.value(), row.value()).last().map_or(first.value(), |a| a.number),
+            None => 0,
+        };
+        let next_number = last_number.max(indexed_through) + 1;
         let first_live = rows.first()?.map_or(next_number, |(k, _)| k.value());
-        let mut log = Self { recent, next_number, pending: Vec::new(), first_live, expired: false };
+        let mut log = Self {
+            recent,
+            next_number,
+            pending: Vec::new(),
+            first_live,
+            expired: false,
+            group: Vec::with_capacity(GROUP_BYTES),
+            group_first: 0,
+        };
         log.migrate_keyed_layout(txn, &mut rows)?;
-        // The rows above the high-water mark, including any just moved, are the recent index.
+        // The answers above the high-water mark, including any just moved, are the recent index;
+        // the row that holds the first of them may start below it.
         log.pending.clear();
+        let start = rows.range(..=indexed_through)?.next_back().transpose()?.map_or(0, |(first, _)| first.value());
         let mut recent = log.recent.lock().expect("recent index lock");
-        for entry in rows.range(indexed_through + 1..)? {
-            let (number, row) = entry?;
-            if let Some((_, key, _)) = decode_row(row.value()) {
-                recent.filling.insert((key_hash(key), number.value()));
+        for entry in rows.range(start..)? {
+            let (first, row) = entry?;
+            for stored in decode_rows(first.value(), row.value()).filter(|a| a.number > indexed_through) {
+                recent.filling.insert((key_hash(stored.key), stored.number));
             }
         }
         drop(recent);
@@ -362,6 +409,7 @@ impl AnswerLog {
                     moved += 1;
                 }
             }
+            self.finish_appends(rows)?;
             tracing::info!(moved, "moved stored answers to the append-only layout");
         }
         txn.delete_table(OLD_RECORDS)?;
@@ -369,7 +417,9 @@ impl AnswerLog {
         Ok(())
     }
 
-    /// Appends an answer in the open write transaction.
+    /// Appends an answer to the group being filled, in the open write transaction (writing the
+    /// group first if the answer would take it past [`GROUP_BYTES`]). The transaction must call
+    /// [`AnswerLog::finish_appends`] before it commits.
     pub(crate) fn append(
         &mut self,
         rows: &mut redb::Table<u64, &[u8]>,
@@ -379,13 +429,35 @@ impl AnswerLog {
     ) -> Result<(), StoreError> {
         let number = self.next_number;
         self.next_number += 1;
-        rows.insert(number, encode_row(created_ms, key, answer).as_slice())?;
+        let stored_key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
+        let entry_bytes = 14 + stored_key.len() + answer.len();
+        if !self.group.is_empty() && self.group.len() + entry_bytes > GROUP_BYTES {
+            self.finish_appends(rows)?;
+        }
+        if self.group.is_empty() {
+            self.group.push(GROUP_MARK);
+            self.group_first = number;
+        }
+        self.group.extend_from_slice(&created_ms.to_be_bytes());
+        self.group.extend_from_slice(&(stored_key.len() as u16).to_be_bytes());
+        self.group.extend_from_slice(&(answer.len() as u32).to_be_bytes());
+        self.group.extend_from_slice(stored_key);
+        self.group.extend_from_slice(answer);
         self.pending.push((key_hash(key.as_bytes()), number));
         Ok(())
     }
 
-    /// Removes the rows created before `before_ms`, from the oldest, in the open write
-    /// transaction; drops the runs that index only removed rows.
+    /// Writes the group being filled, if any.
+    pub(crate) fn finish_appends(&mut self, rows: &mut redb::Table<u64, &[u8]>) -> Result<(), StoreError> {
+        if !self.group.is_empty() {
+            rows.insert(self.group_first, self.group.as_slice())?;
+            self.group.clear();
+        }
+        Ok(())
+    }
+
+    /// Removes the rows whose answers were all created before `before_ms`, from the oldest, in
+    /// the open write transaction; drops the runs that index only removed rows.
     pub(crate) fn expire(
         &mut self,
         txn: &WriteTransaction,
@@ -393,11 +465,14 @@ impl AnswerLog {
         before_ms: u64,
         courtesy: &mut Courtesy,
     ) -> Result<(), StoreError> {
+        self.finish_appends(rows)?;
         self.expired = true;
         loop {
             courtesy.offer();
-            let oldest =
-                rows.first()?.map(|(n, row)| (n.value(), decode_row(row.value()).map_or(0, |(created, _, _)| created)));
+            let oldest = rows.first()?.map(|(first, row)| {
+                let newest = decode_rows(first.value(), row.value()).map(|a| a.created_ms).max().unwrap_or(0);
+                (first.value(), newest)
+            });
             match oldest {
                 None => {
                     self.first_live = self.next_number;
@@ -440,6 +515,7 @@ impl AnswerLog {
     /// The write transaction failed: its answers are not stored.
     pub(crate) fn aborted(&mut self) {
         self.pending.clear();
+        self.group.clear();
         self.expired = false;
     }
 
@@ -545,8 +621,11 @@ pub(crate) fn recent_candidates(recent: &RecentIndex, hash: u64) -> Vec<u64> {
 /// Every stored key (to fill the key filter on start).
 pub(crate) fn for_each_key(db: &redb::Database, mut each: impl FnMut(&str)) -> Result<(), StoreError> {
     for entry in db.begin_read()?.open_table(ANSWERS)?.range::<u64>(..)? {
-        if let Some(key) = decode_row(entry?.1.value()).and_then(|(_, key, _)| std::str::from_utf8(key).ok()) {
-            each(key);
+        let (first, row) = entry?;
+        for stored in decode_rows(first.value(), row.value()) {
+            if let Ok(key) = std::str::from_utf8(stored.key) {
+                each(key);
+            }
         }
     }
     Ok(())
@@ -568,6 +647,11 @@ mod tests {
             chunk.push(Op::Expire { before_ms: 0 });
             store.commit(Batch { ops: chunk, durable: true }).await.expect("commit");
         }
+    }
+
+    /// A row of earlier versions: one answer (creation time, key length, key, answer).
+    fn single_row(created_ms: u64, key: &str, answer: &[u8]) -> Vec<u8> {
+        [&created_ms.to_be_bytes()[..], &(key.len() as u16).to_be_bytes(), key.as_bytes(), answer].concat()
     }
 
     fn assert_answers(store: &Store, keys: impl Iterator<Item = String>, present: bool) {
@@ -605,6 +689,7 @@ mod tests {
                 for i in keys {
                     log.append(&mut rows, &key(i), 1, format!("answer {i}").as_bytes()).expect("append");
                 }
+                log.finish_appends(&mut rows).expect("finish");
             }
             txn.commit().expect("commit");
             log.committed();
@@ -787,7 +872,7 @@ mod tests {
                     let mut index = txn.open_table(TableDefinition::<(u64, u64), ()>::new(&name)).expect("index");
                     for (number, key) in keys().filter(|(n, _)| numbers.contains(n)) {
                         let answer = format!("answer for {key}");
-                        rows.insert(number, encode_row(now_ms(), &key, answer.as_bytes()).as_slice()).expect("row");
+                        rows.insert(number, single_row(now_ms(), &key, answer.as_bytes()).as_slice()).expect("row");
                         index.insert((key_hash(key.as_bytes()), number), ()).expect("entry");
                     }
                     registry.insert(generation, (*numbers.end(), numbers.count() as u64)).expect("registry");
@@ -799,6 +884,11 @@ mod tests {
         let (store, writer) = open(dir.path());
         assert_answers(&store, keys().map(|(_, key)| key), true);
         assert_answers(&store, (0..20).map(|i| format!("trace:unknown{i}:fingerprint")), false);
+        // New answers are numbered after the old rows, in groups, and both stay findable.
+        let new = || (0..10).map(|i| format!("trace:new{i}:fingerprint"));
+        store_applied(&store, new().map(|k| put(&k, now_ms())).collect()).await;
+        assert_answers(&store, new(), true);
+        assert_answers(&store, keys().map(|(_, key)| key), true);
         close(store, writer).await;
         assert_eq!(runs(dir.path()), [(1, 200), (2, 100)]);
         let db = redb::Database::open(dir.path().join("executor.redb")).expect("db");

@@ -1269,6 +1269,7 @@ impl Applier {
                     }
                 }
             }
+            self.answers.finish_appends(&mut answers)?;
             new_tasks.sort_unstable_by_key(|&(id, _)| id);
             for (id, record) in new_tasks {
                 courtesy.offer();
