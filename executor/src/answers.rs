@@ -58,6 +58,8 @@ const GROUP_BYTES: usize = 16_000;
 /// Small enough for unit tests to spread one commit's answers over several groups.
 #[cfg(test)]
 const GROUP_BYTES: usize = 256;
+/// The bytes before an answer's key in a group: creation time, key length, answer length.
+const GROUP_ENTRY_HEADER: usize = 8 + 2 + 4;
 /// Run number (runs are numbered in the order they are written) -> (highest answer number in
 /// it, entries in it).
 const RUNS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("answer_index_runs");
@@ -430,7 +432,7 @@ impl AnswerLog {
         let number = self.next_number;
         self.next_number += 1;
         let stored_key = &key.as_bytes()[..key.len().min(u16::MAX as usize)];
-        let entry_bytes = 14 + stored_key.len() + answer.len();
+        let entry_bytes = GROUP_ENTRY_HEADER + stored_key.len() + answer.len();
         if !self.group.is_empty() && self.group.len() + entry_bytes > GROUP_BYTES {
             self.finish_appends(rows)?;
         }
