@@ -201,6 +201,11 @@ impl<'a> RunReader<'a> {
     }
 }
 
+/// The number of the next run to write.
+fn next_run(runs: &impl ReadableTable<u64, (u64, u64)>) -> Result<u64, StoreError> {
+    Ok(runs.last()?.map_or(1, |(run, _)| run.value() + 1))
+}
+
 /// Merges runs `older` and `newer` into the new run `into` and drops them; returns the new
 /// run's (highest answer number, entries).
 fn merge_runs(
@@ -220,7 +225,7 @@ fn merge_runs(
         loop {
             courtesy.offer();
             match (a, b) {
-                (Some(x), Some(y)) if x <= y => {
+                (Some(x), y) if y.is_none_or(|y| x <= y) => {
                     writer.push(x)?;
                     a = left.next_entry()?;
                 }
@@ -228,11 +233,7 @@ fn merge_runs(
                     writer.push(y)?;
                     b = right.next_entry()?;
                 }
-                (Some(x), None) => {
-                    writer.push(x)?;
-                    a = left.next_entry()?;
-                }
-                (None, None) => break,
+                (_, None) => break,
             }
         }
         writer.finish()?
@@ -546,7 +547,7 @@ impl AnswerLog {
             return Ok(0);
         };
         let mut runs = txn.open_table(RUNS)?;
-        let mut next = runs.last()?.map_or(1, |(run, _)| run.value() + 1);
+        let mut next = next_run(&runs)?;
         let mut writer = RunWriter::create(txn, next)?;
         for &entry in entries.iter() {
             courtesy.offer();
@@ -595,7 +596,7 @@ fn migrate_generations(txn: &WriteTransaction) -> Result<(), StoreError> {
         .collect::<Result<_, _>>()?;
     let mut runs = txn.open_table(RUNS)?;
     for generation in &generations {
-        let run = runs.last()?.map_or(1, |(run, _)| run.value() + 1);
+        let run = next_run(&runs)?;
         let name = format!("answer_index_{generation}");
         let old: TableDefinition<(u64, u64), ()> = TableDefinition::new(&name);
         let written = {
