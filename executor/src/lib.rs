@@ -16,7 +16,8 @@
 //!   (OpenAI-compatible).
 //! - [`store`]: the embedded redb store, its group-commit writer and its applier; `wal` its
 //!   write-ahead log, `answers` the append-only layout of stored answers, `key_filter` the Bloom
-//!   filter that spares fresh requests a lookup.
+//!   filter that spares fresh requests a lookup, `tasks` the packed rows of the task adapter's
+//!   tasks.
 //! - [`events`]: the Bucket and Karma event shapes, with recipient masking.
 //! - [`delivery`]: background deliverers with backoff, circuit breakers and dead letters.
 //! - [`metrics`]: the Prometheus registry.
@@ -38,6 +39,7 @@ mod key_filter;
 pub mod logging;
 pub mod metrics;
 pub mod store;
+mod tasks;
 pub mod trace;
 mod wal;
 

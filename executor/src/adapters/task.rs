@@ -1,9 +1,8 @@
 //! The task adapter: a durable local task store in the executor's data directory.
 //!
 //! The task row is committed in the same transaction as the execution record and its events, so
-//! a task exists exactly when its execution is recorded. Task ids are time-ordered (UUIDv7), and
-//! the store inserts each commit's tasks in id order, so inserts land at the end of the table's
-//! B-tree.
+//! a task exists exactly when its execution is recorded. Task ids are time-ordered (UUIDv7); the
+//! store packs each commit's tasks into a few rows ([`crate::tasks`]).
 
 use serde::Serialize;
 use serde_json::{Value, json};
