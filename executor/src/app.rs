@@ -16,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::adapters::Adapters;
 use crate::api::{AppState, router};
+use crate::clock::now_ms;
 use crate::config::{ConfigError, FullPolicy, Settings};
-use crate::delivery::{Deliverer, SinkState};
-use crate::engine::Engine;
+use crate::execution::Engine;
 use crate::metrics::Metrics;
-use crate::store::{Batch, Op, OutboxBound, Sink, Store, StoreError, WriterThread, now_ms};
+use crate::outbox::delivery::{Deliverer, SinkState};
+use crate::store::embedded::{Embedded, OpenError};
+use crate::store::{OutboxBound, SharedStore, Sink, StoreError};
 
 /// Why the executor could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +33,11 @@ pub enum StartError {
     /// The listener or the server failed.
     #[error("network error: {0}")]
     Io(#[from] std::io::Error),
-    /// The store could not be opened or recovered.
+    /// The store could not be opened.
     #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The store could not record the recovery of interrupted executions.
+    #[error("recovering executions interrupted by the last stop: {0}")]
     Store(#[from] StoreError),
 }
 
@@ -40,7 +45,6 @@ pub enum StartError {
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
-    writer: WriterThread,
 }
 
 impl Application {
@@ -61,25 +65,20 @@ impl Application {
         let bounds = [bound(&settings.bucket), bound(&settings.karma)];
         let dir = settings.data_dir.clone();
         let store_metrics = metrics.clone();
-        let wal_bytes = settings.wal_bytes;
-        let (store, writer) = tokio::task::spawn_blocking(move || Store::open(&dir, wal_bytes, bounds, store_metrics))
+        let store: SharedStore = tokio::task::spawn_blocking(move || Embedded::open(&dir, bounds, store_metrics))
             .await
-            .map_err(|e| StoreError::Redb(redb::Error::Io(std::io::Error::other(e))))??;
+            .map_err(std::io::Error::other)??;
         let sinks = [
             Arc::new(SinkState::new(Sink::Bucket, settings.bucket.endpoint())),
             Arc::new(SinkState::new(Sink::Karma, settings.karma.endpoint())),
         ];
         let adapters = Adapters::new(&settings)?;
-        let engine = Engine::new(&settings, store.clone(), adapters, metrics.clone(), &sinks);
-        let recovered = engine.recover_interrupted().await.map_err(|e| match Arc::try_unwrap(e) {
-            Ok(e) => e,
-            Err(e) => StoreError::Redb(redb::Error::Io(std::io::Error::other(e.to_string()))),
-        })?;
+        let engine = Engine::new(&settings, store.clone(), adapters, metrics.clone());
+        let recovered = engine.recover_interrupted().await?;
         if recovered > 0 {
             tracing::warn!(recovered, "executions interrupted by the last stop are reported as outcome_unknown");
         }
-        let queued: u64 =
-            Sink::ALL.iter().map(|s| store.gauge(*s).depth.load(std::sync::atomic::Ordering::Relaxed)).sum();
+        let queued: u64 = Sink::ALL.iter().map(|s| store.depth(*s).events).sum();
         if queued > 0 {
             tracing::info!(queued, "resuming delivery of events queued before the last stop");
         }
@@ -91,7 +90,7 @@ impl Application {
             store,
             sinks,
         });
-        Ok(Self { listener, state, writer })
+        Ok(Self { listener, state })
     }
 
     /// The address the executor listens on.
@@ -101,7 +100,7 @@ impl Application {
 
     /// Serves until `shutdown` fires, then shuts down gracefully.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        let Application { listener, state, writer } = self;
+        let Application { listener, state } = self;
         let settings = state.settings.clone();
         let background = CancellationToken::new();
         let http = reqwest::Client::builder()
@@ -130,10 +129,8 @@ impl Application {
         tracing::info!("stopped accepting requests; flushing events");
         background.cancel();
         while tasks.join_next().await.is_some() {}
-        drop(state);
-        let joined = tokio::task::spawn_blocking(move || writer.join());
-        if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
-            tracing::error!("store writer did not finish in time");
+        if tokio::time::timeout(Duration::from_secs(10), state.store.close()).await.is_err() {
+            tracing::error!("the store did not close in time");
         }
         tracing::info!("workflow executor stopped");
         served.map_err(StartError::Io)
@@ -141,7 +138,7 @@ impl Application {
 }
 
 /// Drops stored answers older than the retention, every tenth of it (at most hourly).
-async fn expire_old_executions(store: Store, retention: Duration, stop: CancellationToken) {
+async fn expire_old_executions(store: SharedStore, retention: Duration, stop: CancellationToken) {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     loop {
         tokio::select! {
@@ -149,8 +146,10 @@ async fn expire_old_executions(store: Store, retention: Duration, stop: Cancella
             _ = tokio::time::sleep(every) => {}
         }
         let before_ms = now_ms().saturating_sub(retention.as_millis() as u64);
-        if let Err(error) = store.commit(Batch { ops: vec![Op::Expire { before_ms }], durable: false }).await {
-            tracing::warn!(%error, "cannot expire old executions");
+        match store.expire(before_ms).await {
+            Ok(0) => {}
+            Ok(count) => tracing::debug!(count, "expired stored answers"),
+            Err(error) => tracing::warn!(%error, "cannot expire old executions"),
         }
     }
 }

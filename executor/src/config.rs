@@ -192,9 +192,6 @@ pub struct Settings {
     pub bind: SocketAddr,
     /// Where the embedded store lives (`EXECUTOR_DATA_DIR`).
     pub data_dir: PathBuf,
-    /// Size of the store's write-ahead log, preallocated (`EXECUTOR_WAL_BYTES`); a checkpoint
-    /// empties it when full.
-    pub wal_bytes: u64,
     /// Log format (`EXECUTOR_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Bucket sink.
@@ -261,12 +258,6 @@ impl Settings {
             })?,
             data_dir: env
                 .parse("EXECUTOR_DATA_DIR", PathBuf::from("./data/executor"), |v| non_empty(v).map(PathBuf::from))?,
-            wal_bytes: env.parse("EXECUTOR_WAL_BYTES", 64 << 20, |v| {
-                v.parse::<u64>()
-                    .ok()
-                    .filter(|n| (1 << 20..=4 << 30).contains(n))
-                    .ok_or_else(|| "expected a size in bytes between 1 MiB and 4 GiB".to_owned())
-            })?,
             log_format: env.parse("EXECUTOR_LOG_FORMAT", LogFormat::Text, |v| match v {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),

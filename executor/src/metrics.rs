@@ -24,8 +24,6 @@ pub struct Metrics {
     pub adapter_seconds: HistogramVec,
     /// Store commit latency (group commit).
     pub commit_seconds: Histogram,
-    /// Store checkpoint latency (the periodic durable redb commit that empties the log).
-    pub checkpoint_seconds: Histogram,
     /// Execute requests being served.
     pub in_flight: IntGauge,
     /// Stored answers replayed for repeated requests.
@@ -94,12 +92,6 @@ impl Metrics {
             ),
             commit_seconds: histogram("workflow_store_commit_duration_seconds", "Group commit latency.", &[])
                 .with_label_values(&[] as &[&str]),
-            checkpoint_seconds: histogram(
-                "workflow_store_checkpoint_duration_seconds",
-                "Checkpoint latency (durable store commit that empties the write-ahead log).",
-                &[],
-            )
-            .with_label_values(&[] as &[&str]),
             in_flight: {
                 let g = IntGauge::new("workflow_in_flight_requests", "Execute requests being served.")
                     .expect("valid metric");

@@ -29,7 +29,7 @@ impl Ai {
         prompt: &str,
         trace_id: &str,
     ) -> Result<Performed, Failure> {
-        let requested_at = crate::now_rfc3339();
+        let requested_at = crate::clock::now_rfc3339();
         let body = json!({"model": self.settings.model, "messages": [{"role": "user", "content": prompt}]});
         let settings = &self.settings;
         let answer =
@@ -46,7 +46,7 @@ impl Ai {
                 ("model", answer.get("model").cloned().unwrap_or_else(|| json!(self.settings.model))),
                 ("requested_at", json!(requested_at)),
             ]),
-            ops: Vec::new(),
+            created: None,
         })
     }
 }

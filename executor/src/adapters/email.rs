@@ -60,7 +60,7 @@ impl Email {
         let to: Mailbox = recipient
             .parse()
             .map_err(|_| Failure::new("invalid_recipient", "recipient is not a valid e-mail address"))?;
-        let message_id = format!("<{}@{}>", crate::new_id(), self.domain);
+        let message_id = format!("<{}@{}>", crate::clock::new_id(), self.domain);
         let message = Message::builder()
             .from(self.from.clone())
             .to(to)
@@ -90,9 +90,9 @@ impl Email {
                 ("recipient", json!(recipient)),
                 ("subject", json!(subject)),
                 ("status", json!("SENT")),
-                ("sent_at", json!(crate::now_rfc3339())),
+                ("sent_at", json!(crate::clock::now_rfc3339())),
             ]),
-            ops: Vec::new(),
+            created: None,
         })
     }
 }

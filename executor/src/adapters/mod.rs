@@ -7,8 +7,8 @@
 //! `provider_rejected`, `provider_error`, `provider_bad_response`); provider error texts are
 //! passed on truncated, and secrets never leave the adapter.
 //!
-//! The task adapter writes to the executor's own store in the same commit as the execution
-//! record, so its outcome can never be unknown; the other three call a remote provider.
+//! The task adapter's task is recorded by the engine in the same commit as the execution record,
+//! so its outcome can never be unknown; the other three call a remote provider.
 
 mod ai;
 mod email;
@@ -20,7 +20,6 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::config::Settings;
-use crate::store::Op;
 
 /// A validated action, ready to perform.
 #[derive(Debug, Clone)]
@@ -88,13 +87,22 @@ impl Failure {
     }
 }
 
-/// What a successful adapter produced: result fields, and store ops to commit with the record.
+/// What a successful adapter produced: result fields, and the task it created, if any.
 #[derive(Debug, Default)]
 pub struct Performed {
     /// Fields merged into `execution_result`.
     pub fields: Map<String, Value>,
-    /// Writes committed atomically with the execution record.
-    pub ops: Vec<Op>,
+    /// A task created by the task adapter; it exists once it is recorded with the execution.
+    pub created: Option<CreatedTask>,
+}
+
+/// A task the task adapter created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreatedTask {
+    /// Its id (`task_<uuid>`).
+    pub id: String,
+    /// Its JSON record.
+    pub record: Vec<u8>,
 }
 
 /// The adapters and their provider clients.

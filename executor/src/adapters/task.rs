@@ -1,14 +1,12 @@
-//! The task adapter: a durable local task store in the executor's data directory.
+//! The task adapter: a durable local task, recorded in the executor's store.
 //!
-//! The task row is committed in the same transaction as the execution record and its events, so
-//! a task exists exactly when its execution is recorded. Task ids are time-ordered (UUIDv7); the
-//! store packs each commit's tasks into a few rows ([`crate::tasks`]).
+//! The task is committed in the same transaction as the execution record and its events, so a
+//! task exists exactly when its execution is recorded. Task ids are time-ordered (UUIDv7).
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Performed, fields};
-use crate::store::Op;
+use super::{CreatedTask, Performed, fields};
 
 /// A stored task (fields in the order the first versions wrote them).
 #[derive(Serialize)]
@@ -23,8 +21,8 @@ struct TaskRecord<'a> {
 
 /// Creates a task; the returned op stores it.
 pub(super) fn create(title: &str, description: &str, trace_id: &str) -> Performed {
-    let task_id = format!("task_{}", crate::new_time_ordered_id().simple());
-    let created_at = crate::now_rfc3339();
+    let task_id = format!("task_{}", crate::clock::new_time_ordered_id().simple());
+    let created_at = crate::clock::now_rfc3339();
     let record =
         TaskRecord { created_at: &created_at, description, status: "CREATED", task_id: &task_id, title, trace_id };
     let record = serde_json::to_vec(&record).unwrap_or_default();
@@ -35,6 +33,6 @@ pub(super) fn create(title: &str, description: &str, trace_id: &str) -> Performe
             ("task_status", json!("CREATED")),
             ("created_at", Value::String(created_at)),
         ]),
-        ops: vec![Op::PutTask { id: task_id, record }],
+        created: Some(CreatedTask { id: task_id, record }),
     }
 }

@@ -51,9 +51,9 @@ impl WhatsApp {
                 ("recipient", json!(recipient)),
                 ("message", json!(message)),
                 ("status", json!("SENT")),
-                ("sent_at", json!(crate::now_rfc3339())),
+                ("sent_at", json!(crate::clock::now_rfc3339())),
             ]),
-            ops: Vec::new(),
+            created: None,
         })
     }
 }

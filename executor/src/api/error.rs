@@ -109,6 +109,18 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message, None).with_retry_after(retry_after_secs)
     }
 
+    /// 503 `store_unavailable`: the store cannot record; nothing was executed, or the outcome
+    /// is kept and recorded when the store can write again (a retry then replays it).
+    pub fn store_unavailable(outcome_kept: bool) -> Self {
+        let message = if outcome_kept {
+            "the action was performed but its outcome could not be recorded yet; it is recorded as soon as the store \
+             can write, and a retry then returns it"
+        } else {
+            "the executor cannot record executions right now; nothing was executed"
+        };
+        Self::unavailable("store_unavailable", message, 5)
+    }
+
     /// 500 for a failure of our own (store); the cause is logged by the caller.
     pub fn internal() -> Self {
         Self::new(
@@ -164,5 +176,21 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+impl From<crate::execution::ExecutionError> for ApiError {
+    fn from(error: crate::execution::ExecutionError) -> Self {
+        use crate::execution::ExecutionError;
+        match error {
+            ExecutionError::InProgress => Self::in_progress(),
+            ExecutionError::KeyReused => Self::key_reused(),
+            ExecutionError::OutboxFull { sink } => Self::unavailable(
+                "audit_spool_full",
+                format!("the {sink} outbox is full; executions resume when it drains"),
+                5,
+            ),
+            ExecutionError::StoreUnavailable { outcome_kept, .. } => Self::store_unavailable(outcome_kept),
+        }
     }
 }

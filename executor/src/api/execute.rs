@@ -17,9 +17,8 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::request::{Parsed, parse};
 use super::{AppState, REPLAY_HEADER};
-use crate::adapters::Action;
 use crate::contract::SkippedResponse;
-use crate::engine::Answer;
+use crate::execution::Answer;
 
 /// The longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -38,7 +37,7 @@ pub async fn execute(State(state): State<Arc<AppState>>, request: Request) -> Re
     match handle(&state, &parts.headers, body, permit).await {
         Ok(response) => response,
         Err(error) => {
-            if error.status().is_client_error() {
+            if error.status().is_client_error() || error.status() == StatusCode::SERVICE_UNAVAILABLE {
                 state.metrics.rejections.with_label_values(&[error.code()]).inc();
             }
             error.into_response()
@@ -108,7 +107,7 @@ async fn handle(
         }
         Parsed::Execute(request) => {
             let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller);
-            let answer = if request.plan.as_ref().is_ok_and(Action::is_remote) {
+            let answer = if request.is_remote() {
                 // A remote action runs in its own task so that a caller hanging up cannot cancel
                 // it half-way: the provider may already have acted, and a dropped future would
                 // store neither the result nor its events, so a retry would act a second time.
@@ -121,10 +120,13 @@ async fn handle(
                     engine.engine.execute(request, key.as_deref()).await
                 }
                 .instrument(span);
-                tokio::spawn(execution).await.map_err(|error| {
-                    tracing::error!(%error, "the execution task failed");
-                    ApiError::internal()
-                })??
+                tokio::spawn(execution)
+                    .await
+                    .map_err(|error| {
+                        tracing::error!(%error, "the execution task failed");
+                        ApiError::internal()
+                    })?
+                    .map_err(ApiError::from)?
             } else {
                 // A local action (a task, or a failure decided by validation) acts only through
                 // its commit, which the engine hands to the store before it first waits and

@@ -24,10 +24,10 @@ use axum::routing::{get, post};
 use tokio::sync::Semaphore;
 
 use crate::config::Settings;
-use crate::delivery::SinkState;
-use crate::engine::Engine;
+use crate::execution::Engine;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::outbox::delivery::SinkState;
+use crate::store::SharedStore;
 
 /// Header set on a replayed answer.
 pub const REPLAY_HEADER: &str = "idempotent-replayed";
@@ -41,7 +41,7 @@ pub struct AppState {
     /// Metrics registry.
     pub metrics: Metrics,
     /// The durable store (for status reads).
-    pub store: Store,
+    pub store: SharedStore,
     /// Bucket and Karma delivery state.
     pub sinks: [Arc<SinkState>; 2],
     /// Permits for concurrent execute requests (shared, so an execution's task can own one).

@@ -14,20 +14,23 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::delivery::{CircuitState, SinkState};
-use crate::now_rfc3339;
-use crate::store::{Sink, now_ms};
+use crate::clock::now_ms;
+use crate::clock::now_rfc3339;
+use crate::outbox::delivery::{CircuitState, SinkState};
+use crate::store::{Health, Sink};
 
 /// `GET /healthz`.
 pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let pillars: serde_json::Map<String, Value> =
         state.sinks.iter().map(|s| (s.sink.name().to_owned(), json!(pillar_state(&state, s)))).collect();
-    let all_up = pillars.values().all(|v| v == "up" || v == "disabled");
+    let store_ok = state.store.health() == Health::Ok;
+    let all_up = store_ok && pillars.values().all(|v| v == "up" || v == "disabled");
     axum::Json(json!({
         "status": if all_up { "ok" } else { "degraded" },
         "service": "workflow-executor",
         "version": env!("CARGO_PKG_VERSION"),
         "timestamp": now_rfc3339(),
+        "store": if store_ok { "ok" } else { "failing" },
         "pillars": pillars,
     }))
 }
@@ -35,11 +38,11 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     for sink in Sink::ALL {
-        let age = oldest_age_seconds(&state, sink).unwrap_or(0.0);
-        let gauge = state.store.gauge(sink);
+        let age = oldest_age_seconds(&state, sink).await.unwrap_or(0.0);
+        let depth = state.store.depth(sink);
         state.metrics.outbox_oldest_age.with_label_values(&[sink.name()]).set(age);
-        state.metrics.outbox_depth.with_label_values(&[sink.name()]).set(gauge.events() as i64);
-        state.metrics.outbox_bytes.with_label_values(&[sink.name()]).set(gauge.total_bytes() as i64);
+        state.metrics.outbox_depth.with_label_values(&[sink.name()]).set(depth.events as i64);
+        state.metrics.outbox_bytes.with_label_values(&[sink.name()]).set(depth.bytes as i64);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
@@ -51,13 +54,13 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
     for sink_state in state.sinks.iter() {
         let sink = sink_state.sink;
         let report = sink_state.report();
-        let gauge = state.store.gauge(sink);
-        if report.dead_lettered > 0 {
+        let depth = state.store.depth(sink);
+        if depth.dead_letters > 0 {
             alerts.push(json!({
                 "pillar": sink.name(),
                 "kind": "dead_letters",
                 "message": format!("{} {} event(s) could not be delivered and were dead-lettered; last reason: {}",
-                    report.dead_lettered, sink.name(), report.last_dead_letter_reason.as_deref().unwrap_or("unknown")),
+                    depth.dead_letters, sink.name(), report.last_dead_letter_reason.as_deref().unwrap_or("see /api/integration/dead-letters")),
             }));
         }
         if sink_state.circuit() != CircuitState::Closed {
@@ -73,12 +76,12 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
                 "state": pillar_state(&state, sink_state),
                 "endpoint": sink_state.endpoint.as_str(),
                 "circuit": sink_state.circuit(),
-                "outbox_depth": gauge.events(),
-                "outbox_bytes": gauge.total_bytes(),
-                "oldest_event_age_seconds": oldest_age_seconds(&state, sink),
+                "outbox_depth": depth.events,
+                "outbox_bytes": depth.bytes,
+                "oldest_event_age_seconds": oldest_age_seconds(&state, sink).await,
                 "delivered": report.delivered,
                 "failed_attempts": report.failed_attempts,
-                "dead_lettered": report.dead_lettered,
+                "dead_lettered": depth.dead_letters,
                 "last_dead_letter_reason": report.last_dead_letter_reason,
                 "last_success": report.last_success,
                 "last_error_at": report.last_error_at,
@@ -86,10 +89,22 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
             }),
         );
     }
+    let store = match state.store.health() {
+        Health::Ok => json!({"state": "ok"}),
+        Health::Failing { cause, unrecorded } => {
+            alerts.push(json!({
+                "pillar": "store",
+                "kind": "store_failing",
+                "message": format!("the store cannot write ({cause}); new executions are refused until it can"),
+            }));
+            json!({"state": "failing", "cause": cause, "unrecorded_outcomes": unrecorded})
+        }
+    };
     axum::Json(json!({
         "service": "workflow-executor",
         "version": env!("CARGO_PKG_VERSION"),
         "timestamp": now_rfc3339(),
+        "store": store,
         "pillars": pillars,
         "alerts": alerts,
     }))
@@ -117,11 +132,10 @@ pub async fn dead_letters(
         "karma" => Sink::Karma,
         _ => return Err(ApiError::invalid("invalid_query", "sink must be bucket or karma", "sink")),
     };
-    let records = state.store.dead_letters(sink, query.limit.unwrap_or(50).min(1000)).map_err(|error| {
+    let events = state.store.dead_letters(sink, query.limit.unwrap_or(50).min(1000)).await.map_err(|error| {
         tracing::error!(%error, "cannot read dead letters");
-        ApiError::internal()
+        ApiError::store_unavailable(false)
     })?;
-    let events: Vec<Value> = records.iter().filter_map(|r| serde_json::from_slice(r).ok()).collect();
     Ok(axum::Json(json!({"sink": sink.name(), "count": events.len(), "dead_letters": events})).into_response())
 }
 
@@ -141,7 +155,7 @@ fn pillar_state(state: &AppState, sink: &SinkState) -> &'static str {
     }
 }
 
-fn oldest_age_seconds(state: &AppState, sink: Sink) -> Option<f64> {
-    let oldest = state.store.oldest_enqueued_ms(sink).ok().flatten()?;
+async fn oldest_age_seconds(state: &AppState, sink: Sink) -> Option<f64> {
+    let oldest = state.store.oldest_enqueued_ms(sink).await.ok().flatten()?;
     Some(now_ms().saturating_sub(oldest) as f64 / 1000.0)
 }

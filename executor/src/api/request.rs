@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use crate::adapters::{Action, Failure};
+use crate::execution::Request;
 use crate::trace::is_valid_trace_id;
 
 /// The five decisions Core may send.
@@ -40,26 +41,7 @@ pub enum Parsed {
         trace_id: String,
     },
     /// A workflow to execute (or to fail with an engine error code).
-    Execute(ExecuteRequest),
-}
-
-/// A workflow request, validated.
-#[derive(Debug)]
-pub struct ExecuteRequest {
-    /// The caller's trace id.
-    pub trace_id: String,
-    /// What to do, or why it cannot be done (an executed failure).
-    pub plan: Result<Action, Failure>,
-    /// `action_type` as sent (bounded), for events; `unknown` when missing.
-    pub action_type: String,
-    /// `payload.user_id`.
-    pub user_id: Option<String>,
-    /// `payload.product`.
-    pub product: Option<String>,
-    /// `payload.metadata` (an object).
-    pub metadata: Option<Value>,
-    /// SHA-256 of the canonical request (trace id, decision and payload), hex.
-    pub fingerprint: String,
+    Execute(Request),
 }
 
 /// Parses and validates a request body.
@@ -163,7 +145,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ApiError> {
         let _ = serde_json::to_writer(&mut hasher, &(trace_id, decision, payload));
         crate::trace::hex(&hasher.finalize())
     };
-    Ok(Parsed::Execute(ExecuteRequest {
+    Ok(Parsed::Execute(Request {
         trace_id: trace_id.to_owned(),
         plan,
         action_type: action_type.filter(|a| !a.is_empty()).unwrap_or("unknown").to_owned(),

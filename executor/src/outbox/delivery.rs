@@ -1,7 +1,7 @@
 //! Background deliverers: one per sink, draining its durable outbox.
 //!
-//! Each deliverer reads the oldest queued events, posts them with bounded concurrency (every
-//! attempt bounded by `WORKFLOW_TIMEOUT`), and commits the outcome: a delivery removes the event,
+//! Each deliverer leases the oldest queued events from the store, posts them with bounded concurrency (every
+//! attempt bounded by `WORKFLOW_TIMEOUT`), and settles them: a delivery removes the event,
 //! an event that can never be delivered moves to the dead-letter table with its reason, anything
 //! else stays queued for the next round. Outcomes are classified so an outage never loses events:
 //!
@@ -17,7 +17,6 @@
 //! sent, then a single probe decides whether it closes. On shutdown deliverers keep draining for the
 //! grace period and leave the rest on disk.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliverySettings;
 use crate::metrics::Metrics;
-use crate::store::{Batch, Op, QueuedEvent, Sink, Store};
+use crate::store::{LeasedEvent, Settlement, SharedStore, Sink};
 use crate::trace::trace_headers;
 
 /// Events read per round.
@@ -140,11 +139,10 @@ enum Outcome {
 /// Delivers one sink's outbox until cancelled.
 pub struct Deliverer {
     state: Arc<SinkState>,
-    store: Store,
+    store: SharedStore,
     http: reqwest::Client,
     settings: DeliverySettings,
     metrics: Metrics,
-    attempts: HashMap<u64, u32>,
     failing_rounds: u32,
 }
 
@@ -152,13 +150,13 @@ impl Deliverer {
     /// A deliverer for `state.sink`.
     pub fn new(
         state: Arc<SinkState>,
-        store: Store,
+        store: SharedStore,
         http: reqwest::Client,
         settings: DeliverySettings,
         metrics: Metrics,
     ) -> Self {
         metrics.circuit_state.with_label_values(&[state.sink.name()]).set(0);
-        Self { state, store, http, settings, metrics, attempts: HashMap::new(), failing_rounds: 0 }
+        Self { state, store, http, settings, metrics, failing_rounds: 0 }
     }
 
     /// Delivers until `stop` fires, then drains for at most `grace` and returns.
@@ -169,8 +167,7 @@ impl Deliverer {
         }
         let sink = self.state.sink.name();
         let drained = tokio::time::timeout(grace, async {
-            // Events logged but not applied yet count: they become readable within a commit.
-            while self.store.gauge(self.state.sink).events() > 0 {
+            while self.store.depth(self.state.sink).events > 0 {
                 match self.round().await {
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => tokio::task::yield_now().await,
@@ -178,7 +175,7 @@ impl Deliverer {
             }
         })
         .await;
-        let left = self.store.gauge(self.state.sink).events();
+        let left = self.store.depth(self.state.sink).events;
         match drained {
             Ok(()) => tracing::info!(sink, "outbox drained"),
             Err(_) => {
@@ -190,10 +187,10 @@ impl Deliverer {
     async fn deliver_forever(&mut self) {
         loop {
             let store = self.store.clone();
-            let notified = store.outbox_bell(self.state.sink).notified();
+            let notified = store.bell(self.state.sink).notified();
             match self.round().await {
                 Some(wait) => tokio::time::sleep(wait).await,
-                None if self.store.gauge(self.state.sink).depth.load(std::sync::atomic::Ordering::Relaxed) == 0 => {
+                None if self.store.depth(self.state.sink).events == 0 => {
                     // Idle: wait for the bell, with a slow tick as a safety net.
                     let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
                 }
@@ -210,7 +207,9 @@ impl Deliverer {
             Ok(limit) => limit,
             Err(wait) => return Some(wait),
         };
-        let events = match self.store.queued(sink, limit) {
+        // A lease outlives every attempt of the round, so no other deliverer sends these meanwhile.
+        let lease_for = self.settings.attempt_timeout * 4 + Duration::from_secs(5);
+        let events = match self.store.lease(sink, limit, lease_for).await {
             Ok(events) => events,
             Err(error) => {
                 tracing::error!(sink = sink.name(), %error, "cannot read the outbox");
@@ -221,7 +220,7 @@ impl Deliverer {
             return None;
         }
         let this = &*self;
-        let outcomes: Vec<(QueuedEvent, Outcome)> = futures_util::stream::iter(events)
+        let outcomes: Vec<(LeasedEvent, Outcome)> = futures_util::stream::iter(events)
             .map(|event| async move {
                 let outcome = this.send(&event).await;
                 (event, outcome)
@@ -230,36 +229,34 @@ impl Deliverer {
             .collect()
             .await;
 
-        let mut ops = Vec::with_capacity(outcomes.len());
-        let (mut delivered, mut unreachable, mut failed) = (0u64, 0u32, false);
+        let mut settlements = Vec::with_capacity(outcomes.len());
+        let (mut delivered, mut dead, mut unreachable, mut failed) = (0u64, 0u64, 0u32, false);
         let mut last_error = None;
         let mut dead_reason = None;
         for (event, outcome) in outcomes {
             match outcome {
                 Outcome::Delivered => {
-                    self.attempts.remove(&event.seq);
-                    ops.push(Op::Ack { sink, seq: event.seq });
+                    settlements.push(Settlement::Delivered(event.seq));
                     delivered += 1;
                 }
                 Outcome::Permanent(reason) => {
-                    self.attempts.remove(&event.seq);
                     last_error = Some(reason.clone());
                     dead_reason = Some(reason.clone());
-                    ops.push(Op::DeadLetter { sink, seq: event.seq, reason });
+                    settlements.push(Settlement::DeadLetter { seq: event.seq, reason });
+                    dead += 1;
                     failed = true;
                 }
                 Outcome::Rejected(reason) => {
                     failed = true;
-                    let attempts = self.attempts.entry(event.seq).or_insert(0);
-                    *attempts += 1;
-                    if *attempts >= self.settings.max_attempts {
-                        self.attempts.remove(&event.seq);
+                    if event.attempts + 1 >= self.settings.max_attempts {
                         let reason = format!("{reason} (after {} attempts)", self.settings.max_attempts);
-                        ops.push(Op::DeadLetter { sink, seq: event.seq, reason: reason.clone() });
+                        settlements.push(Settlement::DeadLetter { seq: event.seq, reason: reason.clone() });
+                        dead += 1;
                         dead_reason = Some(reason.clone());
                         last_error = Some(reason);
                     } else {
                         self.metrics.events_retried.with_label_values(&[sink.name(), "rejected"]).inc();
+                        settlements.push(Settlement::Failed(event.seq));
                         last_error = Some(reason);
                     }
                 }
@@ -267,18 +264,16 @@ impl Deliverer {
                     failed = true;
                     unreachable += 1;
                     self.metrics.events_retried.with_label_values(&[sink.name(), "unreachable"]).inc();
+                    settlements.push(Settlement::Release(event.seq));
                     last_error = Some(reason);
                 }
             }
         }
-        // Counted as soon as the sink accepted them, before their acknowledgements are applied:
+        // Counted as soon as the sink accepted them, before their acknowledgements are recorded:
         // whoever sees the outbox empty also sees them delivered. (If recording the
         // acknowledgements fails, the events are sent and counted again; sinks drop them by id.)
         self.metrics.events_delivered.with_label_values(&[sink.name()]).inc_by(delivered);
-        let dead = ops.iter().filter(|op| matches!(op, Op::DeadLetter { .. })).count() as u64;
-        if !ops.is_empty()
-            && let Err(error) = self.store.commit(Batch { ops, durable: dead > 0 }).await
-        {
+        if let Err(error) = self.store.settle(sink, settlements).await {
             tracing::error!(sink = sink.name(), %error, "cannot record delivery outcomes");
             return Some(Duration::from_secs(1));
         }
@@ -325,7 +320,7 @@ impl Deliverer {
         dead_reason: Option<String>,
     ) {
         let sink = self.state.sink.name();
-        let now = crate::now_rfc3339();
+        let now = crate::clock::now_rfc3339();
         {
             let mut report = self.state.report.lock().expect("report lock");
             report.delivered += delivered;
@@ -381,7 +376,7 @@ impl Deliverer {
         ceiling.mul_f64(fastrand::f64())
     }
 
-    async fn send(&self, event: &QueuedEvent) -> Outcome {
+    async fn send(&self, event: &LeasedEvent) -> Outcome {
         let request = self
             .http
             .post(self.state.endpoint.clone())

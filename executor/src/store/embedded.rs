@@ -1,0 +1,828 @@
+//! The embedded backend: the [`Store`] boundary on fjall, in `EXECUTOR_DATA_DIR`.
+//!
+//! **Tables.** One fjall keyspace each: `answers` (key → fingerprint and answer), `answer_times`
+//! (creation time and key, for expiry), `in_flight` (key → marker), `tasks`, and per sink an
+//! outbox (sequence number → event) and its dead letters. fjall checksums every journal batch
+//! and every table block and checks them on read; a batch is atomic across keyspaces.
+//!
+//! **One writer, grouped syncs.** Every write goes through one committer thread: it takes all
+//! queued jobs, writes them as one fjall batch and syncs the journal once if any of them must be
+//! durable, then answers them all. Delivery acknowledgements are not synced on their own; the
+//! next durable group or the committer's one-second tick makes them durable.
+//!
+//! **Failures.** fjall refuses every write after a failed journal write (it cannot know what
+//! reached the disk). The committer then marks the store failing, answers new jobs with
+//! [`StoreError::Unavailable`], keeps the outcomes it was asked to keep (with their claims), and
+//! every second reopens the database (which recovers it from what is durable) and records them.
+//! Depth counters are recounted from disk after such a recovery.
+//!
+//! **Claims** live in memory: one process owns the directory (fjall's lock file), so an
+//! in-flight marker found at open belongs to a dead process and is handed out by `abandoned`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde_json::Value;
+use tokio::sync::{Notify, oneshot};
+
+use super::{
+    Abandoned, Claim, ClaimGuard, Health, IfUnrecorded, InFlightMarker, LeasedEvent, OutboxBound, OutboxDepth, Outcome,
+    Settlement, Sink, Store, StoreError, StoreFuture, Write, dead_letter_record,
+};
+use crate::clock::now_ms;
+use crate::metrics::Metrics;
+
+/// fjall's block cache and each keyspace's memtable: enough for the outbox heads and recent keys.
+const CACHE_BYTES: u64 = 16 << 20;
+const MEMTABLE_BYTES: u64 = 4 << 20;
+/// How long lazy writes (acknowledgements, expiry) may wait for a sync, and how often a failing
+/// store tries to recover.
+const TICK: Duration = Duration::from_secs(1);
+/// Jobs written in one group at most.
+const GROUP_JOBS: usize = 4096;
+
+/// Why the store could not be opened; every message names `EXECUTOR_DATA_DIR` and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory cannot be created or used.
+    #[error("EXECUTOR_DATA_DIR={dir}: cannot use the directory: {source}")]
+    Directory {
+        /// The data directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another process holds the store.
+    #[error("EXECUTOR_DATA_DIR={0}: another executor holds the lock on {0}/lock; stop it or use another directory")]
+    Locked(PathBuf),
+    /// No room on the device.
+    #[error("EXECUTOR_DATA_DIR={0}: no space left on the device holding the store; free space or move the directory")]
+    NoSpace(PathBuf),
+    /// A checksum or format check failed.
+    #[error(
+        "EXECUTOR_DATA_DIR={dir}: the store is damaged ({detail}); refusing to start so that no acknowledged execution \
+         is lost or repeated. Restore the directory from a backup, or move it aside to start empty (retries of \
+         earlier requests would then execute again)"
+    )]
+    Damaged {
+        /// The data directory.
+        dir: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// The keyspaces of one open database.
+struct Tables {
+    db: Database,
+    answers: Keyspace,
+    answer_times: Keyspace,
+    in_flight: Keyspace,
+    tasks: Keyspace,
+    outbox: [Keyspace; 2],
+    dead: [Keyspace; 2],
+}
+
+impl Tables {
+    fn open(dir: &Path) -> Result<Self, fjall::Error> {
+        let db = Database::builder(dir).manual_journal_persist(true).cache_size(CACHE_BYTES).open()?;
+        let keyspace =
+            |name: &str| db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES));
+        Ok(Self {
+            answers: keyspace("answers")?,
+            answer_times: keyspace("answer_times")?,
+            in_flight: keyspace("in_flight")?,
+            tasks: keyspace("tasks")?,
+            outbox: [keyspace("outbox_bucket")?, keyspace("outbox_karma")?],
+            dead: [keyspace("dead_bucket")?, keyspace("dead_karma")?],
+            db,
+        })
+    }
+}
+
+/// A lease (or the attempts) of one event.
+struct Lease {
+    until: Option<Instant>,
+    attempts: u32,
+    size: u64,
+}
+
+/// One sink's counters, leases and bell.
+#[derive(Default)]
+struct SinkSide {
+    depth: AtomicU64,
+    bytes: AtomicU64,
+    dead: AtomicU64,
+    dropped: AtomicU64,
+    /// Every sequence number below it is gone from the outbox.
+    head: AtomicU64,
+    leases: Mutex<HashMap<u64, Lease>>,
+    bell: Notify,
+}
+
+/// One change, as the committer writes it.
+enum Op {
+    Answer { key: String, record: Vec<u8>, created_ms: u64 },
+    ClearInFlight(String),
+    InFlight { key: String, value: Vec<u8> },
+    Task { id: String, record: Vec<u8> },
+    Event { sink: Sink, seq: u64, value: Vec<u8> },
+    Delivered { sink: Sink, seq: u64 },
+    Dead { sink: Sink, seq: u64, record: Vec<u8> },
+    Forget { time_key: Vec<u8>, key: Vec<u8> },
+}
+
+struct Job {
+    ops: Vec<Op>,
+    durable: bool,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// Released once the job is recorded (or dropped with it).
+    claim: Option<ClaimGuard>,
+    keep: bool,
+}
+
+enum Msg {
+    Job(Job),
+    Close(oneshot::Sender<()>),
+}
+
+struct Inner {
+    dir: PathBuf,
+    tables: RwLock<Option<Arc<Tables>>>,
+    claims: Mutex<HashMap<String, String>>,
+    sinks: [SinkSide; 2],
+    bounds: [OutboxBound; 2],
+    next_seq: [AtomicU64; 2],
+    failing: Mutex<Option<String>>,
+    unrecorded: AtomicU64,
+    abandoned: Mutex<Vec<(String, InFlightMarker)>>,
+    closed: AtomicBool,
+    metrics: Metrics,
+}
+
+/// The embedded store. Cheap to share; [`Store::close`] stops it.
+pub struct Embedded {
+    inner: Arc<Inner>,
+    jobs: Mutex<Option<mpsc::Sender<Msg>>>,
+}
+
+impl Embedded {
+    /// Opens (or creates) the store in `dir`. Blocking.
+    pub fn open(dir: &Path, bounds: [OutboxBound; 2], metrics: Metrics) -> Result<Arc<Embedded>, OpenError> {
+        let directory = |source| OpenError::Directory { dir: dir.to_owned(), source };
+        std::fs::create_dir_all(dir).map_err(directory)?;
+        let journals_before = journal_sizes(dir);
+        let tables = Tables::open(dir).map_err(|error| open_error(dir, error))?;
+        for (path, before) in journals_before {
+            let after = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(before);
+            if after < before {
+                tracing::warn!(file = %path.display(), discarded_bytes = before - after,
+                    "the store's journal ended in an incomplete batch, which was discarded: a crash during a write \
+                     leaves one (never acknowledged); if the file was damaged instead, its executions are lost");
+            }
+        }
+        let inner = Arc::new(Inner {
+            dir: dir.to_owned(),
+            tables: RwLock::new(None),
+            claims: Mutex::default(),
+            sinks: Default::default(),
+            bounds,
+            next_seq: Default::default(),
+            failing: Mutex::default(),
+            unrecorded: AtomicU64::new(0),
+            abandoned: Mutex::default(),
+            closed: AtomicBool::new(false),
+            metrics,
+        });
+        let mut abandoned = Vec::new();
+        for item in tables.in_flight.iter() {
+            let (key, value) = item.into_inner().map_err(|e| open_error(dir, e))?;
+            match serde_json::from_slice::<InFlightMarker>(&value) {
+                Ok(marker) => abandoned.push((String::from_utf8_lossy(&key).into_owned(), marker)),
+                Err(error) => tracing::error!(%error, "an unreadable in-flight marker is left as it is"),
+            }
+        }
+        *inner.abandoned.lock().expect("abandoned lock") = abandoned;
+        inner.recount(&tables).map_err(|e| open_error(dir, e))?;
+        *inner.tables.write().expect("tables lock") = Some(Arc::new(tables));
+        let (sender, receiver) = mpsc::channel();
+        let committer = inner.clone();
+        std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || committer.run(receiver))
+            .map_err(directory)?;
+        Ok(Arc::new(Embedded { inner, jobs: Mutex::new(Some(sender)) }))
+    }
+
+    fn send(&self, ops: Vec<Op>, durable: bool, claim: Option<ClaimGuard>, keep: bool) -> StoreFuture<'_, ()> {
+        let (done, wait) = oneshot::channel();
+        let job = Job { ops, durable, done: Some(done), claim, keep };
+        let sent = match &*self.jobs.lock().expect("jobs lock") {
+            Some(jobs) => jobs.send(Msg::Job(job)).is_ok(),
+            None => false,
+        };
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Closed);
+            }
+            wait.await.unwrap_or(Err(StoreError::Closed))
+        })
+    }
+
+    fn tables(&self) -> Result<Arc<Tables>, StoreError> {
+        self.inner.tables()
+    }
+}
+
+impl Inner {
+    fn tables(&self) -> Result<Arc<Tables>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let tables = self.tables.read().expect("tables lock").clone();
+        tables.ok_or_else(|| StoreError::Unavailable(self.cause()))
+    }
+
+    fn cause(&self) -> String {
+        let failing = self.failing.lock().expect("failing lock").clone();
+        failing.unwrap_or_else(|| "recovering".into())
+    }
+
+    /// Counts what each outbox holds and where its sequence numbers go on.
+    fn recount(&self, tables: &Tables) -> Result<(), fjall::Error> {
+        for sink in Sink::ALL {
+            let i = sink.index();
+            let (mut depth, mut bytes, mut first, mut last) = (0, 0, None, 0);
+            for item in tables.outbox[i].iter() {
+                let (key, value) = item.into_inner()?;
+                let seq = seq_of(&key);
+                first.get_or_insert(seq);
+                last = seq;
+                depth += 1;
+                bytes += value.len() as u64;
+            }
+            let side = &self.sinks[i];
+            side.depth.store(depth, Ordering::SeqCst);
+            side.bytes.store(bytes, Ordering::SeqCst);
+            side.head.store(first.unwrap_or(last + 1), Ordering::SeqCst);
+            let dead_last = tables.dead[i].last_key_value().map(|g| g.key()).transpose()?.map(|k| seq_of(&k));
+            side.dead.store(tables.dead[i].iter().count() as u64, Ordering::SeqCst);
+            let next = last.max(dead_last.unwrap_or(0)) + 1;
+            self.next_seq[i].fetch_max(next, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// The committer thread: groups jobs, writes them, and recovers from write failures.
+    fn run(self: Arc<Self>, jobs: mpsc::Receiver<Msg>) {
+        let mut kept: Vec<Job> = Vec::new();
+        let mut unsynced = false;
+        loop {
+            let mut group = Vec::new();
+            let mut close = None;
+            match jobs.recv_timeout(TICK) {
+                Ok(Msg::Job(job)) => group.push(job),
+                Ok(Msg::Close(done)) => close = Some(done),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while close.is_none() && group.len() < GROUP_JOBS {
+                match jobs.try_recv() {
+                    Ok(Msg::Job(job)) => group.push(job),
+                    Ok(Msg::Close(done)) => close = Some(done),
+                    Err(_) => break,
+                }
+            }
+            if !kept.is_empty() && self.recover() {
+                let recovered = std::mem::take(&mut kept);
+                let count = recovered.len();
+                match self.write(recovered) {
+                    Ok(()) => tracing::warn!(count, "outcomes reached while the store failed are recorded now"),
+                    Err(jobs) => kept = jobs,
+                }
+                self.unrecorded.store(kept.len() as u64, Ordering::SeqCst);
+                if kept.is_empty() {
+                    self.recovered();
+                }
+            }
+            if !group.is_empty() {
+                let lazy = group.iter().all(|job| !job.durable);
+                if kept.is_empty() && self.recover() {
+                    match self.write(group) {
+                        Ok(()) => unsynced = lazy,
+                        Err(failed) => self.refuse(failed, &mut kept),
+                    }
+                } else {
+                    self.refuse(group, &mut kept);
+                }
+            } else if unsynced && let Ok(tables) = self.tables() {
+                unsynced = tables.db.persist(PersistMode::SyncData).is_err();
+            }
+            if let Some(done) = close {
+                if let Ok(tables) = self.tables() {
+                    let _ = tables.db.persist(PersistMode::SyncAll);
+                }
+                self.closed.store(true, Ordering::Release);
+                *self.tables.write().expect("tables lock") = None;
+                let _ = done.send(());
+                break;
+            }
+        }
+    }
+
+    /// Answers jobs the store cannot write now; keeps those that asked to be kept.
+    fn refuse(&self, jobs: Vec<Job>, kept: &mut Vec<Job>) {
+        for mut job in jobs {
+            if let Some(done) = job.done.take() {
+                let _ = done.send(Err(StoreError::Unavailable(self.cause())));
+            }
+            if job.keep {
+                kept.push(job);
+            }
+        }
+        self.unrecorded.store(kept.len() as u64, Ordering::SeqCst);
+    }
+
+    /// Whether the database can take writes, reopening it if a write failure closed it.
+    fn recover(&self) -> bool {
+        let Ok(tables) = self.tables() else {
+            return self.reopen();
+        };
+        if self.failing.lock().expect("failing lock").is_none() {
+            return true;
+        }
+        // A probe: a write and a sync on the running database, or a reopen if fjall refuses.
+        let mut probe = tables.db.batch();
+        probe.remove(&tables.in_flight, "\0probe");
+        match probe.commit().and_then(|()| tables.db.persist(PersistMode::SyncData)) {
+            Ok(()) => {
+                self.recovered();
+                true
+            }
+            Err(_) => {
+                drop(tables);
+                *self.tables.write().expect("tables lock") = None;
+                self.reopen()
+            }
+        }
+    }
+
+    fn reopen(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        match Tables::open(&self.dir).and_then(|tables| self.recount(&tables).map(|()| tables)) {
+            Ok(tables) => {
+                tracing::warn!(dir = %self.dir.display(), "the store was reopened after a write failure");
+                *self.tables.write().expect("tables lock") = Some(Arc::new(tables));
+                self.recovered();
+                true
+            }
+            Err(error) => {
+                self.fail(format!("reopening {} failed: {error}", self.dir.display()));
+                false
+            }
+        }
+    }
+
+    fn fail(&self, cause: String) {
+        let mut failing = self.failing.lock().expect("failing lock");
+        if failing.as_deref() != Some(cause.as_str()) {
+            tracing::error!(%cause, "the store cannot write; new executions are refused until it can");
+        }
+        *failing = Some(cause);
+    }
+
+    fn recovered(&self) {
+        if self.failing.lock().expect("failing lock").take().is_some() {
+            tracing::info!("the store can write again");
+        }
+    }
+
+    /// Writes `jobs` as one batch (one sync if any is durable), then answers them.
+    fn write(&self, mut jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        let started = Instant::now();
+        let tables = match self.tables() {
+            Ok(tables) => tables,
+            Err(_) => return Err(jobs),
+        };
+        let mut batch = tables.db.batch();
+        let mut added = [(0u64, 0u64); 2];
+        let mut removed: Vec<(Sink, u64, bool)> = Vec::new();
+        for job in &jobs {
+            for op in &job.ops {
+                match op {
+                    Op::Answer { key, record, created_ms } => {
+                        batch.insert(&tables.answers, key.as_bytes(), record.as_slice());
+                        batch.insert(&tables.answer_times, time_key(*created_ms, key), b"");
+                    }
+                    Op::ClearInFlight(key) => batch.remove(&tables.in_flight, key.as_bytes()),
+                    Op::InFlight { key, value } => batch.insert(&tables.in_flight, key.as_bytes(), value.as_slice()),
+                    Op::Task { id, record } => batch.insert(&tables.tasks, id.as_bytes(), record.as_slice()),
+                    Op::Event { sink, seq, value } => {
+                        batch.insert(&tables.outbox[sink.index()], seq.to_be_bytes(), value.as_slice());
+                        added[sink.index()].0 += 1;
+                        added[sink.index()].1 += value.len() as u64;
+                    }
+                    Op::Delivered { sink, seq } => {
+                        batch.remove(&tables.outbox[sink.index()], seq.to_be_bytes());
+                        removed.push((*sink, *seq, false));
+                    }
+                    Op::Dead { sink, seq, record } => {
+                        batch.remove(&tables.outbox[sink.index()], seq.to_be_bytes());
+                        batch.insert(&tables.dead[sink.index()], seq.to_be_bytes(), record.as_slice());
+                        removed.push((*sink, *seq, true));
+                    }
+                    Op::Forget { time_key, key } => {
+                        batch.remove(&tables.answer_times, time_key.as_slice());
+                        batch.remove(&tables.answers, key.as_slice());
+                    }
+                }
+            }
+        }
+        let dropped = match self.make_room(&tables, &mut batch, &added) {
+            Ok(dropped) => dropped,
+            Err(error) => {
+                self.fail(error.to_string());
+                return Err(jobs);
+            }
+        };
+        let durable = jobs.iter().any(|job| job.durable);
+        let mode = if durable { PersistMode::SyncData } else { PersistMode::Buffer };
+        if let Err(error) = batch.commit().and_then(|()| tables.db.persist(mode)) {
+            self.fail(describe(&self.dir, &error));
+            return Err(jobs);
+        }
+        self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        for sink in Sink::ALL {
+            let side = &self.sinks[sink.index()];
+            let (events, bytes) = added[sink.index()];
+            side.depth.fetch_add(events, Ordering::SeqCst);
+            side.bytes.fetch_add(bytes, Ordering::SeqCst);
+            let mut leases = side.leases.lock().expect("leases lock");
+            for (gone_sink, seq, dead) in removed.iter().filter(|(s, ..)| *s == sink) {
+                let _ = gone_sink;
+                if let Some(lease) = leases.remove(seq) {
+                    side.depth.fetch_sub(1, Ordering::SeqCst);
+                    side.bytes.fetch_sub(lease.size, Ordering::SeqCst);
+                    if *dead {
+                        side.dead.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            for (seq, size) in &dropped[sink.index()] {
+                leases.remove(seq);
+                side.depth.fetch_sub(1, Ordering::SeqCst);
+                side.bytes.fetch_sub(*size, Ordering::SeqCst);
+                side.dropped.fetch_add(1, Ordering::SeqCst);
+                self.metrics.events_dropped.with_label_values(&[sink.name()]).inc();
+            }
+            if events > 0 {
+                side.bell.notify_waiters();
+                side.bell.notify_one();
+            }
+        }
+        for job in &mut jobs {
+            // The answer is readable now: the key may be claimed again (and replays it).
+            drop(job.claim.take());
+            if let Some(done) = job.done.take() {
+                let _ = done.send(Ok(()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Under the drop-oldest policy, removes the oldest events so the outbox stays within its
+    /// bound once `added` is in. Returns what it removed, per sink.
+    fn make_room(
+        &self,
+        tables: &Tables,
+        batch: &mut fjall::OwnedWriteBatch,
+        added: &[(u64, u64); 2],
+    ) -> Result<[Vec<(u64, u64)>; 2], fjall::Error> {
+        let mut dropped: [Vec<(u64, u64)>; 2] = Default::default();
+        for sink in Sink::ALL {
+            let (i, bound) = (sink.index(), self.bounds[sink.index()]);
+            let side = &self.sinks[i];
+            let mut depth = side.depth.load(Ordering::SeqCst) + added[i].0;
+            let mut bytes = side.bytes.load(Ordering::SeqCst) + added[i].1;
+            if !bound.drop_oldest || (depth <= bound.max_events && bytes <= bound.max_bytes) {
+                continue;
+            }
+            let start = side.head.load(Ordering::SeqCst);
+            for item in tables.outbox[i].range(start.to_be_bytes()..) {
+                if depth <= bound.max_events && bytes <= bound.max_bytes {
+                    break;
+                }
+                let (key, value) = item.into_inner()?;
+                let seq = seq_of(&key);
+                batch.remove(&tables.outbox[i], key);
+                depth -= 1;
+                bytes = bytes.saturating_sub(value.len() as u64);
+                dropped[i].push((seq, value.len() as u64));
+            }
+        }
+        Ok(dropped)
+    }
+}
+
+impl Store for Embedded {
+    fn claim<'a>(&'a self, key: &'a str, fingerprint: &'a str) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            {
+                let mut claims = self.inner.claims.lock().expect("claims lock");
+                match claims.get(key) {
+                    Some(held) if held == fingerprint => return Ok(Claim::InProgress),
+                    Some(_) => return Ok(Claim::Mismatch),
+                    None => claims.insert(key.to_owned(), fingerprint.to_owned()),
+                };
+            }
+            let guard = self.guard(key, fingerprint);
+            let stored = self.tables()?.answers.get(key).map_err(|e| read_error(&self.inner.dir, &e))?;
+            let Some(stored) = stored else { return Ok(Claim::Fresh(guard)) };
+            // A stored answer: the fingerprint's length (one byte), the fingerprint, the answer.
+            let split = 1 + usize::from(stored.first().copied().unwrap_or(u8::MAX));
+            if stored.len() < split || std::str::from_utf8(&stored[split..]).is_err() {
+                return Err(StoreError::Damaged(format!("the stored answer of a key in {}", self.inner.dir.display())));
+            }
+            if &stored[1..split] != fingerprint.as_bytes() {
+                return Ok(Claim::Mismatch);
+            }
+            Ok(Claim::Replay(Bytes::copy_from_slice(&stored[split..])))
+        })
+    }
+
+    fn record_in_flight<'a>(&'a self, claim: &'a ClaimGuard, marker: &'a InFlightMarker) -> StoreFuture<'a, ()> {
+        claim.in_flight.store(true, Ordering::SeqCst);
+        let value = serde_json::to_vec(marker).unwrap_or_default();
+        self.send(vec![Op::InFlight { key: claim.key().to_owned(), value }], true, None, false)
+    }
+
+    fn commit(&self, claim: ClaimGuard, outcome: Outcome, if_unrecorded: IfUnrecorded) -> StoreFuture<'_, ()> {
+        let key = claim.key().to_owned();
+        let fingerprint = &claim.fingerprint().as_bytes()[..claim.fingerprint().len().min(255)];
+        let mut record = Vec::with_capacity(1 + fingerprint.len() + outcome.answer.len());
+        record.push(fingerprint.len() as u8);
+        record.extend_from_slice(fingerprint);
+        record.extend_from_slice(&outcome.answer);
+        let mut ops = Vec::with_capacity(3 + outcome.writes.len() + outcome.events.len());
+        if claim.in_flight.load(Ordering::SeqCst) {
+            ops.push(Op::ClearInFlight(key.clone()));
+        }
+        ops.push(Op::Answer { key, record, created_ms: outcome.created_ms });
+        for write in outcome.writes {
+            match write {
+                Write::Task { id, record } => ops.push(Op::Task { id, record }),
+            }
+        }
+        for event in outcome.events {
+            let seq = self.inner.next_seq[event.sink.index()].fetch_add(1, Ordering::SeqCst);
+            let value = encode_event(outcome.created_ms, &event.event_id, &event.trace_id, &event.body);
+            ops.push(Op::Event { sink: event.sink, seq, value });
+        }
+        self.send(ops, true, Some(claim), if_unrecorded == IfUnrecorded::Keep)
+    }
+
+    fn abandoned(&self) -> StoreFuture<'_, Vec<Abandoned>> {
+        Box::pin(async move {
+            self.tables()?;
+            let markers = std::mem::take(&mut *self.inner.abandoned.lock().expect("abandoned lock"));
+            let mut claims = self.inner.claims.lock().expect("claims lock");
+            let mut out = Vec::with_capacity(markers.len());
+            for (key, marker) in markers {
+                claims.insert(key.clone(), marker.fingerprint.clone());
+                let claim = self.guard(&key, &marker.fingerprint);
+                claim.in_flight.store(true, Ordering::SeqCst);
+                out.push(Abandoned { marker, claim });
+            }
+            Ok(out)
+        })
+    }
+
+    fn lease(&self, sink: Sink, limit: usize, lease_for: Duration) -> StoreFuture<'_, Vec<LeasedEvent>> {
+        Box::pin(async move {
+            let tables = self.tables()?;
+            let side = &self.inner.sinks[sink.index()];
+            let now = Instant::now();
+            let mut leases = side.leases.lock().expect("leases lock");
+            let mut out = Vec::new();
+            let mut first = None;
+            for item in tables.outbox[sink.index()].range(side.head.load(Ordering::SeqCst).to_be_bytes()..) {
+                let (key, value) = item.into_inner().map_err(|e| read_error(&self.inner.dir, &e))?;
+                let seq = seq_of(&key);
+                first.get_or_insert(seq);
+                let lease = leases.entry(seq).or_insert(Lease { until: None, attempts: 0, size: value.len() as u64 });
+                if lease.until.is_some_and(|until| until > now) {
+                    continue;
+                }
+                lease.until = Some(now + lease_for);
+                out.push(decode_event(seq, &value, lease.attempts));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            if let Some(first) = first {
+                side.head.fetch_max(first, Ordering::SeqCst);
+            }
+            Ok(out)
+        })
+    }
+
+    fn settle(&self, sink: Sink, settlements: Vec<Settlement>) -> StoreFuture<'_, ()> {
+        let mut ops = Vec::new();
+        let mut durable = false;
+        {
+            let mut leases = self.inner.sinks[sink.index()].leases.lock().expect("leases lock");
+            for settlement in settlements {
+                match settlement {
+                    Settlement::Delivered(seq) => ops.push(Op::Delivered { sink, seq }),
+                    Settlement::Failed(seq) | Settlement::Release(seq) => {
+                        if let Some(lease) = leases.get_mut(&seq) {
+                            lease.until = None;
+                            lease.attempts += u32::from(matches!(settlement, Settlement::Failed(_)));
+                        }
+                    }
+                    Settlement::DeadLetter { seq, reason } => {
+                        durable = true;
+                        let stored =
+                            self.tables().ok().and_then(|t| t.outbox[sink.index()].get(seq.to_be_bytes()).ok());
+                        if let Some(Some(value)) = stored {
+                            let event = decode_event(seq, &value, 0);
+                            let record = serde_json::to_vec(&dead_letter_record(&event, &reason, now_ms()));
+                            ops.push(Op::Dead { sink, seq, record: record.unwrap_or_default() });
+                        }
+                    }
+                }
+            }
+        }
+        if ops.is_empty() {
+            let open = self.tables().map(drop);
+            return Box::pin(async move { open });
+        }
+        self.send(ops, durable, None, false)
+    }
+
+    fn depth(&self, sink: Sink) -> OutboxDepth {
+        let side = &self.inner.sinks[sink.index()];
+        OutboxDepth {
+            events: side.depth.load(Ordering::SeqCst),
+            bytes: side.bytes.load(Ordering::SeqCst),
+            dead_letters: side.dead.load(Ordering::SeqCst),
+            dropped: side.dropped.load(Ordering::SeqCst),
+        }
+    }
+
+    fn oldest_enqueued_ms(&self, sink: Sink) -> StoreFuture<'_, Option<u64>> {
+        Box::pin(async move {
+            let tables = self.tables()?;
+            let head = self.inner.sinks[sink.index()].head.load(Ordering::SeqCst);
+            let Some(item) = tables.outbox[sink.index()].range(head.to_be_bytes()..).next() else { return Ok(None) };
+            let (key, value) = item.into_inner().map_err(|e| read_error(&self.inner.dir, &e))?;
+            Ok(Some(decode_event(seq_of(&key), &value, 0).enqueued_ms))
+        })
+    }
+
+    fn dead_letters(&self, sink: Sink, limit: usize) -> StoreFuture<'_, Vec<Value>> {
+        Box::pin(async move {
+            let tables = self.tables()?;
+            let mut out = Vec::new();
+            for item in tables.dead[sink.index()].iter().rev().take(limit) {
+                let value = item.value().map_err(|e| read_error(&self.inner.dir, &e))?;
+                out.push(serde_json::from_slice(&value).unwrap_or_default());
+            }
+            Ok(out)
+        })
+    }
+
+    fn expire(&self, before_ms: u64) -> StoreFuture<'_, usize> {
+        let ops: Result<Vec<Op>, StoreError> = self.tables().and_then(|tables| {
+            let mut ops = Vec::new();
+            for item in tables.answer_times.range(..before_ms.to_be_bytes()).take(100_000) {
+                let time_key = item.key().map_err(|e| read_error(&self.inner.dir, &e))?;
+                ops.push(Op::Forget { key: time_key[8..].to_vec(), time_key: time_key.to_vec() });
+            }
+            Ok(ops)
+        });
+        Box::pin(async move {
+            let ops = ops?;
+            let count = ops.len();
+            if count > 0 {
+                self.send(ops, false, None, false).await?;
+            }
+            Ok(count)
+        })
+    }
+
+    fn bell(&self, sink: Sink) -> &Notify {
+        &self.inner.sinks[sink.index()].bell
+    }
+
+    fn health(&self) -> Health {
+        match self.inner.failing.lock().expect("failing lock").clone() {
+            None => Health::Ok,
+            Some(cause) => Health::Failing { cause, unrecorded: self.inner.unrecorded.load(Ordering::SeqCst) as usize },
+        }
+    }
+
+    fn close(&self) -> StoreFuture<'_, ()> {
+        let jobs = self.jobs.lock().expect("jobs lock").take();
+        Box::pin(async move {
+            let Some(jobs) = jobs else { return Ok(()) };
+            let (done, wait) = oneshot::channel();
+            if jobs.send(Msg::Close(done)).is_ok() {
+                let _ = wait.await;
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Embedded {
+    fn guard(&self, key: &str, fingerprint: &str) -> ClaimGuard {
+        let inner = Arc::downgrade(&self.inner);
+        let owned = key.to_owned();
+        ClaimGuard::new(key.to_owned(), fingerprint.to_owned(), move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.claims.lock().expect("claims lock").remove(&owned);
+            }
+        })
+    }
+}
+
+/// Sizes of the journal files, to notice a tail that recovery discarded.
+fn journal_sizes(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir.join("journals")) else { return Vec::new() };
+    entries.flatten().filter_map(|e| Some((e.path(), e.metadata().ok()?.len()))).collect()
+}
+
+fn open_error(dir: &Path, error: fjall::Error) -> OpenError {
+    match error {
+        fjall::Error::Locked => OpenError::Locked(dir.to_owned()),
+        fjall::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => OpenError::NoSpace(dir.to_owned()),
+        fjall::Error::Io(source) => OpenError::Directory { dir: dir.to_owned(), source },
+        other => OpenError::Damaged { dir: dir.to_owned(), detail: other.to_string() },
+    }
+}
+
+fn describe(dir: &Path, error: &fjall::Error) -> String {
+    match error {
+        fjall::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            format!("no space left on the device holding {}", dir.display())
+        }
+        other => format!("writing to {} failed: {other}", dir.display()),
+    }
+}
+
+fn read_error(dir: &Path, error: &fjall::Error) -> StoreError {
+    match error {
+        fjall::Error::Storage(fjall::LsmError::ChecksumMismatch { .. }) => {
+            tracing::error!(dir = %dir.display(), "stored data failed its checksum; it is not served");
+            StoreError::Damaged(format!("a table in {} failed its checksum", dir.display()))
+        }
+        other => StoreError::Unavailable(format!("reading {} failed: {other}", dir.display())),
+    }
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    key.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+fn time_key(created_ms: u64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&created_ms.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// Event layout: enqueue time (u64 BE), event id and trace id (a u8 length and the bytes each;
+/// both are validated ASCII of at most 128 bytes), then the body.
+fn encode_event(enqueued_ms: u64, event_id: &str, trace_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(10 + event_id.len() + trace_id.len() + body.len());
+    value.extend_from_slice(&enqueued_ms.to_be_bytes());
+    for id in [event_id, trace_id] {
+        let id = &id.as_bytes()[..id.len().min(255)];
+        value.push(id.len() as u8);
+        value.extend_from_slice(id);
+    }
+    value.extend_from_slice(body);
+    value
+}
+
+fn decode_event(seq: u64, value: &[u8], attempts: u32) -> LeasedEvent {
+    let (at, mut rest) = value.split_first_chunk::<8>().map(|(a, r)| (u64::from_be_bytes(*a), r)).unwrap_or((0, value));
+    let mut ids = [String::new(), String::new()];
+    for id in &mut ids {
+        let len = rest.first().copied().unwrap_or(0) as usize;
+        let end = (1 + len).min(rest.len());
+        *id = String::from_utf8_lossy(&rest[1.min(rest.len())..end]).into_owned();
+        rest = &rest[end..];
+    }
+    let [event_id, trace_id] = ids;
+    LeasedEvent { seq, enqueued_ms: at, event_id, trace_id, body: Bytes::copy_from_slice(rest), attempts }
+}
