@@ -8,6 +8,7 @@
 //! first and once at a time, settles and counts them exactly, applies the drop-oldest bound and
 //! retention, rings its bells, answers `Closed` once closed, and forgets nothing it recorded
 //! across a close and a reopen. Where a promise is "eventually", a check polls up to a deadline.
+//! Requests are fingerprinted as the engine does (SHA-256 in hex); keys and ids are fresh UUIDs.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::store::{
     Abandoned, Claim, ClaimGuard, Health, IfUnrecorded, InFlightMarker, LeasedEvent, NewEvent, OutboxBound,
@@ -54,6 +56,9 @@ macro_rules! conformance_tests {
             an_outcome_is_recorded_whole_or_not_at_all,
             in_flight_markers_outlive_a_close_and_come_back_as_abandoned_claims,
             outboxes_lease_oldest_first_once_at_a_time_and_settle_exactly,
+            dead_letters_are_listed_newest_first,
+            events_committed_concurrently_are_all_leased_once,
+            an_event_is_stamped_with_its_commit_time,
             an_expired_lease_makes_its_event_leasable_again,
             a_full_outbox_drops_its_oldest_events_under_drop_oldest,
             expire_forgets_answers_older_than_the_cutoff_and_keeps_newer_ones,
@@ -93,7 +98,7 @@ pub(crate) async fn run(check: &str, body: impl Future<Output = ()>) {
 /// another; keys are independent; released uncommitted, the key is anybody's again.
 pub(crate) async fn a_claim_gives_a_key_to_one_request_at_a_time(place: &dyn Place) {
     let store = place.open(roomy()).await;
-    let (key, fp, other) = (new_id(), new_id(), new_id());
+    let (key, fp, other) = (new_id(), new_fingerprint(), new_fingerprint());
 
     let guard = fresh(&*store, &key, &fp).await;
     assert_eq!(guard.key(), key, "the guard names the claimed key");
@@ -139,7 +144,7 @@ pub(crate) async fn a_claim_gives_a_key_to_one_request_at_a_time(place: &dyn Pla
 /// answers alike), again and again; another request under its key is a Mismatch.
 pub(crate) async fn a_committed_outcome_replays_its_answer_byte_for_byte(place: &dyn Place) {
     let store = place.open(roomy()).await;
-    let (key, fp) = (new_id(), new_id());
+    let (key, fp) = (new_id(), new_fingerprint());
     let body = answer("replayed");
     let guard = fresh(&*store, &key, &fp).await;
     store.commit(guard, outcome(body.clone(), Vec::new()), IfUnrecorded::Keep).await.expect("commit");
@@ -147,7 +152,7 @@ pub(crate) async fn a_committed_outcome_replays_its_answer_byte_for_byte(place: 
     for round in 1..=2 {
         expect_replay(&*store, &key, &fp, &body, &format!("claim {round} after the commit")).await;
     }
-    let different = claim(&*store, &key, &new_id()).await;
+    let different = claim(&*store, &key, &new_fingerprint()).await;
     assert!(
         matches!(different, Claim::Mismatch),
         "another request after the commit: expected Mismatch, got {different:?}"
@@ -172,7 +177,7 @@ pub(crate) async fn a_commit_records_the_answer_the_writes_and_the_events_togeth
     for sink in Sink::ALL {
         assert_eq!(store.depth(sink), OutboxDepth::default(), "a new store's {} outbox is empty", sink.name());
     }
-    let (key, fp) = (new_id(), new_id());
+    let (key, fp) = (new_id(), new_fingerprint());
     let body = answer("atomic");
     let task_id = new_id();
     let task = Write::Task {
@@ -215,7 +220,7 @@ pub(crate) async fn an_outcome_is_recorded_whole_or_not_at_all(place: &dyn Place
     commit_new(&*store, outcome(answer("earlier"), vec![event(Sink::Bucket, 0), event(Sink::Karma, 0)])).await;
     let before = depths(&*store);
 
-    let (key, fp) = (new_id(), new_id());
+    let (key, fp) = (new_id(), new_fingerprint());
     drop(fresh(&*store, &key, &fp).await);
     let again = claim(&*store, &key, &fp).await;
     assert!(matches!(again, Claim::Fresh(_)), "a claim dropped without a commit leaves no answer: got {again:?}");
@@ -224,7 +229,7 @@ pub(crate) async fn an_outcome_is_recorded_whole_or_not_at_all(place: &dyn Place
 
     // A commit whose caller gives up: dropped unpolled, then dropped after one poll.
     for polls in [0, 1] {
-        let (key, fp) = (new_id(), new_id());
+        let (key, fp) = (new_id(), new_fingerprint());
         let body = answer("abandoned commit");
         let guard = fresh(&*store, &key, &fp).await;
         let before = depths(&*store);
@@ -265,12 +270,12 @@ pub(crate) async fn an_outcome_is_recorded_whole_or_not_at_all(place: &dyn Place
 /// whose outcome was committed is never abandoned.
 pub(crate) async fn in_flight_markers_outlive_a_close_and_come_back_as_abandoned_claims(place: &dyn Place) {
     let store = place.open(roomy()).await;
-    let (key, fp) = (new_id(), new_id());
+    let (key, fp) = (new_id(), new_fingerprint());
     let marker = marker(&fp);
     let guard = fresh(&*store, &key, &fp).await;
     store.record_in_flight(&guard, &marker).await.expect("record_in_flight");
 
-    let (done_key, done_fp) = (new_id(), new_id());
+    let (done_key, done_fp) = (new_id(), new_fingerprint());
     let done_answer = answer("completed");
     let done_guard = fresh(&*store, &done_key, &done_fp).await;
     store.record_in_flight(&done_guard, &self::marker(&done_fp)).await.expect("record_in_flight");
@@ -292,7 +297,7 @@ pub(crate) async fn in_flight_markers_outlive_a_close_and_come_back_as_abandoned
 
     let same = claim(&*store, &key, &fp).await;
     assert!(matches!(same, Claim::InProgress), "the same request while the abandoned claim is held: got {same:?}");
-    let different = claim(&*store, &key, &new_id()).await;
+    let different = claim(&*store, &key, &new_fingerprint()).await;
     assert!(
         matches!(different, Claim::Mismatch),
         "another request while the abandoned claim is held: got {different:?}"
@@ -319,7 +324,7 @@ pub(crate) async fn in_flight_markers_outlive_a_close_and_come_back_as_abandoned
 
 /// Outboxes lease oldest first, each event to one lease at a time, and settle exactly: a
 /// delivery removes the event and its bytes, a failure makes it leasable again with the attempt
-/// counted, a dead letter moves it aside with its reason (newest first).
+/// counted, a release without counting it, and a dead letter moves it aside with its reason.
 pub(crate) async fn outboxes_lease_oldest_first_once_at_a_time_and_settle_exactly(place: &dyn Place) {
     let store = place.open(roomy()).await;
     let events: Vec<NewEvent> = (1..=5).map(|n| event(Sink::Bucket, n)).collect();
@@ -366,26 +371,149 @@ pub(crate) async fn outboxes_lease_oldest_first_once_at_a_time_and_settle_exactl
     assert_eq!(retried[0].seq, first[1].seq, "a failed event keeps its place in the outbox");
     assert_eq!(retried[0].attempts, 1, "the failed attempt is counted");
 
-    let second_reason = "retries exhausted";
-    settle(
-        &*store,
-        Sink::Bucket,
-        vec![Settlement::DeadLetter { seq: retried[0].seq, reason: second_reason.to_owned() }],
-    )
-    .await;
-    let letters = store.dead_letters(Sink::Bucket, 10).await.expect("dead_letters");
-    assert_eq!(letters.len(), 2, "two dead letters: {letters:?}");
-    assert_dead_letter(&letters[0], &events[1], second_reason);
-    assert_dead_letter(&letters[1], &events[2], reason);
-    let newest = store.dead_letters(Sink::Bucket, 1).await.expect("dead_letters");
-    assert_eq!(newest.len(), 1, "the limit is applied: {newest:?}");
-    assert_dead_letter(&newest[0], &events[1], second_reason);
+    // Released (the sink was unreachable): leased again, the attempt not counted.
+    settle(&*store, Sink::Bucket, vec![Settlement::Release(retried[0].seq)]).await;
+    assert_eq!(store.depth(Sink::Bucket), dead, "a released event stays, with its bytes");
+    let released = lease_until(&*store, Sink::Bucket, 1, LONG_LEASE).await;
+    assert_same_events("the lease after a release", &released, &events[1..2]);
+    assert_eq!(released[0].attempts, 1, "a release is not a failed attempt");
+    settle(&*store, Sink::Bucket, vec![Settlement::Delivered(released[0].seq)]).await;
 
     settle(&*store, Sink::Bucket, second.iter().map(|e| Settlement::Delivered(e.seq)).collect()).await;
     let end = store.depth(Sink::Bucket);
-    assert_eq!(end, OutboxDepth { events: 0, bytes: 0, dead_letters: 2, dropped: 0 }, "depths are exact at the end");
+    assert_eq!(end, OutboxDepth { events: 0, bytes: 0, dead_letters: 1, dropped: 0 }, "depths are exact at the end");
     assert!(lease(&*store, Sink::Bucket, 10, LONG_LEASE).await.is_empty(), "nothing is left to lease");
 
+    store.close().await.expect("close");
+}
+
+/// [`Store::dead_letters`] lists the newest dead letters first (the last dead-lettered first,
+/// whatever the events' outbox order), at most `limit` of them.
+pub(crate) async fn dead_letters_are_listed_newest_first(place: &dyn Place) {
+    let store = place.open(roomy()).await;
+    let events: Vec<NewEvent> = (1..=4).map(|n| event(Sink::Bucket, n)).collect();
+    queue(&*store, &events).await;
+    let leased = lease(&*store, Sink::Bucket, 10, LONG_LEASE).await;
+    assert_same_events("all four events", &leased, &events);
+    let dead_letter = |n: usize| Settlement::DeadLetter { seq: leased[n].seq, reason: format!("reason {n}") };
+
+    // In outbox order: both readings of "newest" agree.
+    settle(&*store, Sink::Bucket, vec![dead_letter(0)]).await;
+    settle(&*store, Sink::Bucket, vec![dead_letter(1)]).await;
+    let letters = store.dead_letters(Sink::Bucket, 10).await.expect("dead_letters");
+    assert_eq!(letters.len(), 2, "two dead letters: {letters:?}");
+    assert_dead_letter(&letters[0], &events[1], "reason 1");
+    assert_dead_letter(&letters[1], &events[0], "reason 0");
+
+    // Against outbox order: the event dead-lettered last is the newest dead letter.
+    settle(&*store, Sink::Bucket, vec![dead_letter(3)]).await;
+    settle(&*store, Sink::Bucket, vec![dead_letter(2)]).await;
+    assert_eq!(store.depth(Sink::Bucket).dead_letters, 4, "four dead letters are kept");
+    let letters = store.dead_letters(Sink::Bucket, 10).await.expect("dead_letters");
+    let order: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap_or("?")).collect();
+    assert_eq!(order, ["reason 2", "reason 3", "reason 1", "reason 0"], "dead letters, newest first");
+    let newest = store.dead_letters(Sink::Bucket, 1).await.expect("dead_letters");
+    assert_eq!(newest.len(), 1, "the limit is applied: {newest:?}");
+    assert_dead_letter(&newest[0], &events[2], "reason 2");
+
+    store.close().await.expect("close");
+}
+
+/// Events committed concurrently, while a deliverer leases and settles, are all leased,
+/// exactly once each and in commit order per outcome; none is skipped.
+pub(crate) async fn events_committed_concurrently_are_all_leased_once(place: &dyn Place) {
+    const WRITERS: usize = 4;
+    const COMMITS: usize = 150;
+    const PER_OUTCOME: u64 = 8;
+    let store = place.open(roomy()).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let deliverer = {
+        let (store, done) = (Arc::clone(&store), Arc::clone(&done));
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                let leased = lease(&*store, Sink::Bucket, 100, LONG_LEASE).await;
+                if !leased.is_empty() {
+                    settle(&*store, Sink::Bucket, leased.iter().map(|e| Settlement::Delivered(e.seq)).collect()).await;
+                    seen.extend(leased.into_iter().map(|e| e.event_id));
+                    continue;
+                }
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Every writer is done: stop once the outbox is empty, or give up on what
+                    // stays unleasable after a while.
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if store.depth(Sink::Bucket).events == 0 || since.elapsed() > PATIENCE {
+                        return seen;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    // The writers commit in rounds, all at the same moment, so their commits overlap.
+    let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let mut sent = Vec::new();
+                for _ in 0..COMMITS {
+                    let events: Vec<NewEvent> = (0..PER_OUTCOME).map(|n| event(Sink::Bucket, n)).collect();
+                    sent.push(events.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>());
+                    let guard = fresh(&*store, &new_id(), &new_fingerprint()).await;
+                    barrier.wait().await;
+                    let committed = store.commit(guard, outcome(answer("concurrent"), events), IfUnrecorded::Release);
+                    committed.await.expect("commit");
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for writer in writers {
+        outcomes.extend(writer.await.expect("a writer task"));
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = deliverer.await.expect("the deliverer task");
+    let stuck = store.depth(Sink::Bucket);
+
+    let total = WRITERS * COMMITS * PER_OUTCOME as usize;
+    let unique: std::collections::HashSet<&str> = seen.iter().map(String::as_str).collect();
+    assert_eq!(unique.len(), seen.len(), "no event is leased twice while leased or after delivery");
+    let missing = outcomes.iter().flatten().filter(|id| !unique.contains(id.as_str())).count();
+    assert_eq!(
+        (seen.len(), missing),
+        (total, 0),
+        "{total} events committed concurrently: {} leased, {missing} never leasable (depth at the end: {stuck:?})",
+        seen.len()
+    );
+    let position: std::collections::HashMap<&str, usize> =
+        seen.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    for ids in &outcomes {
+        assert!(
+            ids.windows(2).all(|w| position[w[0].as_str()] < position[w[1].as_str()]),
+            "one outcome's events lease in order"
+        );
+    }
+    assert_eq!(store.depth(Sink::Bucket), OutboxDepth::default(), "all delivered: depths are exact");
+
+    store.close().await.expect("close");
+}
+
+/// A leased event's `enqueued_ms` is when it was committed, not when its outcome was reached
+/// (an outcome kept while the store failed, or an abandoned one, is committed late).
+pub(crate) async fn an_event_is_stamped_with_its_commit_time(place: &dyn Place) {
+    let store = place.open(roomy()).await;
+    let before_ms = now_ms();
+    let mut late = outcome(answer("late"), vec![event(Sink::Bucket, 1)]);
+    late.created_ms = before_ms - 600_000;
+    commit_new(&*store, late).await;
+    let after_ms = now_ms();
+    let leased = lease(&*store, Sink::Bucket, 10, LONG_LEASE).await;
+    assert_eq!(leased.len(), 1, "the event is leasable");
+    assert_recent(leased[0].enqueued_ms, before_ms, after_ms, "enqueued_ms of an outcome reached 10 minutes ago");
     store.close().await.expect("close");
 }
 
@@ -547,7 +675,7 @@ pub(crate) async fn everything_recorded_survives_close_and_reopen(place: &dyn Pl
     assert_eq!(store.health(), Health::Ok, "a reopened store is healthy");
     expect_replay(&*store, &key, &fp, &body, "an answer after a reopen").await;
     expect_replay(&*store, &large_key, &large_fp, &large, "a 200 KB answer after a reopen").await;
-    let different = claim(&*store, &key, &new_id()).await;
+    let different = claim(&*store, &key, &new_fingerprint()).await;
     assert!(
         matches!(different, Claim::Mismatch),
         "another request for a recorded key after a reopen: got {different:?}"
@@ -596,7 +724,7 @@ pub(crate) async fn the_bell_rings_when_a_commit_queues_events(place: &dyn Place
 pub(crate) async fn concurrent_claims_for_one_key_give_exactly_one_fresh(place: &dyn Place) {
     let store = place.open(roomy()).await;
 
-    let (key, fp) = (new_id(), new_id());
+    let (key, fp) = (new_id(), new_fingerprint());
     let claims = claim_together(&store, &key, &vec![fp.clone(); 50]).await;
     let fresh = claims.iter().filter(|c| matches!(c, Claim::Fresh(_))).count();
     let in_progress = claims.iter().filter(|c| matches!(c, Claim::InProgress)).count();
@@ -604,7 +732,7 @@ pub(crate) async fn concurrent_claims_for_one_key_give_exactly_one_fresh(place: 
     drop(claims);
     drop(fresh_claim(claim(&*store, &key, &fp).await, "the key after the winner released it"));
 
-    let (key, fps) = (new_id(), [new_id(), new_id()]);
+    let (key, fps) = (new_id(), [new_fingerprint(), new_fingerprint()]);
     let asked: Vec<String> = (0..50).map(|n| fps[n % 2].clone()).collect();
     let claims = claim_together(&store, &key, &asked).await;
     let winners: Vec<&str> =
@@ -632,9 +760,9 @@ pub(crate) async fn a_fresh_store_is_healthy_and_a_closed_one_answers_closed(pla
     for sink in Sink::ALL {
         assert_eq!(store.depth(sink), OutboxDepth::default(), "a fresh store's {} outbox", sink.name());
     }
-    let (key, fp) = (new_id(), new_id());
+    let (key, fp) = (new_id(), new_fingerprint());
     let to_mark = fresh(&*store, &key, &fp).await;
-    let to_commit = fresh(&*store, &new_id(), &new_id()).await;
+    let to_commit = fresh(&*store, &new_id(), &new_fingerprint()).await;
 
     store.close().await.expect("close");
     expect_closed("claim", store.claim(&new_id(), &fp).await);
@@ -674,6 +802,11 @@ fn now_ms() -> u64 {
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// A new request fingerprint, shaped as the engine's (SHA-256 in lowercase hex).
+fn new_fingerprint() -> String {
+    Sha256::digest(new_id().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A new event for `sink` with fresh ids; its JSON body names its ids and `n`.
@@ -754,7 +887,7 @@ async fn settled_claim(store: &dyn Store, key: &str, fingerprint: &str, what: &s
 
 /// Claims a new key and commits `outcome` under it; returns the key and the fingerprint.
 async fn commit_new(store: &dyn Store, outcome: Outcome) -> (String, String) {
-    let (key, fp) = (new_id(), new_id());
+    let (key, fp) = (new_id(), new_fingerprint());
     let guard = fresh(store, &key, &fp).await;
     store.commit(guard, outcome, IfUnrecorded::Release).await.unwrap_or_else(|e| panic!("commit: {e}"));
     (key, fp)

@@ -2,7 +2,7 @@
 //!
 //! **Tables.** One fjall keyspace each: `answers` (key → fingerprint and answer), `answer_times`
 //! (creation time and key, for expiry), `in_flight` (key → marker), `tasks`, and per sink an
-//! outbox (sequence number → event) and its dead letters. fjall checksums every journal batch
+//! outbox (sequence number → event) and its dead letters (in the order given up on). fjall checksums every journal batch
 //! and every table block and checks them on read; a batch is atomic across keyspaces.
 //!
 //! **One writer, grouped syncs.** Every write goes through one committer thread: it takes all
@@ -128,14 +128,40 @@ struct SinkSide {
 
 /// One change, as the committer writes it.
 enum Op {
-    Answer { key: String, record: Vec<u8>, created_ms: u64 },
+    Answer {
+        key: String,
+        record: Vec<u8>,
+        created_ms: u64,
+    },
     ClearInFlight(String),
-    InFlight { key: String, value: Vec<u8> },
-    Task { id: String, record: Vec<u8> },
-    Event { sink: Sink, seq: u64, value: Vec<u8> },
-    Delivered { sink: Sink, seq: u64 },
-    Dead { sink: Sink, seq: u64, record: Vec<u8> },
-    Forget { time_key: Vec<u8>, key: Vec<u8> },
+    InFlight {
+        key: String,
+        value: Vec<u8>,
+    },
+    Task {
+        id: String,
+        record: Vec<u8>,
+    },
+    /// An event; its sequence number and enqueue time are set when it is first written, in
+    /// write order, so a lease never passes a number that is still to be written.
+    Event {
+        sink: Sink,
+        seq: Option<u64>,
+        value: Vec<u8>,
+    },
+    Delivered {
+        sink: Sink,
+        seq: u64,
+    },
+    Dead {
+        sink: Sink,
+        seq: u64,
+        record: Vec<u8>,
+    },
+    Forget {
+        time_key: Vec<u8>,
+        key: Vec<u8>,
+    },
 }
 
 struct Job {
@@ -159,6 +185,7 @@ struct Inner {
     sinks: [SinkSide; 2],
     bounds: [OutboxBound; 2],
     next_seq: [AtomicU64; 2],
+    next_dead: [AtomicU64; 2],
     failing: Mutex<Option<String>>,
     unrecorded: AtomicU64,
     abandoned: Mutex<Vec<(String, InFlightMarker)>>,
@@ -194,6 +221,7 @@ impl Embedded {
             sinks: Default::default(),
             bounds,
             next_seq: Default::default(),
+            next_dead: Default::default(),
             failing: Mutex::default(),
             unrecorded: AtomicU64::new(0),
             abandoned: Mutex::default(),
@@ -271,9 +299,16 @@ impl Inner {
             side.depth.store(depth, Ordering::SeqCst);
             side.bytes.store(bytes, Ordering::SeqCst);
             side.head.store(first.unwrap_or(last + 1), Ordering::SeqCst);
-            let dead_last = tables.dead[i].last_key_value().map(|g| g.key()).transpose()?.map(|k| seq_of(&k));
-            side.dead.store(tables.dead[i].iter().count() as u64, Ordering::SeqCst);
-            let next = last.max(dead_last.unwrap_or(0)) + 1;
+            let (mut dead, mut dead_last, mut order) = (0, 0, 0);
+            for item in tables.dead[i].iter() {
+                let key = item.key()?;
+                dead += 1;
+                order = seq_of(key.get(..8).unwrap_or_default());
+                dead_last = dead_last.max(seq_of(key.get(8..).unwrap_or_default()));
+            }
+            side.dead.store(dead, Ordering::SeqCst);
+            self.next_dead[i].fetch_max(order + 1, Ordering::SeqCst);
+            let next = last.max(dead_last) + 1;
             self.next_seq[i].fetch_max(next, Ordering::SeqCst);
         }
         Ok(())
@@ -412,6 +447,13 @@ impl Inner {
             Ok(tables) => tables,
             Err(_) => return Err(jobs),
         };
+        let now = now_ms();
+        for op in jobs.iter_mut().flat_map(|job| job.ops.iter_mut()) {
+            if let Op::Event { sink, seq: seq @ None, value } = op {
+                *seq = Some(self.next_seq[sink.index()].fetch_add(1, Ordering::SeqCst));
+                value[..8].copy_from_slice(&now.to_be_bytes());
+            }
+        }
         let mut batch = tables.db.batch();
         let mut added = [(0u64, 0u64); 2];
         let mut removed: Vec<(Sink, u64, bool)> = Vec::new();
@@ -426,6 +468,7 @@ impl Inner {
                     Op::InFlight { key, value } => batch.insert(&tables.in_flight, key.as_bytes(), value.as_slice()),
                     Op::Task { id, record } => batch.insert(&tables.tasks, id.as_bytes(), record.as_slice()),
                     Op::Event { sink, seq, value } => {
+                        let seq = seq.unwrap_or_default();
                         batch.insert(&tables.outbox[sink.index()], seq.to_be_bytes(), value.as_slice());
                         added[sink.index()].0 += 1;
                         added[sink.index()].1 += value.len() as u64;
@@ -436,7 +479,11 @@ impl Inner {
                     }
                     Op::Dead { sink, seq, record } => {
                         batch.remove(&tables.outbox[sink.index()], seq.to_be_bytes());
-                        batch.insert(&tables.dead[sink.index()], seq.to_be_bytes(), record.as_slice());
+                        // Keyed by the order it was given up in, then its position: newest last.
+                        let order = self.next_dead[sink.index()].fetch_add(1, Ordering::SeqCst);
+                        let mut key = order.to_be_bytes().to_vec();
+                        key.extend_from_slice(&seq.to_be_bytes());
+                        batch.insert(&tables.dead[sink.index()], key, record.as_slice());
                         removed.push((*sink, *seq, true));
                     }
                     Op::Forget { time_key, key } => {
@@ -582,9 +629,8 @@ impl Store for Embedded {
             }
         }
         for event in outcome.events {
-            let seq = self.inner.next_seq[event.sink.index()].fetch_add(1, Ordering::SeqCst);
-            let value = encode_event(outcome.created_ms, &event.event_id, &event.trace_id, &event.body);
-            ops.push(Op::Event { sink: event.sink, seq, value });
+            let value = encode_event(0, &event.event_id, &event.trace_id, &event.body);
+            ops.push(Op::Event { sink: event.sink, seq: None, value });
         }
         self.send(ops, true, Some(claim), if_unrecorded == IfUnrecorded::Keep)
     }

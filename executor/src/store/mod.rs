@@ -291,7 +291,8 @@ pub enum Health {
 
 /// The store boundary (see the module docs for what every backend promises).
 pub trait Store: Send + Sync + 'static {
-    /// Claims `key` for a request with `fingerprint`.
+    /// Claims `key` for a request with `fingerprint` (at most 255 bytes; the engine's are SHA-256
+    /// in hex).
     fn claim<'a>(&'a self, key: &'a str, fingerprint: &'a str) -> StoreFuture<'a, Claim>;
 
     /// Durably records that the remote call of `claim`'s execution is about to start.
@@ -317,7 +318,8 @@ pub trait Store: Send + Sync + 'static {
     /// Enqueue time (ms) of the oldest event waiting for `sink`.
     fn oldest_enqueued_ms(&self, sink: Sink) -> StoreFuture<'_, Option<u64>>;
 
-    /// The newest `limit` dead letters of `sink`, newest first (JSON with the reason and event).
+    /// The last `limit` dead letters of `sink`, the most recently given up on first (JSON with
+    /// the reason and the event).
     fn dead_letters(&self, sink: Sink, limit: usize) -> StoreFuture<'_, Vec<Value>>;
 
     /// Forgets answers recorded before `before_ms`; returns how many.
