@@ -182,7 +182,7 @@ impl WorkflowClient {
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
-        let replayed = response.headers().contains_key(crate::api::REPLAY_HEADER);
+        let replayed = response.headers().contains_key(crate::contract::REPLAY_HEADER);
         let body = response.json::<Value>().await?;
         Ok(ExecuteAnswer { status, replayed, body })
     }

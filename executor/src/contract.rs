@@ -10,6 +10,9 @@ use schemars::{JsonSchema, Schema, schema_for};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// Header set on a replayed answer.
+pub const REPLAY_HEADER: &str = "idempotent-replayed";
+
 /// One of the five decisions Core may send; only `workflow` executes.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

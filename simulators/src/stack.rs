@@ -569,10 +569,6 @@ impl Stack {
         if let Some(key) = &b.ai_api_key {
             env.insert("AI_API_KEY".into(), key.clone());
         }
-        if b.executor_data_dir.is_none() {
-            // A throwaway store: a small write-ahead log keeps each test stack's disk use low.
-            env.insert("EXECUTOR_WAL_BYTES".into(), (2u64 << 20).to_string());
-        }
         env.extend(b.executor_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
     }

@@ -29,8 +29,7 @@ use crate::metrics::Metrics;
 use crate::outbox::delivery::SinkState;
 use crate::store::SharedStore;
 
-/// Header set on a replayed answer.
-pub const REPLAY_HEADER: &str = "idempotent-replayed";
+pub use crate::contract::REPLAY_HEADER;
 
 /// Everything the handlers share.
 pub struct AppState {

@@ -262,10 +262,6 @@ impl Embedded {
             wait.await.unwrap_or(Err(StoreError::Closed))
         })
     }
-
-    fn tables(&self) -> Result<Arc<Tables>, StoreError> {
-        self.inner.tables()
-    }
 }
 
 impl Inner {
@@ -317,7 +313,7 @@ impl Inner {
     /// The committer thread: groups jobs, writes them, and recovers from write failures.
     fn run(self: Arc<Self>, jobs: mpsc::Receiver<Msg>) {
         let mut kept: Vec<Job> = Vec::new();
-        let mut unsynced = false;
+        let (mut unsynced, mut last_try) = (false, Instant::now());
         loop {
             let mut group = Vec::new();
             let mut close = None;
@@ -334,27 +330,31 @@ impl Inner {
                     Err(_) => break,
                 }
             }
-            if !kept.is_empty() && self.recover() {
-                let recovered = std::mem::take(&mut kept);
-                let count = recovered.len();
-                match self.write(recovered) {
+            // A failing store tries to recover at most once a tick, whatever the traffic.
+            let writable = if self.failing.lock().expect("failing lock").is_none() {
+                true
+            } else if last_try.elapsed() >= TICK {
+                last_try = Instant::now();
+                self.recover()
+            } else {
+                false
+            };
+            if writable && !kept.is_empty() {
+                let count = kept.len();
+                match self.write(std::mem::take(&mut kept)) {
                     Ok(()) => tracing::warn!(count, "outcomes reached while the store failed are recorded now"),
                     Err(jobs) => kept = jobs,
                 }
                 self.unrecorded.store(kept.len() as u64, Ordering::SeqCst);
-                if kept.is_empty() {
-                    self.recovered();
-                }
             }
             if !group.is_empty() {
                 let lazy = group.iter().all(|job| !job.durable);
-                if kept.is_empty() && self.recover() {
-                    match self.write(group) {
+                match writable && kept.is_empty() {
+                    true => match self.write(group) {
                         Ok(()) => unsynced = lazy,
                         Err(failed) => self.refuse(failed, &mut kept),
-                    }
-                } else {
-                    self.refuse(group, &mut kept);
+                    },
+                    false => self.refuse(group, &mut kept),
                 }
             } else if unsynced && let Ok(tables) = self.tables() {
                 unsynced = tables.db.persist(PersistMode::SyncData).is_err();
@@ -384,14 +384,11 @@ impl Inner {
         self.unrecorded.store(kept.len() as u64, Ordering::SeqCst);
     }
 
-    /// Whether the database can take writes, reopening it if a write failure closed it.
+    /// Whether a failing database takes writes again, reopening it if fjall refuses them.
     fn recover(&self) -> bool {
         let Ok(tables) = self.tables() else {
             return self.reopen();
         };
-        if self.failing.lock().expect("failing lock").is_none() {
-            return true;
-        }
         // A probe: a write and a sync on the running database, or a reopen if fjall refuses.
         let mut probe = tables.db.batch();
         probe.remove(&tables.in_flight, "\0probe");
@@ -591,7 +588,7 @@ impl Store for Embedded {
                 };
             }
             let guard = self.guard(key, fingerprint);
-            let stored = self.tables()?.answers.get(key).map_err(|e| read_error(&self.inner.dir, &e))?;
+            let stored = self.inner.tables()?.answers.get(key).map_err(|e| read_error(&self.inner.dir, &e))?;
             let Some(stored) = stored else { return Ok(Claim::Fresh(guard)) };
             // A stored answer: the fingerprint's length (one byte), the fingerprint, the answer.
             let split = 1 + usize::from(stored.first().copied().unwrap_or(u8::MAX));
@@ -637,7 +634,7 @@ impl Store for Embedded {
 
     fn abandoned(&self) -> StoreFuture<'_, Vec<Abandoned>> {
         Box::pin(async move {
-            self.tables()?;
+            self.inner.tables()?;
             let markers = std::mem::take(&mut *self.inner.abandoned.lock().expect("abandoned lock"));
             let mut claims = self.inner.claims.lock().expect("claims lock");
             let mut out = Vec::with_capacity(markers.len());
@@ -653,7 +650,7 @@ impl Store for Embedded {
 
     fn lease(&self, sink: Sink, limit: usize, lease_for: Duration) -> StoreFuture<'_, Vec<LeasedEvent>> {
         Box::pin(async move {
-            let tables = self.tables()?;
+            let tables = self.inner.tables()?;
             let side = &self.inner.sinks[sink.index()];
             let now = Instant::now();
             let mut leases = side.leases.lock().expect("leases lock");
@@ -697,7 +694,7 @@ impl Store for Embedded {
                     Settlement::DeadLetter { seq, reason } => {
                         durable = true;
                         let stored =
-                            self.tables().ok().and_then(|t| t.outbox[sink.index()].get(seq.to_be_bytes()).ok());
+                            self.inner.tables().ok().and_then(|t| t.outbox[sink.index()].get(seq.to_be_bytes()).ok());
                         if let Some(Some(value)) = stored {
                             let event = decode_event(seq, &value, 0);
                             let record = serde_json::to_vec(&dead_letter_record(&event, &reason, now_ms()));
@@ -708,7 +705,7 @@ impl Store for Embedded {
             }
         }
         if ops.is_empty() {
-            let open = self.tables().map(drop);
+            let open = self.inner.tables().map(drop);
             return Box::pin(async move { open });
         }
         self.send(ops, durable, None, false)
@@ -726,7 +723,7 @@ impl Store for Embedded {
 
     fn oldest_enqueued_ms(&self, sink: Sink) -> StoreFuture<'_, Option<u64>> {
         Box::pin(async move {
-            let tables = self.tables()?;
+            let tables = self.inner.tables()?;
             let head = self.inner.sinks[sink.index()].head.load(Ordering::SeqCst);
             let Some(item) = tables.outbox[sink.index()].range(head.to_be_bytes()..).next() else { return Ok(None) };
             let (key, value) = item.into_inner().map_err(|e| read_error(&self.inner.dir, &e))?;
@@ -736,7 +733,7 @@ impl Store for Embedded {
 
     fn dead_letters(&self, sink: Sink, limit: usize) -> StoreFuture<'_, Vec<Value>> {
         Box::pin(async move {
-            let tables = self.tables()?;
+            let tables = self.inner.tables()?;
             let mut out = Vec::new();
             for item in tables.dead[sink.index()].iter().rev().take(limit) {
                 let value = item.value().map_err(|e| read_error(&self.inner.dir, &e))?;
@@ -747,7 +744,7 @@ impl Store for Embedded {
     }
 
     fn expire(&self, before_ms: u64) -> StoreFuture<'_, usize> {
-        let ops: Result<Vec<Op>, StoreError> = self.tables().and_then(|tables| {
+        let ops: Result<Vec<Op>, StoreError> = self.inner.tables().and_then(|tables| {
             let mut ops = Vec::new();
             for item in tables.answer_times.range(..before_ms.to_be_bytes()).take(100_000) {
                 let time_key = item.key().map_err(|e| read_error(&self.inner.dir, &e))?;
