@@ -51,31 +51,21 @@ const GROUP_JOBS: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The directory cannot be created or used.
-    #[error("EXECUTOR_DATA_DIR={dir}: cannot use the directory: {source}")]
-    Directory {
-        /// The data directory.
-        dir: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
+    #[error("EXECUTOR_DATA_DIR={dir}: cannot use the directory: {1}", dir = .0.display())]
+    Directory(PathBuf, std::io::Error),
     /// Another process holds the store.
-    #[error("EXECUTOR_DATA_DIR={0}: another executor holds the lock on {0}/lock; stop it or use another directory")]
+    #[error("EXECUTOR_DATA_DIR={dir}: another executor holds the lock on {dir}/lock; stop it or use another directory", dir = .0.display())]
     Locked(PathBuf),
     /// No room on the device.
-    #[error("EXECUTOR_DATA_DIR={0}: no space left on the device holding the store; free space or move the directory")]
+    #[error("EXECUTOR_DATA_DIR={dir}: no space left on the device holding the store; free space or move the directory", dir = .0.display())]
     NoSpace(PathBuf),
     /// A checksum or format check failed.
     #[error(
-        "EXECUTOR_DATA_DIR={dir}: the store is damaged ({detail}); refusing to start so that no acknowledged execution \
-         is lost or repeated. Restore the directory from a backup, or move it aside to start empty (retries of \
-         earlier requests would then execute again)"
+        "EXECUTOR_DATA_DIR={dir}: the store is damaged ({1}); refusing to start so that no acknowledged execution is lost \
+         or repeated. Restore the directory from a backup, or move it aside to start empty (retries of earlier \
+         requests would then execute again)", dir = .0.display()
     )]
-    Damaged {
-        /// The data directory.
-        dir: PathBuf,
-        /// What failed.
-        detail: String,
-    },
+    Damaged(PathBuf, String),
 }
 
 /// The keyspaces of one open database.
@@ -104,6 +94,15 @@ impl Tables {
             db,
         })
     }
+
+    fn get(&self, table: Table) -> &Keyspace {
+        match table {
+            Table::Answers => &self.answers,
+            Table::AnswerTimes => &self.answer_times,
+            Table::InFlight => &self.in_flight,
+            Table::Tasks => &self.tasks,
+        }
+    }
 }
 
 /// A lease (or the attempts) of one event.
@@ -126,42 +125,30 @@ struct SinkSide {
     bell: Notify,
 }
 
-/// One change, as the committer writes it.
+impl SinkSide {
+    fn count(&self, events: i64, bytes: i64) {
+        self.depth.fetch_add(events as u64, Ordering::SeqCst);
+        self.bytes.fetch_add(bytes as u64, Ordering::SeqCst);
+    }
+}
+
+/// The tables written by key alone.
+#[derive(Clone, Copy)]
+enum Table {
+    Answers,
+    AnswerTimes,
+    InFlight,
+    Tasks,
+}
+
+/// One change, as the committer writes it. An event's sequence number and enqueue time are set
+/// when it is first written, in write order, so a lease never passes a number still to be written.
 enum Op {
-    Answer {
-        key: String,
-        record: Vec<u8>,
-        created_ms: u64,
-    },
-    ClearInFlight(String),
-    InFlight {
-        key: String,
-        value: Vec<u8>,
-    },
-    Task {
-        id: String,
-        record: Vec<u8>,
-    },
-    /// An event; its sequence number and enqueue time are set when it is first written, in
-    /// write order, so a lease never passes a number that is still to be written.
-    Event {
-        sink: Sink,
-        seq: Option<u64>,
-        value: Vec<u8>,
-    },
-    Delivered {
-        sink: Sink,
-        seq: u64,
-    },
-    Dead {
-        sink: Sink,
-        seq: u64,
-        record: Vec<u8>,
-    },
-    Forget {
-        time_key: Vec<u8>,
-        key: Vec<u8>,
-    },
+    Put(Table, Vec<u8>, Vec<u8>),
+    Remove(Table, Vec<u8>),
+    Event(Sink, Option<u64>, Vec<u8>),
+    Delivered(Sink, u64),
+    Dead(Sink, u64, Vec<u8>),
 }
 
 struct Job {
@@ -178,6 +165,7 @@ enum Msg {
     Close(oneshot::Sender<()>),
 }
 
+#[derive(Default)]
 struct Inner {
     dir: PathBuf,
     tables: RwLock<Option<Arc<Tables>>>,
@@ -202,7 +190,7 @@ pub struct Embedded {
 impl Embedded {
     /// Opens (or creates) the store in `dir`. Blocking.
     pub fn open(dir: &Path, bounds: [OutboxBound; 2], metrics: Metrics) -> Result<Arc<Embedded>, OpenError> {
-        let directory = |source| OpenError::Directory { dir: dir.to_owned(), source };
+        let directory = |source| OpenError::Directory(dir.to_owned(), source);
         std::fs::create_dir_all(dir).map_err(directory)?;
         let journals_before = journal_sizes(dir);
         let tables = Tables::open(dir).map_err(|error| open_error(dir, error))?;
@@ -214,20 +202,7 @@ impl Embedded {
                      leaves one (never acknowledged); if the file was damaged instead, its executions are lost");
             }
         }
-        let inner = Arc::new(Inner {
-            dir: dir.to_owned(),
-            tables: RwLock::new(None),
-            claims: Mutex::default(),
-            sinks: Default::default(),
-            bounds,
-            next_seq: Default::default(),
-            next_dead: Default::default(),
-            failing: Mutex::default(),
-            unrecorded: AtomicU64::new(0),
-            abandoned: Mutex::default(),
-            closed: AtomicBool::new(false),
-            metrics,
-        });
+        let inner = Arc::new(Inner { dir: dir.to_owned(), bounds, metrics, ..Inner::default() });
         let mut abandoned = Vec::new();
         for item in tables.in_flight.iter() {
             let (key, value) = item.into_inner().map_err(|e| open_error(dir, e))?;
@@ -274,8 +249,7 @@ impl Inner {
     }
 
     fn cause(&self) -> String {
-        let failing = self.failing.lock().expect("failing lock").clone();
-        failing.unwrap_or_else(|| "recovering".into())
+        self.failing.lock().expect("failing lock").clone().unwrap_or_else(|| "recovering".into())
     }
 
     /// Counts what each outbox holds and where its sequence numbers go on.
@@ -440,15 +414,12 @@ impl Inner {
     /// Writes `jobs` as one batch (one sync if any is durable), then answers them.
     fn write(&self, mut jobs: Vec<Job>) -> Result<(), Vec<Job>> {
         let started = Instant::now();
-        let tables = match self.tables() {
-            Ok(tables) => tables,
-            Err(_) => return Err(jobs),
-        };
+        let Ok(tables) = self.tables() else { return Err(jobs) };
         let now = now_ms();
         for op in jobs.iter_mut().flat_map(|job| job.ops.iter_mut()) {
-            if let Op::Event { sink, seq: seq @ None, value } = op {
+            if let Op::Event(sink, seq @ None, value) = op {
                 *seq = Some(self.next_seq[sink.index()].fetch_add(1, Ordering::SeqCst));
-                value[..8].copy_from_slice(&now.to_be_bytes());
+                value[4..12].copy_from_slice(&now.to_be_bytes());
             }
         }
         let mut batch = tables.db.batch();
@@ -457,73 +428,57 @@ impl Inner {
         for job in &jobs {
             for op in &job.ops {
                 match op {
-                    Op::Answer { key, record, created_ms } => {
-                        batch.insert(&tables.answers, key.as_bytes(), record.as_slice());
-                        batch.insert(&tables.answer_times, time_key(*created_ms, key), b"");
-                    }
-                    Op::ClearInFlight(key) => batch.remove(&tables.in_flight, key.as_bytes()),
-                    Op::InFlight { key, value } => batch.insert(&tables.in_flight, key.as_bytes(), value.as_slice()),
-                    Op::Task { id, record } => batch.insert(&tables.tasks, id.as_bytes(), record.as_slice()),
-                    Op::Event { sink, seq, value } => {
+                    Op::Put(table, key, value) => batch.insert(tables.get(*table), key.as_slice(), value.as_slice()),
+                    Op::Remove(table, key) => batch.remove(tables.get(*table), key.as_slice()),
+                    Op::Event(sink, seq, value) => {
                         let seq = seq.unwrap_or_default();
                         batch.insert(&tables.outbox[sink.index()], seq.to_be_bytes(), value.as_slice());
                         added[sink.index()].0 += 1;
                         added[sink.index()].1 += value.len() as u64;
                     }
-                    Op::Delivered { sink, seq } => {
+                    Op::Delivered(sink, seq) => {
                         batch.remove(&tables.outbox[sink.index()], seq.to_be_bytes());
                         removed.push((*sink, *seq, false));
                     }
-                    Op::Dead { sink, seq, record } => {
+                    Op::Dead(sink, seq, record) => {
                         batch.remove(&tables.outbox[sink.index()], seq.to_be_bytes());
                         // Keyed by the order it was given up in, then its position: newest last.
                         let order = self.next_dead[sink.index()].fetch_add(1, Ordering::SeqCst);
-                        let mut key = order.to_be_bytes().to_vec();
-                        key.extend_from_slice(&seq.to_be_bytes());
+                        let key = [order.to_be_bytes(), seq.to_be_bytes()].concat();
                         batch.insert(&tables.dead[sink.index()], key, record.as_slice());
                         removed.push((*sink, *seq, true));
                     }
-                    Op::Forget { time_key, key } => {
-                        batch.remove(&tables.answer_times, time_key.as_slice());
-                        batch.remove(&tables.answers, key.as_slice());
-                    }
                 }
             }
         }
+        let mode = if jobs.iter().any(|job| job.durable) { PersistMode::SyncData } else { PersistMode::Buffer };
         let dropped = match self.make_room(&tables, &mut batch, &added) {
+            Ok(dropped) => batch.commit().and_then(|()| tables.db.persist(mode)).map(|()| dropped),
+            Err(error) => Err(error),
+        };
+        let dropped = match dropped {
             Ok(dropped) => dropped,
             Err(error) => {
-                self.fail(error.to_string());
+                self.fail(describe(&self.dir, &error));
                 return Err(jobs);
             }
         };
-        let durable = jobs.iter().any(|job| job.durable);
-        let mode = if durable { PersistMode::SyncData } else { PersistMode::Buffer };
-        if let Err(error) = batch.commit().and_then(|()| tables.db.persist(mode)) {
-            self.fail(describe(&self.dir, &error));
-            return Err(jobs);
-        }
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        // The outbox counters: whoever takes an event out of the lease table counts it out.
+        for (sink, seq, dead) in removed {
+            let side = &self.sinks[sink.index()];
+            if let Some(lease) = side.leases.lock().expect("leases lock").remove(&seq) {
+                side.count(-1, -(lease.size as i64));
+                side.dead.fetch_add(u64::from(dead), Ordering::SeqCst);
+            }
+        }
         for sink in Sink::ALL {
             let side = &self.sinks[sink.index()];
             let (events, bytes) = added[sink.index()];
-            side.depth.fetch_add(events, Ordering::SeqCst);
-            side.bytes.fetch_add(bytes, Ordering::SeqCst);
-            let mut leases = side.leases.lock().expect("leases lock");
-            for (gone_sink, seq, dead) in removed.iter().filter(|(s, ..)| *s == sink) {
-                let _ = gone_sink;
-                if let Some(lease) = leases.remove(seq) {
-                    side.depth.fetch_sub(1, Ordering::SeqCst);
-                    side.bytes.fetch_sub(lease.size, Ordering::SeqCst);
-                    if *dead {
-                        side.dead.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            }
+            side.count(events as i64, bytes as i64);
             for (seq, size) in &dropped[sink.index()] {
-                leases.remove(seq);
-                side.depth.fetch_sub(1, Ordering::SeqCst);
-                side.bytes.fetch_sub(*size, Ordering::SeqCst);
+                side.leases.lock().expect("leases lock").remove(seq);
+                side.count(-1, -(*size as i64));
                 side.dropped.fetch_add(1, Ordering::SeqCst);
                 self.metrics.events_dropped.with_label_values(&[sink.name()]).inc();
             }
@@ -590,44 +545,38 @@ impl Store for Embedded {
             let guard = self.guard(key, fingerprint);
             let stored = self.inner.tables()?.answers.get(key).map_err(|e| read_error(&self.inner.dir, &e))?;
             let Some(stored) = stored else { return Ok(Claim::Fresh(guard)) };
-            // A stored answer: the fingerprint's length (one byte), the fingerprint, the answer.
-            let split = 1 + usize::from(stored.first().copied().unwrap_or(u8::MAX));
-            if stored.len() < split || std::str::from_utf8(&stored[split..]).is_err() {
+            let Some([stored_fingerprint, answer]) = unpack::<2>(&stored) else {
                 return Err(StoreError::Damaged(format!("the stored answer of a key in {}", self.inner.dir.display())));
-            }
-            if &stored[1..split] != fingerprint.as_bytes() {
+            };
+            if stored_fingerprint != fingerprint.as_bytes() {
                 return Ok(Claim::Mismatch);
             }
-            Ok(Claim::Replay(Bytes::copy_from_slice(&stored[split..])))
+            Ok(Claim::Replay(Bytes::copy_from_slice(answer)))
         })
     }
 
     fn record_in_flight<'a>(&'a self, claim: &'a ClaimGuard, marker: &'a InFlightMarker) -> StoreFuture<'a, ()> {
         claim.in_flight.store(true, Ordering::SeqCst);
         let value = serde_json::to_vec(marker).unwrap_or_default();
-        self.send(vec![Op::InFlight { key: claim.key().to_owned(), value }], true, None, false)
+        self.send(vec![Op::Put(Table::InFlight, claim.key().as_bytes().to_vec(), value)], true, None, false)
     }
 
     fn commit(&self, claim: ClaimGuard, outcome: Outcome, if_unrecorded: IfUnrecorded) -> StoreFuture<'_, ()> {
         let key = claim.key().to_owned();
-        let fingerprint = &claim.fingerprint().as_bytes()[..claim.fingerprint().len().min(255)];
-        let mut record = Vec::with_capacity(1 + fingerprint.len() + outcome.answer.len());
-        record.push(fingerprint.len() as u8);
-        record.extend_from_slice(fingerprint);
-        record.extend_from_slice(&outcome.answer);
+        let record = pack(&[claim.fingerprint().as_bytes(), &outcome.answer]);
         let mut ops = Vec::with_capacity(3 + outcome.writes.len() + outcome.events.len());
         if claim.in_flight.load(Ordering::SeqCst) {
-            ops.push(Op::ClearInFlight(key.clone()));
+            ops.push(Op::Remove(Table::InFlight, key.as_bytes().to_vec()));
         }
-        ops.push(Op::Answer { key, record, created_ms: outcome.created_ms });
-        for write in outcome.writes {
-            match write {
-                Write::Task { id, record } => ops.push(Op::Task { id, record }),
-            }
+        ops.push(Op::Put(Table::AnswerTimes, time_key(outcome.created_ms, &key), Vec::new()));
+        ops.push(Op::Put(Table::Answers, key.into_bytes(), record));
+        for Write::Task { id, record } in outcome.writes {
+            ops.push(Op::Put(Table::Tasks, id.into_bytes(), record));
         }
         for event in outcome.events {
-            let value = encode_event(0, &event.event_id, &event.trace_id, &event.body);
-            ops.push(Op::Event { sink: event.sink, seq: None, value });
+            let ids = [event.event_id.as_bytes(), event.trace_id.as_bytes()];
+            let value = pack(&[&[0; 8], ids[0], ids[1], &event.body]);
+            ops.push(Op::Event(event.sink, None, value));
         }
         self.send(ops, true, Some(claim), if_unrecorded == IfUnrecorded::Keep)
     }
@@ -665,7 +614,8 @@ impl Store for Embedded {
                     continue;
                 }
                 lease.until = Some(now + lease_for);
-                out.push(decode_event(seq, &value, lease.attempts));
+                let damaged = || StoreError::Damaged(format!("an event in {}", self.inner.dir.display()));
+                out.push(decode_event(seq, &value, lease.attempts).ok_or_else(damaged)?);
                 if out.len() >= limit {
                     break;
                 }
@@ -684,7 +634,7 @@ impl Store for Embedded {
             let mut leases = self.inner.sinks[sink.index()].leases.lock().expect("leases lock");
             for settlement in settlements {
                 match settlement {
-                    Settlement::Delivered(seq) => ops.push(Op::Delivered { sink, seq }),
+                    Settlement::Delivered(seq) => ops.push(Op::Delivered(sink, seq)),
                     Settlement::Failed(seq) | Settlement::Release(seq) => {
                         if let Some(lease) = leases.get_mut(&seq) {
                             lease.until = None;
@@ -695,10 +645,11 @@ impl Store for Embedded {
                         durable = true;
                         let stored =
                             self.inner.tables().ok().and_then(|t| t.outbox[sink.index()].get(seq.to_be_bytes()).ok());
-                        if let Some(Some(value)) = stored {
-                            let event = decode_event(seq, &value, 0);
+                        if let Some(Some(value)) = stored
+                            && let Some(event) = decode_event(seq, &value, 0)
+                        {
                             let record = serde_json::to_vec(&dead_letter_record(&event, &reason, now_ms()));
-                            ops.push(Op::Dead { sink, seq, record: record.unwrap_or_default() });
+                            ops.push(Op::Dead(sink, seq, record.unwrap_or_default()));
                         }
                     }
                 }
@@ -727,7 +678,7 @@ impl Store for Embedded {
             let head = self.inner.sinks[sink.index()].head.load(Ordering::SeqCst);
             let Some(item) = tables.outbox[sink.index()].range(head.to_be_bytes()..).next() else { return Ok(None) };
             let (key, value) = item.into_inner().map_err(|e| read_error(&self.inner.dir, &e))?;
-            Ok(Some(decode_event(seq_of(&key), &value, 0).enqueued_ms))
+            Ok(decode_event(seq_of(&key), &value, 0).map(|event| event.enqueued_ms))
         })
     }
 
@@ -748,13 +699,14 @@ impl Store for Embedded {
             let mut ops = Vec::new();
             for item in tables.answer_times.range(..before_ms.to_be_bytes()).take(100_000) {
                 let time_key = item.key().map_err(|e| read_error(&self.inner.dir, &e))?;
-                ops.push(Op::Forget { key: time_key[8..].to_vec(), time_key: time_key.to_vec() });
+                ops.push(Op::Remove(Table::Answers, time_key[8..].to_vec()));
+                ops.push(Op::Remove(Table::AnswerTimes, time_key.to_vec()));
             }
             Ok(ops)
         });
         Box::pin(async move {
             let ops = ops?;
-            let count = ops.len();
+            let count = ops.len() / 2;
             if count > 0 {
                 self.send(ops, false, None, false).await?;
             }
@@ -808,8 +760,8 @@ fn open_error(dir: &Path, error: fjall::Error) -> OpenError {
     match error {
         fjall::Error::Locked => OpenError::Locked(dir.to_owned()),
         fjall::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => OpenError::NoSpace(dir.to_owned()),
-        fjall::Error::Io(source) => OpenError::Directory { dir: dir.to_owned(), source },
-        other => OpenError::Damaged { dir: dir.to_owned(), detail: other.to_string() },
+        fjall::Error::Io(source) => OpenError::Directory(dir.to_owned(), source),
+        other => OpenError::Damaged(dir.to_owned(), other.to_string()),
     }
 }
 
@@ -837,35 +789,38 @@ fn seq_of(key: &[u8]) -> u64 {
 }
 
 fn time_key(created_ms: u64, key: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&created_ms.to_be_bytes());
-    out.extend_from_slice(key.as_bytes());
-    out
+    [&created_ms.to_be_bytes(), key.as_bytes()].concat()
 }
 
-/// Event layout: enqueue time (u64 BE), event id and trace id (a u8 length and the bytes each;
-/// both are validated ASCII of at most 128 bytes), then the body.
-fn encode_event(enqueued_ms: u64, event_id: &str, trace_id: &str, body: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(10 + event_id.len() + trace_id.len() + body.len());
-    value.extend_from_slice(&enqueued_ms.to_be_bytes());
-    for id in [event_id, trace_id] {
-        let id = &id.as_bytes()[..id.len().min(255)];
-        value.push(id.len() as u8);
-        value.extend_from_slice(id);
+/// A value of several parts, each behind its length (u32, big-endian).
+fn pack(parts: &[&[u8]]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(parts.iter().map(|p| 4 + p.len()).sum());
+    for part in parts {
+        value.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        value.extend_from_slice(part);
     }
-    value.extend_from_slice(body);
     value
 }
 
-fn decode_event(seq: u64, value: &[u8], attempts: u32) -> LeasedEvent {
-    let (at, mut rest) = value.split_first_chunk::<8>().map(|(a, r)| (u64::from_be_bytes(*a), r)).unwrap_or((0, value));
-    let mut ids = [String::new(), String::new()];
-    for id in &mut ids {
-        let len = rest.first().copied().unwrap_or(0) as usize;
-        let end = (1 + len).min(rest.len());
-        *id = String::from_utf8_lossy(&rest[1.min(rest.len())..end]).into_owned();
-        rest = &rest[end..];
+/// The parts of a [`pack`]ed value, or `None` if it is not one.
+fn unpack<const N: usize>(mut value: &[u8]) -> Option<[&[u8]; N]> {
+    let mut parts = [&value[..0]; N];
+    for part in &mut parts {
+        let (len, rest) = value.split_first_chunk::<4>()?;
+        (*part, value) = rest.split_at_checked(u32::from_be_bytes(*len) as usize)?;
     }
-    let [event_id, trace_id] = ids;
-    LeasedEvent { seq, enqueued_ms: at, event_id, trace_id, body: Bytes::copy_from_slice(rest), attempts }
+    value.is_empty().then_some(parts)
+}
+
+/// An outbox value: enqueue time (set when written), event id, trace id, body.
+fn decode_event(seq: u64, value: &[u8], attempts: u32) -> Option<LeasedEvent> {
+    let [at, event_id, trace_id, body] = unpack::<4>(value)?;
+    Some(LeasedEvent {
+        seq,
+        enqueued_ms: seq_of(at),
+        event_id: String::from_utf8_lossy(event_id).into_owned(),
+        trace_id: String::from_utf8_lossy(trace_id).into_owned(),
+        body: Bytes::copy_from_slice(body),
+        attempts,
+    })
 }

@@ -83,6 +83,7 @@ pub enum StoreError {
 }
 
 /// The answer to [`Store::claim`].
+#[derive(Debug)]
 pub enum Claim {
     /// The key is this request's until the guard is committed or dropped.
     Fresh(ClaimGuard),
@@ -92,17 +93,6 @@ pub enum Claim {
     InProgress,
     /// The key belongs to a different request (another fingerprint).
     Mismatch,
-}
-
-impl std::fmt::Debug for Claim {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Claim::Fresh(guard) => write!(f, "Fresh({})", guard.key),
-            Claim::Replay(body) => write!(f, "Replay({} bytes)", body.len()),
-            Claim::InProgress => f.write_str("InProgress"),
-            Claim::Mismatch => f.write_str("Mismatch"),
-        }
-    }
 }
 
 /// A held claim on an idempotency key. Dropping it releases the key (nothing was recorded);
@@ -129,6 +119,12 @@ impl ClaimGuard {
     /// The fingerprint of the request that holds it.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+}
+
+impl std::fmt::Debug for ClaimGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClaimGuard({})", self.key)
     }
 }
 
@@ -265,7 +261,7 @@ pub struct OutboxDepth {
 }
 
 /// Bounds and policy of one outbox.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct OutboxBound {
     /// Most events kept.
     pub max_events: u64,
@@ -291,8 +287,7 @@ pub enum Health {
 
 /// The store boundary (see the module docs for what every backend promises).
 pub trait Store: Send + Sync + 'static {
-    /// Claims `key` for a request with `fingerprint` (at most 255 bytes; the engine's are SHA-256
-    /// in hex).
+    /// Claims `key` for a request with `fingerprint`.
     fn claim<'a>(&'a self, key: &'a str, fingerprint: &'a str) -> StoreFuture<'a, Claim>;
 
     /// Durably records that the remote call of `claim`'s execution is about to start.
