@@ -2,8 +2,10 @@
 //!
 //! [`Application::build`] opens the store, recovers executions interrupted by a crash, and binds;
 //! [`Application::run_until_stopped`] serves until the token fires, then shuts down in order:
-//! stop accepting and finish in-flight requests, let the deliverers drain for the grace period,
-//! and let the store writer make everything durable. Undelivered events stay on disk and are
+//! `/readyz` fails at once while the listener stays open for the drain delay (so load balancers
+//! stop sending before connections are refused), then it stops accepting and finishes in-flight
+//! requests, lets the deliverers drain for the grace period, and lets the store writer make
+//! everything durable. Undelivered events stay on disk and are
 //! delivered after the next start.
 
 use std::net::SocketAddr;
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapters::Adapters;
 use crate::api::{AppState, router};
 use crate::clock::now_ms;
-use crate::config::{ConfigError, FullPolicy, Settings};
+use crate::config::{BindSource, ConfigError, FullPolicy, Settings};
 use crate::execution::Engine;
 use crate::metrics::Metrics;
 use crate::outbox::delivery::{Deliverer, SinkState};
@@ -30,6 +32,16 @@ pub enum StartError {
     /// Bad configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The listen address cannot be bound; names the variable that set it.
+    #[error("cannot listen on {address} (set by {variable}): {source}")]
+    Bind {
+        /// `EXECUTOR_BIND` or `PORT`.
+        variable: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// Why (in use, no permission, not a local address).
+        source: std::io::Error,
+    },
     /// The listener or the server failed.
     #[error("network error: {0}")]
     Io(#[from] std::io::Error),
@@ -50,7 +62,11 @@ pub struct Application {
 impl Application {
     /// Binds `settings.bind` and builds the executor.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(settings.bind).await?;
+        let listener = TcpListener::bind(settings.bind).await.map_err(|source| StartError::Bind {
+            variable: settings.bind_source.variable(),
+            address: settings.bind,
+            source,
+        })?;
         Self::build_with_listener(settings, listener).await
     }
 
@@ -89,6 +105,7 @@ impl Application {
             metrics,
             store,
             sinks,
+            draining: CancellationToken::new(),
         });
         Ok(Self { listener, state })
     }
@@ -123,9 +140,31 @@ impl Application {
         }
         tasks.spawn(expire_old_executions(state.store.clone(), settings.idempotency_retention, background.clone()));
 
-        tracing::info!(address = %listener.local_addr()?, "workflow executor listening");
-        let served =
-            axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let address = listener.local_addr()?;
+        match settings.bind_source {
+            BindSource::Port => {
+                tracing::info!(%address, source = "PORT", "workflow executor listening");
+            }
+            BindSource::ExecutorBind | BindSource::Default => {
+                tracing::info!(%address, "workflow executor listening");
+            }
+        }
+        // Readiness fails first; the listener keeps serving for the drain delay, then closes.
+        let stop_serving = CancellationToken::new();
+        let drain = {
+            let (state, stop_serving, delay) = (state.clone(), stop_serving.clone(), settings.connections.drain_delay);
+            async move {
+                shutdown.cancelled().await;
+                state.draining.cancel();
+                if !delay.is_zero() {
+                    tracing::info!(?delay, "draining: /readyz fails while load balancers stop sending");
+                    tokio::time::sleep(delay).await;
+                }
+                stop_serving.cancel();
+            }
+        };
+        let serving = crate::server::serve(listener, router(state.clone()), settings.connections.clone(), stop_serving);
+        tokio::join!(serving, drain);
         tracing::info!("stopped accepting requests; flushing events");
         background.cancel();
         while tasks.join_next().await.is_some() {}
@@ -133,7 +172,7 @@ impl Application {
             tracing::error!("the store did not close in time");
         }
         tracing::info!("workflow executor stopped");
-        served.map_err(StartError::Io)
+        Ok(())
     }
 }
 

@@ -125,7 +125,8 @@ pub struct DeliverySettings {
     pub backoff_max: Duration,
     /// Consecutive unreachable attempts that open the circuit.
     pub breaker_threshold: u32,
-    /// How long an open circuit waits before a probe.
+    /// How long an open circuit first waits before a probe; doubled after each failed probe, up to
+    /// 2 s (jittered), so recovery is noticed promptly however long the outage.
     pub breaker_open_for: Duration,
 }
 
@@ -176,6 +177,23 @@ pub struct AiSettings {
     pub timeout: Duration,
 }
 
+/// How the listener treats connections (hostile and careless clients).
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Longest time a client may take to send a request's head, counted from the connection's
+    /// start for its first request, from the request's first byte for later ones
+    /// (`EXECUTOR_HEADER_READ_TIMEOUT`).
+    pub header_read_timeout: Duration,
+    /// Longest time a kept-alive connection may wait, with no request, for its next one
+    /// (`EXECUTOR_IDLE_TIMEOUT`).
+    pub idle_timeout: Duration,
+    /// Open connections at most (`EXECUTOR_MAX_CONNECTIONS`); beyond it the longest-idle one is
+    /// closed to make room, or the new one is answered 503 and closed if none is idle.
+    pub max_connections: usize,
+    /// How long `/readyz` fails before the listener closes on SIGTERM (`EXECUTOR_DRAIN_DELAY`).
+    pub drain_delay: Duration,
+}
+
 /// Input limits and load shedding.
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
@@ -188,8 +206,13 @@ pub struct LimitSettings {
 /// The executor's whole configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Listen address (`EXECUTOR_BIND`); port 0 picks a free port.
+    /// Listen address (`EXECUTOR_BIND`, else `0.0.0.0:$PORT`, else 127.0.0.1:8003); port 0 picks
+    /// a free port.
     pub bind: SocketAddr,
+    /// Which setting the listen address came from (for start-up messages).
+    pub bind_source: BindSource,
+    /// Timeouts and the cap on open connections.
+    pub connections: ConnectionSettings,
     /// Where the embedded store lives (`EXECUTOR_DATA_DIR`).
     pub data_dir: PathBuf,
     /// Log format (`EXECUTOR_LOG_FORMAT`).
@@ -252,10 +275,40 @@ impl Settings {
             breaker_threshold: env.parse("EXECUTOR_BREAKER_THRESHOLD", 5, parse_positive)?,
             breaker_open_for: env.parse("EXECUTOR_BREAKER_OPEN", Duration::from_secs(2), parse_seconds)?,
         };
-        let settings = Settings {
-            bind: env.parse("EXECUTOR_BIND", "127.0.0.1:8003".parse().expect("literal"), |v| {
-                v.parse().map_err(|_| "expected host:port, e.g. 127.0.0.1:8003".into())
+        let (bind, bind_source) = match lookup("EXECUTOR_BIND") {
+            Some(_) => (
+                env.parse("EXECUTOR_BIND", DEFAULT_BIND, |v| {
+                    v.parse().map_err(|_| "expected host:port, e.g. 127.0.0.1:8003".into())
+                })?,
+                BindSource::ExecutorBind,
+            ),
+            None => match lookup("PORT") {
+                // The PaaS convention: the platform routes to this port on every interface.
+                Some(_) => {
+                    let port: u16 = env.parse("PORT", 0, |v| v.parse().map_err(|_| "expected a port number".into()))?;
+                    (SocketAddr::from(([0, 0, 0, 0], port)), BindSource::Port)
+                }
+                None => (DEFAULT_BIND, BindSource::Default),
+            },
+        };
+        let connections = ConnectionSettings {
+            header_read_timeout: env.parse("EXECUTOR_HEADER_READ_TIMEOUT", Duration::from_secs(10), parse_seconds)?,
+            idle_timeout: env.parse("EXECUTOR_IDLE_TIMEOUT", Duration::from_secs(60), parse_seconds)?,
+            max_connections: env.parse("EXECUTOR_MAX_CONNECTIONS", 512, |v| {
+                parse_positive(v).and_then(|n: usize| {
+                    if n <= MAX_CONNECTIONS_LIMIT {
+                        Ok(n)
+                    } else {
+                        Err(format!("at most {MAX_CONNECTIONS_LIMIT} (each connection holds a file descriptor)"))
+                    }
+                })
             })?,
+            drain_delay: env.parse("EXECUTOR_DRAIN_DELAY", Duration::from_secs(5), parse_seconds_or_zero)?,
+        };
+        let settings = Settings {
+            bind,
+            bind_source,
+            connections,
             data_dir: env
                 .parse("EXECUTOR_DATA_DIR", PathBuf::from("./data/executor"), |v| non_empty(v).map(PathBuf::from))?,
             log_format: env.parse("EXECUTOR_LOG_FORMAT", LogFormat::Text, |v| match v {
@@ -274,7 +327,15 @@ impl Settings {
             mask_recipients: env.parse("EXECUTOR_AUDIT_MASK_RECIPIENTS", true, parse_bool)?,
             caller_tokens: env.parse("EXECUTOR_CALLER_TOKENS", HashMap::new(), parse_tokens)?,
             limits: LimitSettings {
-                max_body_bytes: env.parse("EXECUTOR_MAX_BODY_BYTES", 64 * 1024, parse_positive)?,
+                max_body_bytes: env.parse("EXECUTOR_MAX_BODY_BYTES", 64 * 1024, |v| {
+                    parse_positive(v).and_then(|n: usize| {
+                        if n <= MAX_BODY_LIMIT {
+                            Ok(n)
+                        } else {
+                            Err(format!("at most {MAX_BODY_LIMIT} bytes (16 MiB)"))
+                        }
+                    })
+                })?,
                 max_concurrent: env.parse("EXECUTOR_MAX_CONCURRENT", 512, parse_positive)?,
             },
             shutdown_grace: env.parse("EXECUTOR_SHUTDOWN_GRACE", Duration::from_secs(5), parse_seconds)?,
@@ -314,6 +375,38 @@ impl Settings {
         Ok(settings)
     }
 }
+
+/// Where the listen address came from, so start-up messages name the right variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindSource {
+    /// `EXECUTOR_BIND`.
+    ExecutorBind,
+    /// `PORT` (bound on `0.0.0.0`).
+    Port,
+    /// Neither was set: the default loopback address.
+    Default,
+}
+
+impl BindSource {
+    /// The variable that sets the address (`EXECUTOR_BIND` also for the default).
+    pub fn variable(self) -> &'static str {
+        match self {
+            BindSource::Port => "PORT",
+            BindSource::ExecutorBind | BindSource::Default => "EXECUTOR_BIND",
+        }
+    }
+}
+
+/// The listen address without `EXECUTOR_BIND` or `PORT`.
+const DEFAULT_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8003);
+
+/// `EXECUTOR_MAX_BODY_BYTES` at most: 16 MiB (over-limit bodies are read and discarded up to a
+/// multiple of it, so an unbounded value would make that bound meaningless).
+const MAX_BODY_LIMIT: usize = 16 << 20;
+
+/// `EXECUTOR_MAX_CONNECTIONS` at most: well above the default, and every connection holds a
+/// descriptor, so a value over the usual 1,024 descriptor limit would fail with `EMFILE` instead.
+const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 /// A lookup with typed, variable-naming parse helpers.
 struct Env<'a, F>(&'a F);
@@ -380,6 +473,13 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
         .ok_or_else(|| "expected a positive number of seconds, e.g. 2.0".into())
 }
 
+fn parse_seconds_or_zero(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_seconds(value).map_err(|_| "expected zero or a positive number of seconds, e.g. 5".into()),
+    }
+}
+
 fn parse_policy(value: &str) -> Result<FullPolicy, String> {
     match value {
         "reject" => Ok(FullPolicy::Reject),
@@ -389,12 +489,18 @@ fn parse_policy(value: &str) -> Result<FullPolicy, String> {
 }
 
 fn parse_tokens(value: &str) -> Result<HashMap<String, Secret>, String> {
-    let mut tokens = HashMap::new();
+    let mut tokens: HashMap<String, Secret> = HashMap::new();
     for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let shape = "expected `caller:token` pairs separated by commas (no spaces, one `:` each)";
         let (caller, token) = pair
             .split_once(':')
             .filter(|(c, t)| !c.is_empty() && !t.is_empty())
-            .ok_or_else(|| "expected `caller:token` pairs separated by commas".to_owned())?;
+            .filter(|(c, t)| !t.contains(':') && !c.contains(char::is_whitespace) && !t.contains(char::is_whitespace))
+            .ok_or_else(|| shape.to_owned())?;
+        // One token per caller: a shared token would make the caller named in logs a guess.
+        if tokens.values().any(|known| known.expose() == token) {
+            return Err(format!("caller `{caller}` has the token of another caller; give each caller its own"));
+        }
         if tokens.insert(caller.to_owned(), Secret::new(token)).is_some() {
             return Err(format!("caller `{caller}` is listed twice"));
         }
@@ -429,6 +535,60 @@ mod tests {
         assert!(err.to_string().contains("BUCKET_URL"), "{err}");
         let err = settings(&[("EXECUTOR_CALLER_TOKENS", "core")]).expect_err("invalid");
         assert_eq!(err.variable, "EXECUTOR_CALLER_TOKENS");
+    }
+
+    #[test]
+    fn port_binds_every_interface_when_executor_bind_is_unset() {
+        let s = settings(&[("PORT", "9123")]).expect("valid");
+        assert_eq!(s.bind, "0.0.0.0:9123".parse().expect("literal"));
+        assert_eq!(s.bind_source, BindSource::Port);
+        let s = settings(&[("PORT", "9123"), ("EXECUTOR_BIND", "127.0.0.1:9200")]).expect("valid");
+        assert_eq!(s.bind, "127.0.0.1:9200".parse().expect("literal"));
+        assert_eq!(s.bind_source.variable(), "EXECUTOR_BIND");
+        let s = settings(&[]).expect("valid");
+        assert_eq!(s.bind, "127.0.0.1:8003".parse().expect("literal"));
+        assert_eq!(settings(&[("PORT", "http")]).expect_err("invalid").variable, "PORT");
+    }
+
+    #[test]
+    fn connection_settings_have_platform_defaults_and_name_their_variable() {
+        let s = settings(&[]).expect("valid");
+        assert_eq!(s.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.connections.max_connections, 512);
+        assert_eq!(s.connections.drain_delay, Duration::from_secs(5));
+        assert_eq!(settings(&[("EXECUTOR_DRAIN_DELAY", "0")]).expect("valid").connections.drain_delay, Duration::ZERO);
+        for variable in [
+            "EXECUTOR_HEADER_READ_TIMEOUT",
+            "EXECUTOR_IDLE_TIMEOUT",
+            "EXECUTOR_MAX_CONNECTIONS",
+            "EXECUTOR_DRAIN_DELAY",
+        ] {
+            let err = settings(&[(variable, "-1")]).expect_err("invalid");
+            assert_eq!(err.variable, variable);
+        }
+        assert_eq!(
+            settings(&[("EXECUTOR_MAX_CONNECTIONS", "1000000")]).expect_err("too many").variable,
+            "EXECUTOR_MAX_CONNECTIONS"
+        );
+    }
+
+    #[test]
+    fn caller_tokens_are_one_token_per_caller_without_spaces_or_extra_colons() {
+        for bad in ["core:t1,ops:t1", "core:to ken", "core:t:1", "co re:t1", "core"] {
+            let err = settings(&[("EXECUTOR_CALLER_TOKENS", bad)]).expect_err(bad);
+            assert_eq!(err.variable, "EXECUTOR_CALLER_TOKENS", "{bad}");
+            assert!(!err.to_string().contains("t1"), "the message never prints a token: {err}");
+        }
+        let s = settings(&[("EXECUTOR_CALLER_TOKENS", "core:t1, ops:t2")]).expect("valid");
+        assert_eq!(s.caller_tokens.len(), 2);
+    }
+
+    #[test]
+    fn the_body_limit_is_bounded_to_16_mib() {
+        assert!(settings(&[("EXECUTOR_MAX_BODY_BYTES", "16777216")]).is_ok());
+        let err = settings(&[("EXECUTOR_MAX_BODY_BYTES", "16777217")]).expect_err("too large");
+        assert_eq!(err.variable, "EXECUTOR_MAX_BODY_BYTES");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! # Layout (each layer uses only the ones below it)
 //!
 //! - [`app`]: [`Application`] builds everything, binds, serves, and shuts down in order.
+//! - [`server`]: the listener's defences: header-read and idle timeouts, the connection cap,
+//!   graceful close of connections.
 //! - [`api`]: HTTP only: parsing into the request model ([`api::request`]), rejections mapped to
 //!   HTTP ([`api::error`]), the execute route and the ops routes.
 //! - [`execution`]: the request model and the [`execution::Engine`]: idempotency, the one adapter
@@ -30,6 +32,7 @@ pub mod execution;
 pub mod logging;
 pub mod metrics;
 pub mod outbox;
+pub mod server;
 pub mod store;
 pub mod trace;
 

@@ -1,18 +1,61 @@
 //! Tracing setup: `RUST_LOG` filters (default `info`), `EXECUTOR_LOG_FORMAT` picks text or JSON.
 //!
 //! Spans carry the trace id (`workflow{trace_id=...}`), so every line logged while a request is
-//! executed names its trace, in both formats.
+//! executed names its trace, in both formats. An invalid `RUST_LOG` is a configuration error (an
+//! executor silently logging nothing is worse than one that refuses to start), and colour codes
+//! are written only to a terminal and never with `NO_COLOR`, so redirected logs stay plain text.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config::{ConfigError, LogFormat};
 
-/// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+/// The filter `RUST_LOG` describes (`info` when unset or empty), or an error naming it.
+pub fn filter(rust_log: Option<&str>) -> Result<EnvFilter, ConfigError> {
+    match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(EnvFilter::new("info")),
+        Some(directives) => EnvFilter::builder().parse(directives).map_err(|error| ConfigError {
+            variable: "RUST_LOG",
+            message: format!("not a log filter ({error}); e.g. `info` or `workflow_executor=debug,info`"),
+        }),
+    }
+}
+
+/// Whether text logs may carry ANSI colour: only on a terminal, and never with `NO_COLOR` set.
+pub fn colour(no_color: Option<&str>, is_terminal: bool) -> bool {
+    is_terminal && no_color.is_none_or(str::is_empty)
+}
+
+/// Installs the global subscriber, writing to stdout; a second call (tests) is a no-op.
+pub fn init(format: LogFormat) -> Result<(), ConfigError> {
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref())?;
+    let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stdout().is_terminal());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_rust_log_is_an_error_naming_it() {
+        let error = filter(Some("info,=[")).expect_err("invalid");
+        assert_eq!(error.variable, "RUST_LOG");
+        assert!(filter(Some("workflow_executor=debug,info")).is_ok());
+        assert!(filter(None).is_ok() && filter(Some(" ")).is_ok());
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(None, true));
+        assert!(!colour(None, false));
+        assert!(!colour(Some("1"), true));
+        assert!(colour(Some(""), true), "an empty NO_COLOR does not count (no-color.org)");
+    }
 }

@@ -20,7 +20,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(settings.log_format);
+    if let Err(error) = logging::init(settings.log_format) {
+        eprintln!("workflow-executor: {error}");
+        return ExitCode::from(2);
+    }
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(error) => {

@@ -1,7 +1,7 @@
 //! Prometheus metrics, one registry per application instance.
 //!
 //! Instances are independent (tests run many executors in one process), so nothing is
-//! registered globally. Every label takes values from a closed set (action types are mapped to
+//! registered globally; the `process_*` families (Linux) describe the whole process. Every label takes values from a closed set (action types are mapped to
 //! `unknown` when not one of the four, routes are matched templates), so cardinality is bounded
 //! whatever callers send.
 
@@ -144,6 +144,13 @@ impl Metrics {
             .expect("valid metric");
         metrics.registry.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // CPU, memory and descriptors of this process (`process_*`), as dashboards expect. Every
+        // instance reads the same process; tests running several executors see the same values.
+        #[cfg(target_os = "linux")]
+        metrics
+            .registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("unique metric");
         metrics
     }
 

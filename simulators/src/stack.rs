@@ -559,6 +559,8 @@ impl Stack {
             ("SMTP_FROM", "executor@bhiv.local".to_owned()),
             ("AI_API_URL", providers),
             ("AI_MODEL", "sim-model".to_owned()),
+            // No load balancer in front of the simulator: stop without a readiness drain.
+            ("EXECUTOR_DRAIN_DELAY", "0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -38,8 +38,9 @@ pub fn external_mode() -> bool {
 
 /// The executor settings every in-process stack starts with: short timeouts and fast retries, so
 /// outages and recoveries play out in well under a second.
-pub const FAST_EXECUTOR: [(&str, &str); 9] = [
+pub const FAST_EXECUTOR: [(&str, &str); 10] = [
     ("WORKFLOW_TIMEOUT", "1.0"),
+    ("EXECUTOR_DRAIN_DELAY", "0"),
     ("EXECUTOR_DELIVERY_BACKOFF_BASE", "0.01"),
     ("EXECUTOR_DELIVERY_BACKOFF_MAX", "0.2"),
     ("EXECUTOR_BREAKER_OPEN", "0.2"),

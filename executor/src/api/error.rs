@@ -19,6 +19,7 @@ pub struct ApiError {
     field: Option<String>,
     detail: Option<Value>,
     retry_after_secs: Option<u64>,
+    close: bool,
 }
 
 impl ApiError {
@@ -30,6 +31,7 @@ impl ApiError {
             field: field.map(str::to_owned),
             detail: None,
             retry_after_secs: None,
+            close: false,
         }
     }
 
@@ -47,6 +49,14 @@ impl ApiError {
         }
         let detail = json!([{"type": code, "loc": loc, "msg": message}]);
         Self { detail: Some(detail), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message, Some(field)) }
+    }
+
+    /// 422: the query string is not what the route takes; located in `query`, not in `body`.
+    pub fn invalid_query(code: &'static str, message: impl Into<String>, parameter: &str) -> Self {
+        let message = message.into();
+        let detail = json!([{"type": code, "loc": ["query", parameter], "msg": message}]);
+        let field = format!("query.{parameter}");
+        Self { detail: Some(detail), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message, Some(&field)) }
     }
 
     /// 400 `missing_workflow_payload`, exactly as the reference answers it.
@@ -113,8 +123,8 @@ impl ApiError {
     /// is kept and recorded when the store can write again (a retry then replays it).
     pub fn store_unavailable(outcome_kept: bool) -> Self {
         let message = if outcome_kept {
-            "the action was performed but its outcome could not be recorded yet; it is recorded as soon as the store \
-             can write, and a retry then returns it"
+            "the execution's outcome could not be recorded yet; it is recorded as soon as the store can write, and \
+             a retry then returns it"
         } else {
             "the executor cannot record executions right now; nothing was executed"
         };
@@ -139,6 +149,13 @@ impl ApiError {
     /// 405.
     pub fn method_not_allowed() -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route", None)
+    }
+
+    /// Asks for the connection to be closed after this answer (`Connection: close`), e.g. when
+    /// the rest of the request was not read.
+    pub fn closing(mut self, close: bool) -> Self {
+        self.close = close;
+        self
     }
 
     fn with_detail(mut self, detail: Value) -> Self {
@@ -171,6 +188,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

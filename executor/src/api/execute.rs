@@ -4,6 +4,11 @@
 //! media type (415), size (413, checked on `Content-Length` and while reading), the
 //! `Idempotency-Key` header, then the schema layer and the engine, inside a span that carries the
 //! trace id so every log line of the request has it.
+//!
+//! A 413 is answered only after the rest of the body has been read and discarded, up to
+//! [`discard_bound`]: many clients (Python's `urllib`, most HTTP/1.1 libraries) send the whole body
+//! before they read, and a socket closed under them shows a broken pipe instead of the 413.
+//! Beyond the bound (or after [`DISCARD_FOR`]) the 413 is sent and the connection closed.
 
 use std::sync::Arc;
 
@@ -19,6 +24,21 @@ use super::request::{Parsed, parse};
 use super::{AppState, REPLAY_HEADER};
 use crate::contract::SkippedResponse;
 use crate::execution::Answer;
+
+/// How long an over-limit body may take to be discarded before the 413 is sent anyway.
+pub const DISCARD_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long discarding waits for the next part of an over-limit body: a client sending its body
+/// keeps it coming far faster, and one that sent only the head (waiting for an answer) gets its
+/// 413 after this instead of after [`DISCARD_FOR`].
+pub const DISCARD_STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many bytes of an over-limit body are read and discarded before answering 413: eight times
+/// the limit, and at least 4 MiB so a 2 MiB body sees its 413 with the default 64 KiB limit.
+/// Discarding costs bandwidth only, never memory.
+pub fn discard_bound(limit: usize) -> u64 {
+    (limit as u64).saturating_mul(8).max(4 << 20)
+}
 
 /// The longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -78,10 +98,30 @@ async fn handle(
     let limit = state.settings.limits.max_body_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::too_large(limit));
+    if let Some(declared) = declared.filter(|len| *len > limit as u64) {
+        // Declared over the bound: nothing to gain by reading it; answer and close.
+        // A client that asked `Expect: 100-continue` waits for this answer before sending.
+        let expects_continue = headers
+            .get(header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let drained =
+            !expects_continue && declared <= discard_bound(limit) && discard(body.into_data_stream(), declared).await;
+        return Err(ApiError::too_large(limit).closing(!drained));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let mut stream = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = futures_util::StreamExt::next(&mut stream).await {
+        let frame =
+            frame.map_err(|_| ApiError::bad_request("unreadable_body", "the request body could not be read", None))?;
+        if collected.len() + frame.len() > limit {
+            let drained =
+                discard(stream, discard_bound(limit).saturating_sub((collected.len() + frame.len()) as u64)).await;
+            return Err(ApiError::too_large(limit).closing(!drained));
+        }
+        collected.extend_from_slice(&frame);
+    }
+    let bytes = collected.freeze();
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => Some(
@@ -146,6 +186,29 @@ async fn handle(
             Ok(response)
         }
     }
+}
+
+/// Reads and drops the rest of a body, at most `bound` more bytes, for at most [`DISCARD_FOR`],
+/// and no longer than [`DISCARD_STALL`] without a byte; true if the body ended within all three
+/// (the connection can then be kept).
+async fn discard(mut stream: axum::body::BodyDataStream, bound: u64) -> bool {
+    let mut left = bound;
+    let reading = async {
+        loop {
+            let next = tokio::time::timeout(DISCARD_STALL, futures_util::StreamExt::next(&mut stream)).await;
+            let frame = match next {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return true,
+                Err(_) => return false,
+            };
+            let Ok(frame) = frame else { return false };
+            match left.checked_sub(frame.len() as u64) {
+                Some(rest) => left = rest,
+                None => return false,
+            }
+        }
+    };
+    tokio::time::timeout(DISCARD_FOR, reading).await.unwrap_or(false)
 }
 
 /// The caller's name when tokens are configured (`anonymous` otherwise).

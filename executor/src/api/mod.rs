@@ -2,7 +2,7 @@
 //!
 //! - `POST /api/workflow/execute` ([`execute`]): load shedding, caller tokens, media type and size
 //!   checks, then the schema layer ([`request`]) and the engine.
-//! - `GET /healthz`, `GET /metrics`, `GET /api/integration/status`,
+//! - `GET /healthz` (liveness), `GET /readyz` (readiness), `GET /metrics`, `GET /api/integration/status`,
 //!   `GET /api/integration/dead-letters` ([`ops`]).
 //!
 //! A middleware counts every request and its latency by the matched route template (never the
@@ -22,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::execution::Engine;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub sinks: [Arc<SinkState>; 2],
     /// Permits for concurrent execute requests (shared, so an execution's task can own one).
     pub load: Arc<Semaphore>,
+    /// Cancelled when shutdown starts: `/readyz` fails from then on.
+    pub draining: CancellationToken,
 }
 
 /// The executor's router.
@@ -52,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/workflow/execute", post(execute::execute))
         .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/api/integration/status", get(ops::integration_status))
         .route("/api/integration/dead-letters", get(ops::dead_letters))

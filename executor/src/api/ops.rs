@@ -1,4 +1,4 @@
-//! Operational routes: `/healthz`, `/metrics` and `/api/integration/status`.
+//! Operational routes: `/healthz`, `/readyz`, `/metrics` and `/api/integration/status`.
 //!
 //! `/healthz` always answers 200 while the process serves (so orchestrators do not restart a
 //! healthy executor because a neighbour is down) and says which pillars are `up`, `degraded` or
@@ -33,6 +33,27 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "store": if store_ok { "ok" } else { "failing" },
         "pillars": pillars,
     }))
+}
+
+/// `GET /readyz`: 200 `{"status": "ready"}` only while the store can write and shutdown has not
+/// started; 503 `{"status": "not_ready", "reason": ...}` otherwise, so a load balancer stops
+/// sending before the listener closes. Liveness stays with `/healthz`.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> axum::response::Response {
+    let reason = if state.draining.is_cancelled() {
+        Some("shutting_down".to_owned())
+    } else {
+        match state.store.health() {
+            Health::Ok => None,
+            Health::Failing { cause, .. } => Some(format!("store_failing: {cause}")),
+        }
+    };
+    match reason {
+        None => axum::Json(json!({"status": "ready"})).into_response(),
+        Some(reason) => {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not_ready", "reason": reason})))
+                .into_response()
+        }
+    }
 }
 
 /// `GET /metrics`.
@@ -125,12 +146,14 @@ pub async fn dead_letters(
     State(state): State<Arc<AppState>>,
     query: Result<axum::extract::Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
-    let axum::extract::Query(query) = query
-        .map_err(|e| ApiError::invalid("invalid_query", format!("expected ?sink=bucket|karma&limit=N: {e}"), "sink"))?;
+    let axum::extract::Query(query) = query.map_err(|e| {
+        let parameter = if e.body_text().contains("limit") { "limit" } else { "sink" };
+        ApiError::invalid_query("invalid_query", format!("expected ?sink=bucket|karma&limit=N: {e}"), parameter)
+    })?;
     let sink = match query.sink.as_str() {
         "bucket" => Sink::Bucket,
         "karma" => Sink::Karma,
-        _ => return Err(ApiError::invalid("invalid_query", "sink must be bucket or karma", "sink")),
+        _ => return Err(ApiError::invalid_query("invalid_query", "sink must be bucket or karma", "sink")),
     };
     let events = state.store.dead_letters(sink, query.limit.unwrap_or(50).min(1000)).await.map_err(|error| {
         tracing::error!(%error, "cannot read dead letters");

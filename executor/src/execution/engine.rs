@@ -14,9 +14,9 @@
 //! 4. **One attempt.** The adapter runs once; no retries.
 //! 5. **One commit.** The answer, the created task and the Bucket and Karma events are recorded
 //!    together before the response is sent; delivery happens later, in the background. If the
-//!    store cannot record a remote action's outcome, the store keeps it with its claim (retries
-//!    answer 409) and records it when it can; the caller is told the store is unavailable, never
-//!    `success` for something not recorded.
+//!    store cannot record the outcome, it keeps it with its claim (retries answer 409) and records
+//!    it when it can; the caller is told the store is unavailable, never `success` for something
+//!    not recorded.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,7 +33,7 @@ use crate::contract::{ExecuteResponse, ExecutionResult, ExecutionStatus};
 use crate::metrics::Metrics;
 use crate::outbox::events::{ExecutionFacts, bucket_event, karma_event};
 use crate::store::{
-    Claim, ClaimGuard, Health, IfUnrecorded, InFlightMarker, NewEvent, Outcome, SharedStore, Sink, StoreError, Write,
+    Claim, ClaimGuard, Health, InFlightMarker, NewEvent, Outcome, SharedStore, Sink, StoreError, Write,
 };
 
 /// Executes workflow requests.
@@ -137,8 +137,7 @@ impl Engine {
         };
         let (response, outcome) = self.conclude(&request, outcome, started.elapsed());
         let body = outcome.answer.clone();
-        let if_unrecorded = if remote { IfUnrecorded::Keep } else { IfUnrecorded::Release };
-        let committed = self.commit(claim, outcome, if_unrecorded).await;
+        let committed = self.commit(claim, outcome).await;
         drop(reservation);
         self.metrics
             .executions
@@ -147,15 +146,15 @@ impl Engine {
         match committed {
             Ok(()) => Ok(Answer::Fresh(body)),
             Err(error) => {
-                tracing::error!(%error, kept = remote, "cannot record the execution and its events");
-                Err(ExecutionError::StoreUnavailable { cause: error.to_string(), outcome_kept: remote })
+                tracing::error!(%error, "cannot record the execution yet; the store keeps it and records it later");
+                Err(ExecutionError::StoreUnavailable { cause: error.to_string(), outcome_kept: true })
             }
         }
     }
 
-    async fn commit(&self, claim: ClaimGuard, outcome: Outcome, if_unrecorded: IfUnrecorded) -> Result<(), StoreError> {
+    async fn commit(&self, claim: ClaimGuard, outcome: Outcome) -> Result<(), StoreError> {
         let sinks: Vec<Sink> = outcome.events.iter().map(|event| event.sink).collect();
-        self.store.commit(claim, outcome, if_unrecorded).await?;
+        self.store.commit(claim, outcome).await?;
         for sink in sinks {
             self.metrics.events_enqueued.with_label_values(&[sink.name()]).inc();
         }
@@ -292,7 +291,7 @@ impl Engine {
             };
             let elapsed = Duration::from_millis(now_ms().saturating_sub(marker.started_ms));
             let (_, outcome) = self.conclude(&request, Err(failure), elapsed);
-            self.commit(entry.claim, outcome, IfUnrecorded::Keep).await?;
+            self.commit(entry.claim, outcome).await?;
         }
         Ok(count)
     }

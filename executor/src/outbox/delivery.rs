@@ -14,7 +14,11 @@
 //!
 //! After a failing round the deliverer waits a full-jitter exponential backoff. A circuit breaker
 //! per sink opens after `breaker_threshold` consecutive unreachable attempts; while open nothing is
-//! sent, then a single probe decides whether it closes. On shutdown deliverers keep draining for the
+//! sent, then a single probe decides whether it closes. Probes come at most [`PROBE_EVERY`] apart
+//! (with jitter, so many executors do not probe in step) however long the outage, and while the
+//! circuit is open the deliverer waits for the next probe rather than for the round backoff: the
+//! first delivery follows a sink's recovery within about two seconds, and a sink that stays down
+//! sees one small request every second or two. On shutdown deliverers keep draining for the
 //! grace period and leave the rest on disk.
 
 use std::sync::{Arc, Mutex};
@@ -32,6 +36,9 @@ use crate::trace::trace_headers;
 
 /// Events read per round.
 const BATCH: usize = 256;
+
+/// The longest an open circuit waits before its next probe (jittered down to half of it).
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Circuit breaker state, as reported in status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,6 +126,12 @@ impl SinkState {
         } else {
             breaker.state
         }
+    }
+
+    /// How long the circuit stays open from now, if it is open.
+    fn open_for(&self) -> Option<Duration> {
+        let breaker = self.breaker.lock().expect("breaker lock");
+        (breaker.state == CircuitState::Open).then(|| breaker.open_until.saturating_duration_since(Instant::now()))
     }
 
     /// A snapshot of the counters.
@@ -217,8 +230,12 @@ impl Deliverer {
             }
         };
         if events.is_empty() {
-            return None;
+            // Nothing leasable while events wait: they are leased elsewhere (or their lease has
+            // not expired yet). Wait instead of asking again at once.
+            return (self.store.depth(sink).events > 0).then_some(Duration::from_millis(200));
         }
+        // If this round is dropped half-way (shutdown), its leases are given back at once.
+        let mut held = Held { store: self.store.clone(), sink, seqs: events.iter().map(|e| e.seq).collect() };
         let this = &*self;
         let outcomes: Vec<(LeasedEvent, Outcome)> = futures_util::stream::iter(events)
             .map(|event| async move {
@@ -242,7 +259,8 @@ impl Deliverer {
                 Outcome::Permanent(reason) => {
                     last_error = Some(reason.clone());
                     dead_reason = Some(reason.clone());
-                    settlements.push(Settlement::DeadLetter { seq: event.seq, reason });
+                    settlements
+                        .push(Settlement::DeadLetter { seq: event.seq, record: dead_letter_record(&event, &reason) });
                     dead += 1;
                     failed = true;
                 }
@@ -250,7 +268,8 @@ impl Deliverer {
                     failed = true;
                     if event.attempts + 1 >= self.settings.max_attempts {
                         let reason = format!("{reason} (after {} attempts)", self.settings.max_attempts);
-                        settlements.push(Settlement::DeadLetter { seq: event.seq, reason: reason.clone() });
+                        let record = dead_letter_record(&event, &reason);
+                        settlements.push(Settlement::DeadLetter { seq: event.seq, record });
                         dead += 1;
                         dead_reason = Some(reason.clone());
                         last_error = Some(reason);
@@ -273,6 +292,7 @@ impl Deliverer {
         // whoever sees the outbox empty also sees them delivered. (If recording the
         // acknowledgements fails, the events are sent and counted again; sinks drop them by id.)
         self.metrics.events_delivered.with_label_values(&[sink.name()]).inc_by(delivered);
+        held.seqs.clear();
         if let Err(error) = self.store.settle(sink, settlements).await {
             tracing::error!(sink = sink.name(), %error, "cannot record delivery outcomes");
             return Some(Duration::from_secs(1));
@@ -284,7 +304,8 @@ impl Deliverer {
         self.record(delivered, dead, unreachable, failed, last_error, dead_reason);
         if failed {
             self.failing_rounds += 1;
-            Some(self.backoff())
+            // An open circuit's probe schedule is the wait; the backoff is for rejecting sinks.
+            Some(self.state.open_for().unwrap_or_else(|| self.backoff()))
         } else {
             self.failing_rounds = 0;
             None
@@ -346,7 +367,9 @@ impl Deliverer {
                 || breaker.consecutive_unreachable >= self.settings.breaker_threshold
             {
                 let factor = 1u32 << breaker.reopenings.min(4);
-                let open_for = (self.settings.breaker_open_for * factor).min(self.settings.backoff_max);
+                let open_for =
+                    (self.settings.breaker_open_for * factor).min(self.settings.backoff_max).min(PROBE_EVERY);
+                let open_for = open_for.mul_f64(0.5 + 0.5 * fastrand::f64());
                 breaker.state = CircuitState::Open;
                 breaker.open_until = Instant::now() + open_for;
                 breaker.reopenings += 1;
@@ -397,6 +420,37 @@ impl Deliverer {
             }
         };
         classify(self.state.sink, status.as_u16(), &body)
+    }
+}
+
+/// What is kept of a dead-lettered event: the reason, the ids and the event itself.
+fn dead_letter_record(event: &LeasedEvent, reason: &str) -> serde_json::Value {
+    serde_json::json!({
+        "reason": reason,
+        "event_id": event.event_id,
+        "trace_id": event.trace_id,
+        "enqueued_ms": event.enqueued_ms,
+        "dead_lettered_ms": crate::clock::now_ms(),
+        "event": serde_json::from_slice::<serde_json::Value>(&event.body).unwrap_or_default(),
+    })
+}
+
+/// The leases of a round in progress; released if the round is dropped before it settles them.
+struct Held {
+    store: SharedStore,
+    sink: Sink,
+    seqs: Vec<u64>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let seqs = std::mem::take(&mut self.seqs);
+        if let (false, Ok(runtime)) = (seqs.is_empty(), tokio::runtime::Handle::try_current()) {
+            let (store, sink) = (self.store.clone(), self.sink);
+            runtime.spawn(async move {
+                let _ = store.settle(sink, seqs.into_iter().map(Settlement::Release).collect()).await;
+            });
+        }
     }
 }
 

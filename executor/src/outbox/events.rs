@@ -81,8 +81,9 @@ pub fn karma_event(facts: &ExecutionFacts<'_>, event_id: &str) -> KarmaEvent {
     }
 }
 
-/// Content fields never written to the audit trail.
-const CONTENT_FIELDS: &[&str] = &["body", "prompt", "response"];
+/// Content fields never written to the audit trail: message bodies, prompts, answers, and the
+/// e-mail subject (message content too, and often personal).
+const CONTENT_FIELDS: &[&str] = &["body", "prompt", "response", "subject"];
 
 /// The execution result as the audit trail keeps it: no content, recipients masked.
 pub fn audit_result(result: &Map<String, Value>, mask_recipients: bool) -> Value {
@@ -132,6 +133,13 @@ mod tests {
         assert_eq!(mask_recipient("+919876543210"), "+91******3210");
         assert_eq!(mask_recipient("alice@example.com"), "a***@example.com");
         assert_eq!(mask_recipient("12345"), "*****");
+    }
+
+    #[test]
+    fn audit_result_drops_the_email_subject() {
+        let sent = json!({"success": true, "recipient": "a@example.com", "subject": "Your results", "status": "SENT"});
+        let audit = audit_result(sent.as_object().expect("object"), true);
+        assert_eq!(audit, json!({"success": true, "recipient": "a***@example.com", "status": "SENT"}));
     }
 
     #[test]

@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::store::{
-    Abandoned, Claim, ClaimGuard, Health, IfUnrecorded, InFlightMarker, LeasedEvent, NewEvent, OutboxBound,
-    OutboxDepth, Outcome, Settlement, SharedStore, Sink, Store, StoreError, Write,
+    Abandoned, Claim, ClaimGuard, Health, InFlightMarker, LeasedEvent, NewEvent, OutboxBound, OutboxDepth, Outcome,
+    Settlement, SharedStore, Sink, Store, StoreError, Write,
 };
 
 /// A place a backend keeps its state, opened as many times as a check likes.
@@ -147,7 +147,7 @@ pub(crate) async fn a_committed_outcome_replays_its_answer_byte_for_byte(place: 
     let (key, fp) = (new_id(), new_fingerprint());
     let body = answer("replayed");
     let guard = fresh(&*store, &key, &fp).await;
-    store.commit(guard, outcome(body.clone(), Vec::new()), IfUnrecorded::Keep).await.expect("commit");
+    store.commit(guard, outcome(body.clone(), Vec::new())).await.expect("commit");
 
     for round in 1..=2 {
         expect_replay(&*store, &key, &fp, &body, &format!("claim {round} after the commit")).await;
@@ -193,7 +193,7 @@ pub(crate) async fn a_commit_records_the_answer_the_writes_and_the_events_togeth
         writes: vec![task],
         events: vec![bucket.clone(), karma.clone()],
     };
-    store.commit(guard, outcome, IfUnrecorded::Release).await.expect("commit");
+    store.commit(guard, outcome).await.expect("commit");
     let after_ms = now_ms();
 
     expect_replay(&*store, &key, &fp, &body, "the committed key").await;
@@ -233,11 +233,7 @@ pub(crate) async fn an_outcome_is_recorded_whole_or_not_at_all(place: &dyn Place
         let body = answer("abandoned commit");
         let guard = fresh(&*store, &key, &fp).await;
         let before = depths(&*store);
-        let commit = store.commit(
-            guard,
-            outcome(body.clone(), vec![event(Sink::Bucket, 1), event(Sink::Karma, 1)]),
-            IfUnrecorded::Release,
-        );
+        let commit = store.commit(guard, outcome(body.clone(), vec![event(Sink::Bucket, 1), event(Sink::Karma, 1)]));
         if polls == 0 {
             drop(commit);
         } else if let Ok(result) = tokio::time::timeout(Duration::ZERO, commit).await {
@@ -279,7 +275,7 @@ pub(crate) async fn in_flight_markers_outlive_a_close_and_come_back_as_abandoned
     let done_answer = answer("completed");
     let done_guard = fresh(&*store, &done_key, &done_fp).await;
     store.record_in_flight(&done_guard, &self::marker(&done_fp)).await.expect("record_in_flight");
-    store.commit(done_guard, outcome(done_answer.clone(), Vec::new()), IfUnrecorded::Keep).await.expect("commit");
+    store.commit(done_guard, outcome(done_answer.clone(), Vec::new())).await.expect("commit");
 
     // The execution of `key` never finishes: the store goes down with its claim held.
     store.close().await.expect("close");
@@ -306,7 +302,7 @@ pub(crate) async fn in_flight_markers_outlive_a_close_and_come_back_as_abandoned
 
     let unknown = answer("outcome_unknown");
     let report = event(Sink::Bucket, 1);
-    store.commit(held, outcome(unknown.clone(), vec![report.clone()]), IfUnrecorded::Keep).await.expect("commit");
+    store.commit(held, outcome(unknown.clone(), vec![report.clone()])).await.expect("commit");
     expect_replay(&*store, &key, &fp, &unknown, "the abandoned key once its outcome is committed").await;
     assert_eq!(store.depth(Sink::Bucket).events, 1, "the abandoned outcome's event is queued");
 
@@ -355,7 +351,12 @@ pub(crate) async fn outboxes_lease_oldest_first_once_at_a_time_and_settle_exactl
     assert_eq!(failed, delivered, "a failed attempt keeps the event and its bytes");
 
     let reason = "the sink refused it: 422 schema mismatch";
-    settle(&*store, Sink::Bucket, vec![Settlement::DeadLetter { seq: first[2].seq, reason: reason.to_owned() }]).await;
+    settle(
+        &*store,
+        Sink::Bucket,
+        vec![Settlement::DeadLetter { seq: first[2].seq, record: dead_record(reason, &first[2]) }],
+    )
+    .await;
     let dead = store.depth(Sink::Bucket);
     assert_eq!(dead.events, 3, "a dead letter leaves the outbox: {dead:?}");
     assert!(dead.bytes < failed.bytes, "a dead letter takes its bytes out of the outbox: {failed:?} then {dead:?}");
@@ -395,7 +396,10 @@ pub(crate) async fn dead_letters_are_listed_newest_first(place: &dyn Place) {
     queue(&*store, &events).await;
     let leased = lease(&*store, Sink::Bucket, 10, LONG_LEASE).await;
     assert_same_events("all four events", &leased, &events);
-    let dead_letter = |n: usize| Settlement::DeadLetter { seq: leased[n].seq, reason: format!("reason {n}") };
+    let dead_letter = |n: usize| Settlement::DeadLetter {
+        seq: leased[n].seq,
+        record: dead_record(&format!("reason {n}"), &leased[n]),
+    };
 
     // In outbox order: both readings of "newest" agree.
     settle(&*store, Sink::Bucket, vec![dead_letter(0)]).await;
@@ -464,7 +468,7 @@ pub(crate) async fn events_committed_concurrently_are_all_leased_once(place: &dy
                     sent.push(events.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>());
                     let guard = fresh(&*store, &new_id(), &new_fingerprint()).await;
                     barrier.wait().await;
-                    let committed = store.commit(guard, outcome(answer("concurrent"), events), IfUnrecorded::Release);
+                    let committed = store.commit(guard, outcome(answer("concurrent"), events));
                     committed.await.expect("commit");
                 }
                 sent
@@ -657,7 +661,10 @@ pub(crate) async fn everything_recorded_survives_close_and_reopen(place: &dyn Pl
         Sink::Bucket,
         vec![
             Settlement::Delivered(delivered_and_dead[0].seq),
-            Settlement::DeadLetter { seq: delivered_and_dead[1].seq, reason: reason.to_owned() },
+            Settlement::DeadLetter {
+                seq: delivered_and_dead[1].seq,
+                record: dead_record(reason, &delivered_and_dead[1]),
+            },
         ],
     )
     .await;
@@ -767,10 +774,7 @@ pub(crate) async fn a_fresh_store_is_healthy_and_a_closed_one_answers_closed(pla
     store.close().await.expect("close");
     expect_closed("claim", store.claim(&new_id(), &fp).await);
     expect_closed("record_in_flight", store.record_in_flight(&to_mark, &marker(&fp)).await);
-    expect_closed(
-        "commit",
-        store.commit(to_commit, outcome(answer("late"), vec![event(Sink::Bucket, 1)]), IfUnrecorded::Release).await,
-    );
+    expect_closed("commit", store.commit(to_commit, outcome(answer("late"), vec![event(Sink::Bucket, 1)])).await);
     expect_closed("abandoned", store.abandoned().await);
     expect_closed("lease", store.lease(Sink::Bucket, 10, LONG_LEASE).await);
     expect_closed("settle", store.settle(Sink::Bucket, vec![Settlement::Delivered(0)]).await);
@@ -889,7 +893,7 @@ async fn settled_claim(store: &dyn Store, key: &str, fingerprint: &str, what: &s
 async fn commit_new(store: &dyn Store, outcome: Outcome) -> (String, String) {
     let (key, fp) = (new_id(), new_fingerprint());
     let guard = fresh(store, &key, &fp).await;
-    store.commit(guard, outcome, IfUnrecorded::Release).await.unwrap_or_else(|e| panic!("commit: {e}"));
+    store.commit(guard, outcome).await.unwrap_or_else(|e| panic!("commit: {e}"));
     (key, fp)
 }
 
@@ -967,6 +971,12 @@ fn assert_same_events(what: &str, leased: &[LeasedEvent], queued: &[NewEvent]) {
         assert!(got.body[..] == sent.body[..], "{what}: the body of {} differs", sent.event_id);
     }
     assert!(leased.windows(2).all(|w| w[0].seq < w[1].seq), "{what}: seqs increase in delivery order");
+}
+
+/// A dead-letter record as a deliverer would make it.
+fn dead_record(reason: &str, event: &LeasedEvent) -> Value {
+    let body: Value = serde_json::from_slice(&event.body).expect("event JSON");
+    serde_json::json!({"reason": reason, "event_id": event.event_id, "trace_id": event.trace_id, "event": body})
 }
 
 /// Asserts that a dead letter record names `event` and `reason`.

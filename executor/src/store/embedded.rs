@@ -27,13 +27,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde_json::Value;
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    Abandoned, Claim, ClaimGuard, Health, IfUnrecorded, InFlightMarker, LeasedEvent, OutboxBound, OutboxDepth, Outcome,
-    Settlement, Sink, Store, StoreError, StoreFuture, Write, dead_letter_record,
+    Abandoned, Claim, ClaimGuard, Health, InFlightMarker, LeasedEvent, OutboxBound, OutboxDepth, Outcome, Settlement,
+    Sink, Store, StoreError, StoreFuture, Write,
 };
 use crate::clock::now_ms;
 use crate::metrics::Metrics;
@@ -41,6 +41,9 @@ use crate::metrics::Metrics;
 /// fjall's block cache and each keyspace's memtable: enough for the outbox heads and recent keys.
 const CACHE_BYTES: u64 = 16 << 20;
 const MEMTABLE_BYTES: u64 = 4 << 20;
+/// The meta key of the last write group, and the file that notes the last one synced.
+const GROUP: &str = "group";
+const MARK: &str = "synced-group";
 /// How long lazy writes (acknowledgements, expiry) may wait for a sync, and how often a failing
 /// store tries to recover.
 const TICK: Duration = Duration::from_secs(1);
@@ -77,10 +80,29 @@ struct Tables {
     tasks: Keyspace,
     outbox: [Keyspace; 2],
     dead: [Keyspace; 2],
+    meta: Keyspace,
 }
 
 impl Tables {
+    /// Opens the database and checks that its journal replays every acknowledged write group.
     fn open(dir: &Path) -> Result<Self, fjall::Error> {
+        // fjall asserts on some damaged journal entries: a damaged store, not a crash of ours.
+        let opened = std::panic::catch_unwind(|| Self::open_unchecked(dir));
+        let Ok(tables) = opened else {
+            tracing::error!(dir = %dir.display(), "the storage engine failed on the store's files: they are damaged");
+            return Err(fjall::Error::Unrecoverable);
+        };
+        let tables = tables?;
+        let replayed = tables.meta.get(GROUP)?.map_or(0, |v| seq_of(&v));
+        let marked = std::fs::read(dir.join(MARK)).ok().map_or(0, |v| seq_of(&v));
+        if replayed < marked {
+            tracing::error!(replayed, marked, dir = %dir.display(), "the journal lost acknowledged write groups");
+            return Err(fjall::Error::Unrecoverable);
+        }
+        Ok(tables)
+    }
+
+    fn open_unchecked(dir: &Path) -> Result<Self, fjall::Error> {
         let db = Database::builder(dir).manual_journal_persist(true).cache_size(CACHE_BYTES).open()?;
         let keyspace =
             |name: &str| db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES));
@@ -91,6 +113,7 @@ impl Tables {
             tasks: keyspace("tasks")?,
             outbox: [keyspace("outbox_bucket")?, keyspace("outbox_karma")?],
             dead: [keyspace("dead_bucket")?, keyspace("dead_karma")?],
+            meta: keyspace("meta")?,
             db,
         })
     }
@@ -151,6 +174,9 @@ enum Op {
     Dead(Sink, u64, Vec<u8>),
 }
 
+/// Events taken out by the drop-oldest policy in one write, per sink: (sequence number, bytes).
+type Dropped = [Vec<(u64, u64)>; 2];
+
 struct Job {
     ops: Vec<Op>,
     durable: bool,
@@ -177,6 +203,9 @@ struct Inner {
     failing: Mutex<Option<String>>,
     unrecorded: AtomicU64,
     abandoned: Mutex<Vec<(String, InFlightMarker)>>,
+    /// The last write group in the journal, and the file that notes the last one synced.
+    group: AtomicU64,
+    mark: Mutex<Option<std::fs::File>>,
     closed: AtomicBool,
     metrics: Metrics,
 }
@@ -192,27 +221,32 @@ impl Embedded {
     pub fn open(dir: &Path, bounds: [OutboxBound; 2], metrics: Metrics) -> Result<Arc<Embedded>, OpenError> {
         let directory = |source| OpenError::Directory(dir.to_owned(), source);
         std::fs::create_dir_all(dir).map_err(directory)?;
-        let journals_before = journal_sizes(dir);
-        let tables = Tables::open(dir).map_err(|error| open_error(dir, error))?;
-        for (path, before) in journals_before {
-            let after = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(before);
-            if after < before {
-                tracing::warn!(file = %path.display(), discarded_bytes = before - after,
-                    "the store's journal ended in an incomplete batch, which was discarded: a crash during a write \
-                     leaves one (never acknowledged); if the file was damaged instead, its executions are lost");
+        // fjall's assertions on damaged files are reported as a damaged store, without a panic
+        // message of their own (at start nothing else runs that could panic meanwhile).
+        let journals = journal_contents(dir);
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let tables = Tables::open(dir);
+        std::panic::set_hook(hook);
+        let tables = tables.map_err(|error| open_error(dir, error))?;
+        for (content, path) in journals {
+            let kept = std::fs::metadata(&path).map_or(content, |m| m.len());
+            if kept < content {
+                tracing::warn!(file = %path.display(), discarded_bytes = content - kept, "the journal's incomplete last \
+                    batch (a crash mid-write) was discarded; every synced write group was replayed");
             }
         }
         let inner = Arc::new(Inner { dir: dir.to_owned(), bounds, metrics, ..Inner::default() });
         let mut abandoned = Vec::new();
         for item in tables.in_flight.iter() {
             let (key, value) = item.into_inner().map_err(|e| open_error(dir, e))?;
-            match serde_json::from_slice::<InFlightMarker>(&value) {
-                Ok(marker) => abandoned.push((String::from_utf8_lossy(&key).into_owned(), marker)),
-                Err(error) => tracing::error!(%error, "an unreadable in-flight marker is left as it is"),
-            }
+            let marker = serde_json::from_slice(&value).map_err(|e| OpenError::Damaged(dir.into(), e.to_string()))?;
+            abandoned.push((String::from_utf8_lossy(&key).into_owned(), marker));
         }
         *inner.abandoned.lock().expect("abandoned lock") = abandoned;
         inner.recount(&tables).map_err(|e| open_error(dir, e))?;
+        let mark = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(MARK));
+        *inner.mark.lock().expect("mark lock") = Some(mark.map_err(directory)?);
         *inner.tables.write().expect("tables lock") = Some(Arc::new(tables));
         let (sender, receiver) = mpsc::channel();
         let committer = inner.clone();
@@ -226,16 +260,9 @@ impl Embedded {
     fn send(&self, ops: Vec<Op>, durable: bool, claim: Option<ClaimGuard>, keep: bool) -> StoreFuture<'_, ()> {
         let (done, wait) = oneshot::channel();
         let job = Job { ops, durable, done: Some(done), claim, keep };
-        let sent = match &*self.jobs.lock().expect("jobs lock") {
-            Some(jobs) => jobs.send(Msg::Job(job)).is_ok(),
-            None => false,
-        };
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Closed);
-            }
-            wait.await.unwrap_or(Err(StoreError::Closed))
-        })
+        // A job that cannot be sent is dropped with its sender: the wait then ends as closed.
+        let _ = self.jobs.lock().expect("jobs lock").as_ref().map(|jobs| jobs.send(Msg::Job(job)));
+        Box::pin(async move { wait.await.unwrap_or(Err(StoreError::Closed)) })
     }
 }
 
@@ -252,8 +279,9 @@ impl Inner {
         self.failing.lock().expect("failing lock").clone().unwrap_or_else(|| "recovering".into())
     }
 
-    /// Counts what each outbox holds and where its sequence numbers go on.
+    /// Counts what each outbox holds and where the sequence numbers go on.
     fn recount(&self, tables: &Tables) -> Result<(), fjall::Error> {
+        self.group.store(tables.meta.get(GROUP)?.map_or(0, |v| seq_of(&v)), Ordering::SeqCst);
         for sink in Sink::ALL {
             let i = sink.index();
             let (mut depth, mut bytes, mut first, mut last) = (0, 0, None, 0);
@@ -269,17 +297,12 @@ impl Inner {
             side.depth.store(depth, Ordering::SeqCst);
             side.bytes.store(bytes, Ordering::SeqCst);
             side.head.store(first.unwrap_or(last + 1), Ordering::SeqCst);
-            let (mut dead, mut dead_last, mut order) = (0, 0, 0);
-            for item in tables.dead[i].iter() {
-                let key = item.key()?;
-                dead += 1;
-                order = seq_of(key.get(..8).unwrap_or_default());
-                dead_last = dead_last.max(seq_of(key.get(8..).unwrap_or_default()));
-            }
-            side.dead.store(dead, Ordering::SeqCst);
-            self.next_dead[i].fetch_max(order + 1, Ordering::SeqCst);
-            let next = last.max(dead_last) + 1;
-            self.next_seq[i].fetch_max(next, Ordering::SeqCst);
+            side.dead.store(tables.dead[i].len()? as u64, Ordering::SeqCst);
+            let order = tables.dead[i].last_key_value().map(|g| g.key()).transpose()?;
+            self.next_dead[i]
+                .fetch_max(order.map_or(0, |k| seq_of(k.get(..8).unwrap_or_default())) + 1, Ordering::SeqCst);
+            // Numbers of delivered events may come again: nothing refers to them any more.
+            self.next_seq[i].fetch_max(last + 1, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -305,19 +328,21 @@ impl Inner {
                 }
             }
             // A failing store tries to recover at most once a tick, whatever the traffic.
-            let writable = if self.failing.lock().expect("failing lock").is_none() {
-                true
-            } else if last_try.elapsed() >= TICK {
+            let failing = self.failing.lock().expect("failing lock").is_some();
+            let retry = failing && last_try.elapsed() >= TICK;
+            if retry {
                 last_try = Instant::now();
-                self.recover()
-            } else {
-                false
-            };
+            }
+            let writable = !failing || (retry && self.recover());
             if writable && !kept.is_empty() {
                 let count = kept.len();
                 match self.write(std::mem::take(&mut kept)) {
                     Ok(()) => tracing::warn!(count, "outcomes reached while the store failed are recorded now"),
                     Err(jobs) => kept = jobs,
+                }
+                // A failed write may have reached the journal after all: count what is there.
+                if let (true, Ok(tables)) = (kept.is_empty(), self.tables()) {
+                    let _ = self.recount(&tables);
                 }
                 self.unrecorded.store(kept.len() as u64, Ordering::SeqCst);
             }
@@ -334,8 +359,10 @@ impl Inner {
                 unsynced = tables.db.persist(PersistMode::SyncData).is_err();
             }
             if let Some(done) = close {
-                if let Ok(tables) = self.tables() {
-                    let _ = tables.db.persist(PersistMode::SyncAll);
+                if let Ok(tables) = self.tables()
+                    && tables.db.persist(PersistMode::SyncAll).is_ok()
+                {
+                    self.mark(self.group.load(Ordering::SeqCst));
                 }
                 self.closed.store(true, Ordering::Release);
                 *self.tables.write().expect("tables lock") = None;
@@ -348,9 +375,7 @@ impl Inner {
     /// Answers jobs the store cannot write now; keeps those that asked to be kept.
     fn refuse(&self, jobs: Vec<Job>, kept: &mut Vec<Job>) {
         for mut job in jobs {
-            if let Some(done) = job.done.take() {
-                let _ = done.send(Err(StoreError::Unavailable(self.cause())));
-            }
+            let _ = job.done.take().map(|done| done.send(Err(StoreError::Unavailable(self.cause()))));
             if job.keep {
                 kept.push(job);
             }
@@ -360,23 +385,18 @@ impl Inner {
 
     /// Whether a failing database takes writes again, reopening it if fjall refuses them.
     fn recover(&self) -> bool {
-        let Ok(tables) = self.tables() else {
-            return self.reopen();
-        };
         // A probe: a write and a sync on the running database, or a reopen if fjall refuses.
-        let mut probe = tables.db.batch();
-        probe.remove(&tables.in_flight, "\0probe");
-        match probe.commit().and_then(|()| tables.db.persist(PersistMode::SyncData)) {
-            Ok(()) => {
+        if let Ok(tables) = self.tables() {
+            let mut probe = tables.db.batch();
+            probe.remove(&tables.in_flight, "\0probe");
+            if probe.commit().and_then(|()| tables.db.persist(PersistMode::SyncData)).is_ok() {
                 self.recovered();
-                true
+                return true;
             }
-            Err(_) => {
-                drop(tables);
-                *self.tables.write().expect("tables lock") = None;
-                self.reopen()
-            }
+            drop(tables);
+            *self.tables.write().expect("tables lock") = None;
         }
+        self.reopen()
     }
 
     fn reopen(&self) -> bool {
@@ -411,6 +431,14 @@ impl Inner {
         }
     }
 
+    /// Notes `group` as synced, so a start that replays less refuses instead of losing it. Not
+    /// synced itself: it never runs ahead of the journal, which is synced before it is written.
+    fn mark(&self, group: u64) {
+        if let Some(file) = &*self.mark.lock().expect("mark lock") {
+            let _ = std::os::unix::fs::FileExt::write_all_at(file, &group.to_be_bytes(), 0);
+        }
+    }
+
     /// Writes `jobs` as one batch (one sync if any is durable), then answers them.
     fn write(&self, mut jobs: Vec<Job>) -> Result<(), Vec<Job>> {
         let started = Instant::now();
@@ -422,7 +450,9 @@ impl Inner {
                 value[4..12].copy_from_slice(&now.to_be_bytes());
             }
         }
+        let group = self.group.load(Ordering::SeqCst) + 1;
         let mut batch = tables.db.batch();
+        batch.insert(&tables.meta, GROUP, group.to_be_bytes());
         let mut added = [(0u64, 0u64); 2];
         let mut removed: Vec<(Sink, u64, bool)> = Vec::new();
         for job in &jobs {
@@ -431,8 +461,11 @@ impl Inner {
                     Op::Put(table, key, value) => batch.insert(tables.get(*table), key.as_slice(), value.as_slice()),
                     Op::Remove(table, key) => batch.remove(tables.get(*table), key.as_slice()),
                     Op::Event(sink, seq, value) => {
-                        let seq = seq.unwrap_or_default();
-                        batch.insert(&tables.outbox[sink.index()], seq.to_be_bytes(), value.as_slice());
+                        batch.insert(
+                            &tables.outbox[sink.index()],
+                            seq.unwrap_or_default().to_be_bytes(),
+                            value.as_slice(),
+                        );
                         added[sink.index()].0 += 1;
                         added[sink.index()].1 += value.len() as u64;
                     }
@@ -452,18 +485,20 @@ impl Inner {
             }
         }
         let mode = if jobs.iter().any(|job| job.durable) { PersistMode::SyncData } else { PersistMode::Buffer };
-        let dropped = match self.make_room(&tables, &mut batch, &added) {
-            Ok(dropped) => batch.commit().and_then(|()| tables.db.persist(mode)).map(|()| dropped),
-            Err(error) => Err(error),
-        };
-        let dropped = match dropped {
-            Ok(dropped) => dropped,
-            Err(error) => {
-                self.fail(describe(&self.dir, &error));
-                return Err(jobs);
-            }
-        };
+        let written = self.make_room(&tables, &mut batch, &added);
+        let dropped =
+            match written.and_then(|dropped| batch.commit().and_then(|()| tables.db.persist(mode)).map(|()| dropped)) {
+                Ok(dropped) => dropped,
+                Err(error) => {
+                    self.fail(format!("writing to {} failed: {error}", self.dir.display()));
+                    return Err(jobs);
+                }
+            };
         self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.group.store(group, Ordering::SeqCst);
+        if mode == PersistMode::SyncData {
+            self.mark(group);
+        }
         // The outbox counters: whoever takes an event out of the lease table counts it out.
         for (sink, seq, dead) in removed {
             let side = &self.sinks[sink.index()];
@@ -490,9 +525,7 @@ impl Inner {
         for job in &mut jobs {
             // The answer is readable now: the key may be claimed again (and replays it).
             drop(job.claim.take());
-            if let Some(done) = job.done.take() {
-                let _ = done.send(Ok(()));
-            }
+            let _ = job.done.take().map(|done| done.send(Ok(())));
         }
         Ok(())
     }
@@ -502,10 +535,10 @@ impl Inner {
     fn make_room(
         &self,
         tables: &Tables,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut OwnedWriteBatch,
         added: &[(u64, u64); 2],
-    ) -> Result<[Vec<(u64, u64)>; 2], fjall::Error> {
-        let mut dropped: [Vec<(u64, u64)>; 2] = Default::default();
+    ) -> fjall::Result<Dropped> {
+        let mut dropped = Dropped::default();
         for sink in Sink::ALL {
             let (i, bound) = (sink.index(), self.bounds[sink.index()]);
             let side = &self.sinks[i];
@@ -520,11 +553,10 @@ impl Inner {
                     break;
                 }
                 let (key, value) = item.into_inner()?;
-                let seq = seq_of(&key);
+                dropped[i].push((seq_of(&key), value.len() as u64));
                 batch.remove(&tables.outbox[i], key);
                 depth -= 1;
                 bytes = bytes.saturating_sub(value.len() as u64);
-                dropped[i].push((seq, value.len() as u64));
             }
         }
         Ok(dropped)
@@ -561,7 +593,7 @@ impl Store for Embedded {
         self.send(vec![Op::Put(Table::InFlight, claim.key().as_bytes().to_vec(), value)], true, None, false)
     }
 
-    fn commit(&self, claim: ClaimGuard, outcome: Outcome, if_unrecorded: IfUnrecorded) -> StoreFuture<'_, ()> {
+    fn commit(&self, claim: ClaimGuard, outcome: Outcome) -> StoreFuture<'_, ()> {
         let key = claim.key().to_owned();
         let record = pack(&[claim.fingerprint().as_bytes(), &outcome.answer]);
         let mut ops = Vec::with_capacity(3 + outcome.writes.len() + outcome.events.len());
@@ -578,7 +610,7 @@ impl Store for Embedded {
             let value = pack(&[&[0; 8], ids[0], ids[1], &event.body]);
             ops.push(Op::Event(event.sink, None, value));
         }
-        self.send(ops, true, Some(claim), if_unrecorded == IfUnrecorded::Keep)
+        self.send(ops, true, Some(claim), true)
     }
 
     fn abandoned(&self) -> StoreFuture<'_, Vec<Abandoned>> {
@@ -641,16 +673,9 @@ impl Store for Embedded {
                             lease.attempts += u32::from(matches!(settlement, Settlement::Failed(_)));
                         }
                     }
-                    Settlement::DeadLetter { seq, reason } => {
+                    Settlement::DeadLetter { seq, record } => {
                         durable = true;
-                        let stored =
-                            self.inner.tables().ok().and_then(|t| t.outbox[sink.index()].get(seq.to_be_bytes()).ok());
-                        if let Some(Some(value)) = stored
-                            && let Some(event) = decode_event(seq, &value, 0)
-                        {
-                            let record = serde_json::to_vec(&dead_letter_record(&event, &reason, now_ms()));
-                            ops.push(Op::Dead(sink, seq, record.unwrap_or_default()));
-                        }
+                        ops.push(Op::Dead(sink, seq, serde_json::to_vec(&record).unwrap_or_default()));
                     }
                 }
             }
@@ -726,13 +751,10 @@ impl Store for Embedded {
     }
 
     fn close(&self) -> StoreFuture<'_, ()> {
-        let jobs = self.jobs.lock().expect("jobs lock").take();
+        let (done, wait) = oneshot::channel();
+        let _ = self.jobs.lock().expect("jobs lock").take().map(|jobs| jobs.send(Msg::Close(done)));
         Box::pin(async move {
-            let Some(jobs) = jobs else { return Ok(()) };
-            let (done, wait) = oneshot::channel();
-            if jobs.send(Msg::Close(done)).is_ok() {
-                let _ = wait.await;
-            }
+            let _ = wait.await;
             Ok(())
         })
     }
@@ -750,10 +772,26 @@ impl Embedded {
     }
 }
 
-/// Sizes of the journal files, to notice a tail that recovery discarded.
-fn journal_sizes(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let Ok(entries) = std::fs::read_dir(dir.join("journals")) else { return Vec::new() };
-    entries.flatten().filter_map(|e| Some((e.path(), e.metadata().ok()?.len()))).collect()
+/// Each journal with the length of its content (fjall preallocates journals with zeros and cuts
+/// them to what it replays), so a start can tell that recovery discarded a tail.
+fn journal_contents(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let journals = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jnl"));
+    journals.filter_map(|path| Some((content_len(&std::fs::File::open(&path).ok()?)?, path))).collect()
+}
+
+fn content_len(file: &std::fs::File) -> Option<u64> {
+    let (mut end, mut chunk) = (file.metadata().ok()?.len(), vec![0; 1 << 16]);
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(file, part, start).ok()?;
+        if let Some(last) = part.iter().rposition(|b| *b != 0) {
+            return Some(start + last as u64 + 1);
+        }
+        end = start;
+    }
+    Some(0)
 }
 
 fn open_error(dir: &Path, error: fjall::Error) -> OpenError {
@@ -761,16 +799,8 @@ fn open_error(dir: &Path, error: fjall::Error) -> OpenError {
         fjall::Error::Locked => OpenError::Locked(dir.to_owned()),
         fjall::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => OpenError::NoSpace(dir.to_owned()),
         fjall::Error::Io(source) => OpenError::Directory(dir.to_owned(), source),
+        fjall::Error::Unrecoverable => OpenError::Damaged(dir.to_owned(), "see the error above".into()),
         other => OpenError::Damaged(dir.to_owned(), other.to_string()),
-    }
-}
-
-fn describe(dir: &Path, error: &fjall::Error) -> String {
-    match error {
-        fjall::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
-            format!("no space left on the device holding {}", dir.display())
-        }
-        other => format!("writing to {} failed: {other}", dir.display()),
     }
 }
 

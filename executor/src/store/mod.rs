@@ -12,8 +12,9 @@
 //!   [`Store::abandoned`] hands such markers (with their claims) back to be reported as
 //!   `outcome_unknown`.
 //! - **Atomic outcomes.** [`Store::commit`] records the answer, the adapter's writes and the
-//!   events together or not at all, durably before it returns. An outcome that cannot be recorded
-//!   is, if asked, kept with its claim and recorded as soon as the store can write again.
+//!   events together or not at all, durably before it returns. An outcome whose write failed may
+//!   or may not have reached the disk: it is kept with its claim (so its key never runs again)
+//!   and recorded as soon as the store can write again.
 //! - **Outboxes.** Events of a sink are leased oldest first ([`Store::lease`]), at most one lease
 //!   per event at a time, and settled ([`Store::settle`]): delivered (removed, durable within about
 //!   a second), failed (leased again later, attempts counted) or dead-lettered (kept with a reason).
@@ -202,16 +203,6 @@ pub struct Outcome {
     pub events: Vec<NewEvent>,
 }
 
-/// What to do with an outcome the store cannot record now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfUnrecorded {
-    /// Keep it and its claim, and record it as soon as the store can write again (a remote
-    /// action happened: its answer must not be lost, and its key must not run again).
-    Keep,
-    /// Drop it and release the claim (nothing happened outside the store).
-    Release,
-}
-
 /// An event leased for delivery.
 #[derive(Debug, Clone)]
 pub struct LeasedEvent {
@@ -238,12 +229,12 @@ pub enum Settlement {
     Failed(u64),
     /// Not delivered, the sink was unreachable: lease it again later without counting.
     Release(u64),
-    /// Never deliverable: keep it apart with the reason.
+    /// Never deliverable: take it out and keep `record` (the reason and the event) instead.
     DeadLetter {
         /// Outbox position.
         seq: u64,
-        /// Why, in plain words.
-        reason: String,
+        /// What to keep, as the deliverer describes it.
+        record: Value,
     },
 }
 
@@ -294,8 +285,8 @@ pub trait Store: Send + Sync + 'static {
     fn record_in_flight<'a>(&'a self, claim: &'a ClaimGuard, marker: &'a InFlightMarker) -> StoreFuture<'a, ()>;
 
     /// Records `outcome` under `claim`'s key atomically and durably (and clears its in-flight
-    /// marker). On failure, `if_unrecorded` says whether the store keeps it for later.
-    fn commit(&self, claim: ClaimGuard, outcome: Outcome, if_unrecorded: IfUnrecorded) -> StoreFuture<'_, ()>;
+    /// marker). On failure the store keeps the outcome and the claim, and records it later.
+    fn commit(&self, claim: ClaimGuard, outcome: Outcome) -> StoreFuture<'_, ()>;
 
     /// In-flight markers whose execution is gone (for the embedded store: those found at open),
     /// each with its key claimed for the caller.
@@ -332,15 +323,3 @@ pub trait Store: Send + Sync + 'static {
 
 /// A shared handle to whichever backend was chosen.
 pub type SharedStore = Arc<dyn Store>;
-
-/// The JSON kept for a dead letter: the reason, the ids and the event.
-pub fn dead_letter_record(event: &LeasedEvent, reason: &str, at_ms: u64) -> Value {
-    serde_json::json!({
-        "reason": reason,
-        "event_id": event.event_id,
-        "trace_id": event.trace_id,
-        "enqueued_ms": event.enqueued_ms,
-        "dead_lettered_ms": at_ms,
-        "event": serde_json::from_slice::<Value>(&event.body).unwrap_or_default(),
-    })
-}

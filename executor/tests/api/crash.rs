@@ -2,9 +2,7 @@
 //! call interrupted by a crash is reported as `outcome_unknown` and never re-sent.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,120 +12,9 @@ use wiremock::MockServer;
 
 use crate::helpers::*;
 
-/// The `workflow-executor` binary running as a child process.
-struct ExecutorProcess {
-    child: Child,
-    address: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl ExecutorProcess {
-    /// Starts the binary on `127.0.0.1:0` with `data_dir` and `env`, and waits until it listens.
-    async fn start(data_dir: &TempDir, env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_workflow-executor"));
-        command
-            .env_clear()
-            .env("EXECUTOR_BIND", "127.0.0.1:0")
-            .env("EXECUTOR_DATA_DIR", data_dir.path())
-            .env("EXECUTOR_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env("WORKFLOW_TIMEOUT", "0.3")
-            .env("EXECUTOR_DELIVERY_BACKOFF_BASE", "0.01")
-            .env("EXECUTOR_DELIVERY_BACKOFF_MAX", "0.2")
-            .env("EXECUTOR_BREAKER_OPEN", "0.1")
-            .env("EXECUTOR_SHUTDOWN_GRACE", "0.5")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("the executor binary starts");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        // Drain both pipes for the whole life of the process so logging never blocks it.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().expect("piped stderr");
-        for pipe in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    logs.lock().expect("logs lock").push(line);
-                }
-            });
-        }
-        let address = {
-            let logs = logs.clone();
-            let exited = |child: &mut Child| child.try_wait().ok().flatten();
-            eventually(secs(20.0), "the executor logs its listening address", async || {
-                if let Some(status) = exited(&mut child) {
-                    panic!("the executor exited with {status}: {:#?}", logs.lock().expect("logs lock"));
-                }
-                listening_address(&logs.lock().expect("logs lock"))
-            })
-            .await
-        };
-        Self { child, address, logs }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/api/workflow/execute", self.address)
-    }
-
-    /// `SIGKILL`: no shutdown code runs.
-    fn kill(&mut self) {
-        self.child.kill().expect("the process can be killed");
-        self.child.wait().expect("the killed process is reaped");
-    }
-
-    /// `SIGTERM`, then waits for the exit status.
-    async fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill(1) runs");
-        assert!(sent.success(), "SIGTERM was delivered");
-        let child = &mut self.child;
-        eventually(secs(15.0), "the executor exits after SIGTERM", async || child.try_wait().ok().flatten()).await
-    }
-
-    fn logs(&self) -> Vec<String> {
-        self.logs.lock().expect("logs lock").clone()
-    }
-}
-
-impl Drop for ExecutorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address from the JSON line `{"message": "workflow executor listening", "address": ...}`.
-fn listening_address(lines: &[String]) -> Option<SocketAddr> {
-    lines.iter().find_map(|line| {
-        let entry: Value = serde_json::from_str(line).ok()?;
-        let message = entry.get("message").or_else(|| entry.pointer("/fields/message"))?.as_str()?;
-        if message != "workflow executor listening" {
-            return None;
-        }
-        entry.get("address").or_else(|| entry.pointer("/fields/address"))?.as_str()?.parse().ok()
-    })
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(secs(10.0)).build().expect("an HTTP client")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_executor_mid_load_loses_no_committed_event() {
     kill_mid_load_then_restart(&[], 40).await;
-}
-
-/// With a 1 MiB write-ahead log, 1,500 executions fill it several times over, so the kill lands
-/// among checkpoints running beside the writer (records split over both logs, some applied to the
-/// store only after a checkpoint): still nothing acknowledged is lost or duplicated.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_executor_across_checkpoints_loses_no_committed_event() {
-    kill_mid_load_then_restart(&[("EXECUTOR_WAL_BYTES", (1u64 << 20).to_string())], 1500).await;
 }
 
 async fn kill_mid_load_then_restart(extra_env: &[(&str, String)], acknowledged_before_kill: usize) {

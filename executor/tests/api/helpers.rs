@@ -6,10 +6,14 @@
 //! (accept, hang, refuse with `success: false`, answer 500) that record what they acknowledged,
 //! and that can start *refused* (the port is bound but not listening) and come up later on the
 //! same port; e-mail goes to [`SmtpSink`], a tiny SMTP server written here. Nothing waits a fixed
-//! time: [`eventually`] polls with a deadline.
+//! time: [`eventually`] polls with a deadline. [`ExecutorProcess`] runs the real binary instead,
+//! for tests that kill it or damage its data directory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -488,7 +492,7 @@ fn base_env(fakes: &Fakes, data_dir: &TempDir) -> BTreeMap<String, String> {
     let pairs = [
         ("EXECUTOR_BIND", "127.0.0.1:0".to_owned()),
         ("EXECUTOR_DATA_DIR", data_dir.path().display().to_string()),
-        ("EXECUTOR_WAL_BYTES", (2u64 << 20).to_string()),
+        ("EXECUTOR_DRAIN_DELAY", "0".to_owned()),
         ("BUCKET_URL", fakes.bucket.uri()),
         ("KARMA_URL", fakes.karma.uri()),
         ("WHATSAPP_API_URL", fakes.whatsapp.uri()),
@@ -806,4 +810,152 @@ pub fn assert_traceparent(value: &str) {
             && hex(parts[3], 2),
         "malformed traceparent: {value}"
     );
+}
+
+/// The `workflow-executor` binary running as a child process.
+pub struct ExecutorProcess {
+    child: Child,
+    address: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Why [`ExecutorProcess::try_start`] has no serving executor to give.
+#[derive(Debug)]
+pub struct NotServing {
+    /// How the process exited; `None` if it neither listened nor exited in time (it was killed).
+    pub status: Option<ExitStatus>,
+    /// Everything it wrote to stdout and stderr.
+    pub logs: Vec<String>,
+}
+
+impl ExecutorProcess {
+    /// Starts the binary on `127.0.0.1:0` with `data_dir` and `env`, and waits until it listens.
+    pub async fn start(data_dir: impl AsRef<Path>, env: &[(&str, String)]) -> Self {
+        match Self::try_start(data_dir, env).await {
+            Ok(process) => process,
+            Err(NotServing { status: Some(status), logs }) => panic!("the executor exited with {status}: {logs:#?}"),
+            Err(NotServing { status: None, logs }) => panic!("the executor never listened: {logs:#?}"),
+        }
+    }
+
+    /// Starts the binary like [`ExecutorProcess::start`], but hands back its exit status and
+    /// logs if it exits (or does not listen within 20 s) instead of failing the test.
+    pub async fn try_start(data_dir: impl AsRef<Path>, env: &[(&str, String)]) -> Result<Self, NotServing> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_workflow-executor"));
+        command
+            .env_clear()
+            .env("EXECUTOR_BIND", "127.0.0.1:0")
+            .env("EXECUTOR_DATA_DIR", data_dir.as_ref())
+            .env("EXECUTOR_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("WORKFLOW_TIMEOUT", "0.3")
+            .env("EXECUTOR_DELIVERY_BACKOFF_BASE", "0.01")
+            .env("EXECUTOR_DELIVERY_BACKOFF_MAX", "0.2")
+            .env("EXECUTOR_BREAKER_OPEN", "0.1")
+            .env("EXECUTOR_SHUTDOWN_GRACE", "0.5")
+            .env("EXECUTOR_DRAIN_DELAY", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the executor binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        // Drain both pipes for the whole life of the process so logging never blocks it.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut readers = Vec::new();
+        for pipe in [Box::new(stdout) as Box<dyn std::io::Read + Send>, Box::new(stderr)] {
+            let logs = logs.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    logs.lock().expect("logs lock").push(line);
+                }
+            }));
+        }
+        let started = Instant::now();
+        let status = loop {
+            let address = listening_address(&logs.lock().expect("logs lock"));
+            if let Some(address) = address {
+                return Ok(Self { child, address, logs });
+            }
+            if let Some(status) = child.try_wait().ok().flatten() {
+                break Some(status);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The pipes close with the process: wait until every line it wrote has been read.
+        eventually(secs(5.0), "the executor's output is read to the end", async || {
+            readers.iter().all(|reader| reader.is_finished()).then_some(())
+        })
+        .await;
+        let logs = logs.lock().expect("logs lock").clone();
+        Err(NotServing { status, logs })
+    }
+
+    /// `http://host:port` of the executor.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The execute route.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/workflow/execute", self.address)
+    }
+
+    /// `SIGKILL`: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("the process can be killed");
+        self.child.wait().expect("the killed process is reaped");
+    }
+
+    /// `SIGTERM`, then waits for the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill(1) runs");
+        assert!(sent.success(), "SIGTERM was delivered");
+        let child = &mut self.child;
+        eventually(secs(15.0), "the executor exits after SIGTERM", async || child.try_wait().ok().flatten()).await
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Every line it wrote to stdout and stderr so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("logs lock").clone()
+    }
+}
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address from the JSON line `{"message": "workflow executor listening", "address": ...}`.
+pub fn listening_address(lines: &[String]) -> Option<SocketAddr> {
+    lines.iter().find_map(|line| {
+        let entry: Value = serde_json::from_str(line).ok()?;
+        let message = entry.get("message").or_else(|| entry.pointer("/fields/message"))?.as_str()?;
+        if message != "workflow executor listening" {
+            return None;
+        }
+        entry.get("address").or_else(|| entry.pointer("/fields/address"))?.as_str()?.parse().ok()
+    })
+}
+
+/// An HTTP client for calling an [`ExecutorProcess`].
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(secs(10.0)).build().expect("an HTTP client")
 }

@@ -8,15 +8,21 @@
 //!   outboxes, `/healthz`, `/api/integration/status` and `/metrics`.
 //! - [`idempotency`]: replays, 409 for a concurrent duplicate, 422 for a reused key.
 //! - [`crash`]: the real binary killed with SIGKILL and restarted on the same data directory.
+//! - [`store_faults`]: damaged store files, a journal cut short, a full disk, repeated SIGKILLs.
 //! - [`shutdown`]: graceful shutdown flushes queued events; a restart resumes delivery.
+//! - [`edge`]: hostile clients (slowloris, idle sockets, the connection cap, an over-limit body
+//!   sent whole), readiness and drain, process metrics, start-up errors, plain redirected logs,
+//!   prompt recovery of a sink.
 //! - [`client`]: the caller's client (what Core uses), awaited, fire-and-forget and health check.
 
 mod client;
 mod crash;
+mod edge;
 mod execute;
 mod helpers;
 mod hostile;
 mod idempotency;
 mod rejections;
 mod shutdown;
+mod store_faults;
 mod telemetry;
