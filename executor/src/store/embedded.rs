@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, OwnedWriteBatch, PersistMode};
 use serde_json::Value;
 use tokio::sync::{Notify, oneshot};
 
@@ -104,8 +104,15 @@ impl Tables {
 
     fn open_unchecked(dir: &Path) -> Result<Self, fjall::Error> {
         let db = Database::builder(dir).manual_journal_persist(true).cache_size(CACHE_BYTES).open()?;
-        let keyspace =
-            |name: &str| db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES));
+        // Answers and tasks are written once and read by key: their values go to blob files, so
+        // compaction moves keys only; a deeper level 0 compacts less often.
+        let keyspace = |name: &str| {
+            let blobs =
+                matches!(name, "answers" | "tasks").then(|| KvSeparationOptions::default().separation_threshold(200));
+            let compaction = Arc::new(fjall::compaction::Leveled::default().with_l0_threshold(16));
+            let options = KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+            db.keyspace(name, || options.compaction_strategy(compaction).with_kv_separation(blobs))
+        };
         Ok(Self {
             answers: keyspace("answers")?,
             answer_times: keyspace("answer_times")?,
@@ -652,9 +659,7 @@ impl Store for Embedded {
                     break;
                 }
             }
-            if let Some(first) = first {
-                side.head.fetch_max(first, Ordering::SeqCst);
-            }
+            let _ = first.map(|first| side.head.fetch_max(first, Ordering::SeqCst));
             Ok(out)
         })
     }
@@ -709,13 +714,10 @@ impl Store for Embedded {
 
     fn dead_letters(&self, sink: Sink, limit: usize) -> StoreFuture<'_, Vec<Value>> {
         Box::pin(async move {
-            let tables = self.inner.tables()?;
-            let mut out = Vec::new();
-            for item in tables.dead[sink.index()].iter().rev().take(limit) {
-                let value = item.value().map_err(|e| read_error(&self.inner.dir, &e))?;
-                out.push(serde_json::from_slice(&value).unwrap_or_default());
-            }
-            Ok(out)
+            let read = |item: fjall::Guard| item.value().map(|v| serde_json::from_slice(&v).unwrap_or_default());
+            let dead: fjall::Result<_> =
+                self.inner.tables()?.dead[sink.index()].iter().rev().take(limit).map(read).collect();
+            dead.map_err(|e| read_error(&self.inner.dir, &e))
         })
     }
 
