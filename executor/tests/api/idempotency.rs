@@ -145,3 +145,30 @@ async fn a_caller_that_hangs_up_mid_call_does_not_cause_a_second_send() {
     assert_eq!(app.bucket.trace_ids().len(), 1, "and audited once");
     assert_eq!(app.bucket.event_ids().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_with_one_key_and_different_payloads_get_422_whether_the_first_runs_or_is_done() {
+    let app = spawn_app(&[]).await;
+    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.one").set_delay(secs(0.3))).await;
+    let key = "core-msg-race";
+    let trace = trace_id();
+    let answers = futures_util::future::join_all((0..50).map(|n| {
+        let mut request = whatsapp_request(&trace);
+        request["data"]["payload"]["message"] = json!(format!("text number {n}"));
+        let (http, url) = (app.http.clone(), app.url("/api/workflow/execute"));
+        async move {
+            let response = http.post(url).header("idempotency-key", key).json(&request).send().await.expect("answer");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    }))
+    .await;
+
+    let succeeded = answers.iter().filter(|(status, _)| *status == 200).count();
+    let reused = answers
+        .iter()
+        .filter(|(status, body)| *status == 422 && body["error"]["code"] == "idempotency_key_reused")
+        .count();
+    assert_eq!((succeeded, reused), (1, 49), "one execution, 49 × 422 and no 409: {answers:#?}");
+    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider is called once");
+}

@@ -489,3 +489,25 @@ async fn concurrent_requests_cannot_overfill_a_fail_closed_outbox() {
     app.execute(&task_request(&trace_id())).await.assert_rejected(503, "audit_spool_full");
     assert_eq!(app.status().await.body["pillars"]["bucket"]["outbox_depth"], 5, "filled exactly to the bound");
 }
+
+#[tokio::test]
+async fn dead_letters_are_counted_and_alerted_in_the_status_after_a_restart() {
+    let app = spawn_app(&[("WORKFLOW_TIMEOUT", "2")]).await;
+    app.karma.set_mode(SinkMode::Unprocessable);
+    execute_tasks(&app, 2, secs(1.0)).await;
+    eventually(secs(10.0), "karma's events are dead-lettered", async || {
+        (app.status().await.body["pillars"]["karma"]["dead_lettered"] == 2).then_some(())
+    })
+    .await;
+
+    let stopped = app.stop().await;
+    let restarted = spawn_app_in(stopped.fakes, stopped.data_dir, &[]).await;
+
+    let status = restarted.status().await.body;
+    assert_eq!(status["pillars"]["karma"]["dead_lettered"], 2, "{status}");
+    let alert = status["alerts"]
+        .as_array()
+        .and_then(|alerts| alerts.iter().find(|alert| alert["pillar"] == "karma" && alert["kind"] == "dead_letters"));
+    assert!(alert.is_some(), "a dead-letter alert after the restart: {status}");
+    assert_eq!(restarted.dead_letters("sink=karma").await.body["count"], 2);
+}
