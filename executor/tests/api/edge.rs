@@ -22,16 +22,7 @@ use crate::helpers::*;
 async fn send_then_read(address: SocketAddr, request: &[u8]) -> (u16, Value) {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream.write_all(request).await.expect("the executor reads the whole body");
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(secs(10.0), stream.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    let json = match (body.find('{'), body.rfind('}')) {
-        (Some(start), Some(end)) if end > start => serde_json::from_str(&body[start..=end]).unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    (status, json)
+    read_raw_answer(&mut stream).await
 }
 
 /// Whether the server closed `stream` (end of file or reset), reading and dropping what it sent.

@@ -634,17 +634,7 @@ impl TestApp {
         request.extend_from_slice(b"0\r\n\r\n");
         // The executor may answer before reading everything; a failed write is not the verdict.
         let _ = stream.write_all(&request).await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-        // The answer may itself be chunked: take the JSON object between the outer braces.
-        let json = match (body.find('{'), body.rfind('}')) {
-            (Some(start), Some(end)) if end > start => serde_json::from_str(&body[start..=end]).unwrap_or(Value::Null),
-            _ => Value::Null,
-        };
-        (status, json)
+        read_raw_answer(&mut stream).await
     }
 
     /// `GET /healthz`.
@@ -690,6 +680,21 @@ impl TestApp {
             .expect("the server task does not panic");
         Stopped { data_dir, fakes: Fakes { whatsapp, ai, bucket, karma, smtp }, result }
     }
+}
+
+/// Reads a raw HTTP/1.1 answer until the server closes (or 10 s pass): its status and the JSON
+/// object of its body (which may itself be chunked: the object between the outer braces).
+pub async fn read_raw_answer(stream: &mut TcpStream) -> (u16, Value) {
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(start), Some(end)) if end > start => serde_json::from_str(&body[start..=end]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    (status, json)
 }
 
 /// An answer of the executor.
