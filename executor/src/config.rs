@@ -113,8 +113,8 @@ pub struct DeliverySettings {
     /// Bound on every delivery attempt (`WORKFLOW_TIMEOUT`).
     pub attempt_timeout: Duration,
     /// Events in flight per sink. Small by default: a few connections keep up with thousands of
-    /// events per second on loopback, and bigger bursts of delivery work showed up as request
-    /// tail latency on a 2-core machine (p99 at 2,000 req/s: 35 ms with 32, 5-9 ms with 4).
+    /// events per second on loopback, and bigger bursts of delivery work show up as request tail
+    /// latency on a small machine.
     pub concurrency: usize,
     /// Attempts on a sink that answers with a server error before the event is dead-lettered.
     /// Unreachable sinks (refused, timeouts, 502/503/504, 429) are retried without limit.

@@ -229,3 +229,31 @@ fn a_bad_setting_stops_the_binary_at_start_naming_the_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("WORKFLOW_TIMEOUT"), "the error names the variable: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_held_by_another_executor_or_unusable_stops_the_start_naming_it() {
+    let data_dir = TempDir::new().expect("a temp dir");
+    let _first = ExecutorProcess::start(&data_dir, &[]).await;
+    let path = data_dir.path().display().to_string();
+
+    let Err(second) = ExecutorProcess::try_start(&data_dir, &[]).await else {
+        panic!("a second executor started on a directory another one holds");
+    };
+    assert!(second.status.is_some_and(|status| !status.success()), "it exits with an error: {:?}", second.status);
+    let said = second.logs.join("\n");
+    assert!(
+        said.contains("EXECUTOR_DATA_DIR") && said.contains(&path) && said.contains("another executor holds the lock"),
+        "the error names the variable, the directory and the lock: {said}"
+    );
+
+    let file = data_dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("a file");
+    let Err(on_a_file) = ExecutorProcess::try_start(&file, &[]).await else {
+        panic!("an executor started with a file as its data directory");
+    };
+    let said = on_a_file.logs.join("\n");
+    assert!(
+        said.contains("EXECUTOR_DATA_DIR") && said.contains(&file.display().to_string()),
+        "the error names the variable and the path: {said}"
+    );
+}
