@@ -151,6 +151,10 @@ async fn a_full_disk_refuses_new_executions_before_any_provider_call_and_recover
     let health = call_get(&http, &format!("{}/healthz", process.base_url())).await;
     assert_eq!(health["store"], "failing", "{health}");
     assert_eq!(health["status"], "degraded", "{health}");
+    let ready = http.get(format!("{}/readyz", process.base_url())).send().await.expect("readyz answers");
+    assert_eq!(ready.status().as_u16(), 503, "not ready while the store fails");
+    let ready: serde_json::Value = ready.json().await.expect("JSON");
+    assert!(ready["reason"].as_str().is_some_and(|r| r.starts_with("store_failing")), "{ready}");
     let task = trace_id();
     let refused = post(&http, &process, &task_request(&task)).await;
     refused.assert_rejected(503, "store_unavailable");
@@ -187,6 +191,8 @@ async fn a_full_disk_refuses_new_executions_before_any_provider_call_and_recover
         (call_get(&http, &format!("{}/healthz", process.base_url())).await["store"] == "ok").then_some(())
     })
     .await;
+    let ready = http.get(format!("{}/readyz", process.base_url())).send().await.expect("readyz answers");
+    assert_eq!(ready.status().as_u16(), 200, "ready again once the store writes");
 
     neighbours.assert_events_arrive(&acknowledged).await;
     // Nothing was answered `success` without being recorded: it survives a kill and replays.
