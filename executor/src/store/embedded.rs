@@ -1,20 +1,26 @@
 //! The embedded backend: the [`Store`] boundary on fjall, in `EXECUTOR_DATA_DIR`.
 //!
 //! **Tables.** One fjall keyspace each: `answers` (key → fingerprint and answer), `answer_times`
-//! (creation time and key, for expiry), `in_flight` (key → marker), `tasks`, and per sink an
-//! outbox (sequence number → event) and its dead letters (in the order given up on). fjall checksums every journal batch
-//! and every table block and checks them on read; a batch is atomic across keyspaces.
+//! (creation time and key, for expiry), `in_flight` (key → marker), `tasks`, per sink an outbox
+//! (sequence number → event) and its dead letters (in the order given up on), and `meta`. fjall
+//! checksums every journal batch and table block and checks them on read; a batch is atomic
+//! across keyspaces.
 //!
 //! **One writer, grouped syncs.** Every write goes through one committer thread: it takes all
 //! queued jobs, writes them as one fjall batch and syncs the journal once if any of them must be
 //! durable, then answers them all. Delivery acknowledgements are not synced on their own; the
 //! next durable group or the committer's one-second tick makes them durable.
 //!
+//! **Lost writes are noticed.** fjall takes some damage in the middle of its journal for the end
+//! of it and replays only what comes before. So every group carries a number (in `meta`), and the
+//! number of the last synced group is noted in `synced-group` beside the database, after the
+//! sync: a start that replays fewer groups refuses instead of forgetting acknowledged work.
+//!
 //! **Failures.** fjall refuses every write after a failed journal write (it cannot know what
 //! reached the disk). The committer then marks the store failing, answers new jobs with
-//! [`StoreError::Unavailable`], keeps the outcomes it was asked to keep (with their claims), and
-//! every second reopens the database (which recovers it from what is durable) and records them.
-//! Depth counters are recounted from disk after such a recovery.
+//! [`StoreError::Unavailable`], keeps the outcomes (with their claims), and every second reopens
+//! the database (which recovers it from what is durable) and records them. Depth counters are
+//! recounted from disk after such a recovery.
 //!
 //! **Claims** live in memory: one process owns the directory (fjall's lock file), so an
 //! in-flight marker found at open belongs to a dead process and is handed out by `abandoned`.
