@@ -47,6 +47,7 @@ use crate::metrics::Metrics;
 /// fjall's block cache and each keyspace's memtable: enough for the outbox heads and recent keys.
 const CACHE_BYTES: u64 = 16 << 20;
 const MEMTABLE_BYTES: u64 = 4 << 20;
+static SILENT_PANICS: Mutex<()> = Mutex::new(());
 /// The meta key of the last write group, and the file that notes the last one synced.
 const GROUP: &str = "group";
 const MARK: &str = "synced-group";
@@ -92,13 +93,20 @@ struct Tables {
 impl Tables {
     /// Opens the database and checks that its journal replays every acknowledged write group.
     fn open(dir: &Path) -> Result<Self, fjall::Error> {
-        // fjall asserts on some damaged journal entries: a damaged store, not a crash of ours.
-        let opened = std::panic::catch_unwind(|| Self::open_unchecked(dir));
-        let Ok(tables) = opened else {
-            tracing::error!(dir = %dir.display(), "the storage engine failed on the store's files: they are damaged");
-            return Err(fjall::Error::Unrecoverable);
+        // fjall asserts on some damaged journal entries: a damaged store, reported without a panic
+        // message (the hook is process-wide: one open at a time swaps it).
+        let opened = {
+            let _one_at_a_time = SILENT_PANICS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(|_| {}));
+            let opened = std::panic::catch_unwind(|| Self::open_unchecked(dir));
+            std::panic::set_hook(hook);
+            opened
         };
-        let tables = tables?;
+        let tables = opened.unwrap_or_else(|_| {
+            tracing::error!(dir = %dir.display(), "the storage engine failed on the store's files: they are damaged");
+            Err(fjall::Error::Unrecoverable)
+        })?;
         let replayed = tables.meta.get(GROUP)?.map_or(0, |v| seq_of(&v));
         let marked = std::fs::read(dir.join(MARK)).ok().map_or(0, |v| seq_of(&v));
         if replayed < marked {
@@ -234,14 +242,8 @@ impl Embedded {
     pub fn open(dir: &Path, bounds: [OutboxBound; 2], metrics: Metrics) -> Result<Arc<Embedded>, OpenError> {
         let directory = |source| OpenError::Directory(dir.to_owned(), source);
         std::fs::create_dir_all(dir).map_err(directory)?;
-        // fjall's assertions on damaged files are reported as a damaged store, without a panic
-        // message of their own (at start nothing else runs that could panic meanwhile).
         let journals = journal_contents(dir);
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let tables = Tables::open(dir);
-        std::panic::set_hook(hook);
-        let tables = tables.map_err(|error| open_error(dir, error))?;
+        let tables = Tables::open(dir).map_err(|error| open_error(dir, error))?;
         for (content, path) in journals {
             let kept = std::fs::metadata(&path).map_or(content, |m| m.len());
             if kept < content {
@@ -261,12 +263,9 @@ impl Embedded {
         let mark = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(MARK));
         *inner.mark.lock().expect("mark lock") = Some(mark.map_err(directory)?);
         *inner.tables.write().expect("tables lock") = Some(Arc::new(tables));
-        let (sender, receiver) = mpsc::channel();
-        let committer = inner.clone();
-        std::thread::Builder::new()
-            .name("store-committer".into())
-            .spawn(move || committer.run(receiver))
-            .map_err(directory)?;
+        let (sender, jobs) = mpsc::channel();
+        let (committer, thread) = (inner.clone(), std::thread::Builder::new().name("store-committer".into()));
+        thread.spawn(move || committer.run(jobs)).map_err(directory)?;
         Ok(Arc::new(Embedded { inner, jobs: Mutex::new(Some(sender)) }))
     }
 
@@ -432,10 +431,9 @@ impl Inner {
 
     fn fail(&self, cause: String) {
         let mut failing = self.failing.lock().expect("failing lock");
-        if failing.as_deref() != Some(cause.as_str()) {
+        if failing.replace(cause.clone()).as_ref() != Some(&cause) {
             tracing::error!(%cause, "the store cannot write; new executions are refused until it can");
         }
-        *failing = Some(cause);
     }
 
     fn recovered(&self) {
@@ -783,8 +781,8 @@ impl Embedded {
 /// Each journal with the length of its content (fjall preallocates journals with zeros and cuts
 /// them to what it replays), so a start can tell that recovery discarded a tail.
 fn journal_contents(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let journals = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jnl"));
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+    let journals = entries.filter(|p| p.extension().is_some_and(|x| x == "jnl"));
     journals.filter_map(|path| Some((content_len(&std::fs::File::open(&path).ok()?)?, path))).collect()
 }
 
