@@ -110,7 +110,8 @@ impl Tables {
         let replayed = tables.meta.get(GROUP)?.map_or(0, |v| seq_of(&v));
         let marked = std::fs::read(dir.join(MARK)).ok().map_or(0, |v| seq_of(&v));
         if replayed < marked {
-            tracing::error!(replayed, marked, dir = %dir.display(), "the journal lost acknowledged write groups");
+            tracing::error!(replayed, marked, dir = %dir.display(), "the journal lost acknowledged write groups \
+                (synced-group notes more than it replays); if only synced-group is damaged, remove it to start");
             return Err(fjall::Error::Unrecoverable);
         }
         Ok(tables)
