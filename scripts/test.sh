@@ -28,6 +28,19 @@ else
   echo "==> cargo clippy not installed: lints not checked"
 fi
 
+# The PostgreSQL store's tests start a throwaway server (initdb + postgres) unless
+# EXECUTOR_TEST_DATABASE_URL names one; install PostgreSQL where it is missing and we may.
+if [ -z "${EXECUTOR_TEST_DATABASE_URL:-}" ] && ! command -v initdb >/dev/null \
+  && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing PostgreSQL for the store's tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "PostgreSQL not found: install it (initdb and postgres) or set EXECUTOR_TEST_DATABASE_URL" >&2
+    exit 1
+  fi
+fi
+
 refs=$(mktemp)
 trap 'rm -f "$refs"' EXIT
 if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then

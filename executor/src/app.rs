@@ -24,6 +24,7 @@ use crate::execution::Engine;
 use crate::metrics::Metrics;
 use crate::outbox::delivery::{Deliverer, SinkState};
 use crate::store::embedded::{Embedded, OpenError};
+use crate::store::postgres::{ConnectError, Postgres};
 use crate::store::{OutboxBound, SharedStore, Sink, StoreError};
 
 /// Why the executor could not start or stopped abnormally.
@@ -48,6 +49,9 @@ pub enum StartError {
     /// The store could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The PostgreSQL store could not be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// The store could not record the recovery of interrupted executions.
     #[error("recovering executions interrupted by the last stop: {0}")]
     Store(#[from] StoreError),
@@ -79,11 +83,19 @@ impl Application {
             drop_oldest: s.full_policy == FullPolicy::DropOldest,
         };
         let bounds = [bound(&settings.bucket), bound(&settings.karma)];
-        let dir = settings.data_dir.clone();
         let store_metrics = metrics.clone();
-        let store: SharedStore = tokio::task::spawn_blocking(move || Embedded::open(&dir, bounds, store_metrics))
-            .await
-            .map_err(std::io::Error::other)??;
+        let store: SharedStore = match &settings.store.url {
+            Some(url) => {
+                let (pool, lease) = (settings.store.pool_size, settings.store.lease);
+                Postgres::connect(url.expose(), pool, lease, bounds, store_metrics).await?
+            }
+            None => {
+                let dir = settings.data_dir.clone();
+                tokio::task::spawn_blocking(move || Embedded::open(&dir, bounds, store_metrics))
+                    .await
+                    .map_err(std::io::Error::other)??
+            }
+        };
         let sinks = [
             Arc::new(SinkState::new(Sink::Bucket, settings.bucket.endpoint())),
             Arc::new(SinkState::new(Sink::Karma, settings.karma.endpoint())),
@@ -139,6 +151,10 @@ impl Application {
             tasks.spawn(deliverer.run(background.clone(), settings.shutdown_grace));
         }
         tasks.spawn(expire_old_executions(state.store.clone(), settings.idempotency_retention, background.clone()));
+        if settings.store.url.is_some() {
+            // Replicas share the store: a dead one's interrupted executions are found while running.
+            tasks.spawn(recover_abandoned(state.clone(), settings.store.lease, background.clone()));
+        }
 
         let address = listener.local_addr()?;
         match settings.bind_source {
@@ -173,6 +189,24 @@ impl Application {
         }
         tracing::info!("workflow executor stopped");
         Ok(())
+    }
+}
+
+/// Reports executions of replicas that died during a provider call as `outcome_unknown`, every
+/// half lease (their claims are handed out once the lease expires).
+async fn recover_abandoned(state: Arc<AppState>, lease: Duration, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(lease / 2) => {}
+        }
+        match state.engine.recover_interrupted().await {
+            Ok(0) => {}
+            Ok(recovered) => {
+                tracing::warn!(recovered, "executions of a replica that stopped are reported as outcome_unknown")
+            }
+            Err(error) => tracing::warn!(%error, "cannot recover executions of stopped replicas"),
+        }
     }
 }
 

@@ -203,6 +203,23 @@ pub struct LimitSettings {
     pub max_concurrent: usize,
 }
 
+/// Which store the executor keeps its state in.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// A PostgreSQL URL (`EXECUTOR_STORE_URL`, else `DATABASE_URL`) selects the shared
+    /// PostgreSQL store; without one the embedded store in `EXECUTOR_DATA_DIR` is used. A secret:
+    /// it may carry a password.
+    pub url: Option<Secret>,
+    /// Which variable the URL came from (for start-up messages).
+    pub url_variable: &'static str,
+    /// Connections in the PostgreSQL pool (`EXECUTOR_STORE_POOL_SIZE`).
+    pub pool_size: usize,
+    /// How long a claim of a replica that stopped renewing it holds its key
+    /// (`EXECUTOR_STORE_LEASE`); its in-flight executions are reported as `outcome_unknown` after
+    /// it.
+    pub lease: Duration,
+}
+
 /// The executor's whole configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -215,6 +232,8 @@ pub struct Settings {
     pub connections: ConnectionSettings,
     /// Where the embedded store lives (`EXECUTOR_DATA_DIR`).
     pub data_dir: PathBuf,
+    /// Which store to use (embedded or PostgreSQL).
+    pub store: StoreSettings,
     /// Log format (`EXECUTOR_LOG_FORMAT`).
     pub log_format: LogFormat,
     /// Bucket sink.
@@ -311,6 +330,7 @@ impl Settings {
             connections,
             data_dir: env
                 .parse("EXECUTOR_DATA_DIR", PathBuf::from("./data/executor"), |v| non_empty(v).map(PathBuf::from))?,
+            store: store_settings(&env)?,
             log_format: env.parse("EXECUTOR_LOG_FORMAT", LogFormat::Text, |v| match v {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),
@@ -429,6 +449,29 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
     }
 }
 
+/// The store selection: `EXECUTOR_STORE_URL`, else `DATABASE_URL`, else the embedded store.
+fn store_settings<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<StoreSettings, ConfigError> {
+    let mut url = None;
+    let mut url_variable = "EXECUTOR_STORE_URL";
+    for variable in ["EXECUTOR_STORE_URL", "DATABASE_URL"] {
+        let Some(value) = (env.0)(variable).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if !(value.starts_with("postgres://") || value.starts_with("postgresql://")) {
+            let message = "expected a PostgreSQL URL (postgres://user:password@host:port/database)".into();
+            return Err(ConfigError { variable, message });
+        }
+        (url, url_variable) = (Some(Secret::new(value)), variable);
+        break;
+    }
+    Ok(StoreSettings {
+        url,
+        url_variable,
+        pool_size: env.parse("EXECUTOR_STORE_POOL_SIZE", 8, parse_positive)?,
+        lease: env.parse("EXECUTOR_STORE_LEASE", Duration::from_secs(10), parse_seconds)?,
+    })
+}
+
 fn url(literal: &str) -> Url {
     Url::parse(literal).expect("default URLs are valid")
 }
@@ -525,6 +568,31 @@ mod tests {
         assert_eq!(s.karma.endpoint().as_str(), "http://127.0.0.1:8000/v1/event/");
         assert_eq!(s.delivery.attempt_timeout, Duration::from_secs(2));
         assert!(s.caller_tokens.is_empty());
+    }
+
+    #[test]
+    fn a_postgres_url_selects_the_shared_store_and_bad_values_name_their_variable() {
+        let s = settings(&[]).expect("valid");
+        assert!(s.store.url.is_none(), "without a URL the embedded store is used");
+        assert_eq!((s.store.pool_size, s.store.lease), (8, Duration::from_secs(10)));
+        let s = settings(&[("DATABASE_URL", "postgres://u:pw@db/x")]).expect("valid");
+        assert_eq!(
+            (s.store.url.as_ref().map(Secret::expose), s.store.url_variable),
+            (Some("postgres://u:pw@db/x"), "DATABASE_URL")
+        );
+        assert!(!format!("{s:?}").contains("pw@"), "the URL's password is not printed");
+        let s = settings(&[("EXECUTOR_STORE_URL", "postgresql://a@b/c"), ("DATABASE_URL", "postgres://d@e/f")])
+            .expect("valid");
+        assert_eq!(s.store.url_variable, "EXECUTOR_STORE_URL");
+        for (variable, value) in [
+            ("EXECUTOR_STORE_URL", "mysql://x"),
+            ("DATABASE_URL", "x"),
+            ("EXECUTOR_STORE_POOL_SIZE", "0"),
+            ("EXECUTOR_STORE_LEASE", "-1"),
+        ] {
+            let err = settings(&[(variable, value)]).expect_err("invalid");
+            assert_eq!(err.variable, variable, "{err}");
+        }
     }
 
     #[test]

@@ -23,9 +23,12 @@
 //!   recovers by itself when the cause goes away.
 
 pub mod embedded;
+pub mod postgres;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod test_postgres;
 
 use std::future::Future;
 use std::pin::Pin;
