@@ -400,23 +400,16 @@ impl Inner {
             let renewed = async {
                 let client = self.pool.get().await?;
                 let secs = lease_secs(self.lease);
-                if !keys.is_empty() {
-                    client
-                        .execute(
-                            "UPDATE claims SET lease_until = now() + $1 * interval '1 second' \
-                             WHERE owner = $2::text::uuid AND key = ANY($3)",
-                            &[&secs, &self.owner, &keys],
-                        )
-                        .await?;
-                }
-                if !marked.is_empty() {
-                    client
-                        .execute(
-                            "UPDATE in_flight SET lease_until = now() + $1 * interval '1 second' \
-                             WHERE owner = $2::text::uuid AND key = ANY($3)",
-                            &[&secs, &self.owner, &marked],
-                        )
-                        .await?;
+                // The table names are constants of this function, never input.
+                for (table, keys) in [("claims", &keys), ("in_flight", &marked)] {
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    let renew = format!(
+                        "UPDATE {table} SET lease_until = now() + $1 * interval '1 second' \
+                         WHERE owner = $2::text::uuid AND key = ANY($3)"
+                    );
+                    client.execute(&renew, &[&secs, &self.owner, keys]).await?;
                 }
                 Ok::<_, StoreError>(())
             };
