@@ -87,7 +87,8 @@ impl Application {
         let store: SharedStore = match &settings.store.url {
             Some(url) => {
                 let (pool, lease) = (settings.store.pool_size, settings.store.lease);
-                Postgres::connect(url.expose(), pool, lease, bounds, store_metrics).await?
+                let variable = settings.store.url_variable;
+                Postgres::connect(variable, url.expose(), pool, lease, bounds, store_metrics).await?
             }
             None => {
                 let dir = settings.data_dir.clone();

@@ -62,21 +62,21 @@ const MIGRATION_LOCK: i64 = 0x6268_6976_6578_6563;
 /// Recount rounds skipped because of local changes before one is applied anyway.
 const MAX_SKIPPED_RECOUNTS: u32 = 10;
 
-/// Why the PostgreSQL store could not be opened; every message names `EXECUTOR_STORE_URL`, and
-/// none contains its password.
+/// Why the PostgreSQL store could not be opened; every message names the variable the URL came
+/// from (`EXECUTOR_STORE_URL` or `DATABASE_URL`), and none contains its password.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL does not parse.
-    #[error("EXECUTOR_STORE_URL={0}: not a PostgreSQL connection URL (postgres://user:password@host:port/database)")]
+    #[error("{0}: not a PostgreSQL connection URL (postgres://user:password@host:port/database)")]
     Url(String),
     /// The pool cannot be built (for example a pool size of 0).
-    #[error("EXECUTOR_STORE_URL={0}: cannot build the connection pool: {1}")]
+    #[error("{0}: cannot build the connection pool: {1}")]
     Pool(String, String),
     /// The database cannot be reached or refused the connection.
-    #[error("EXECUTOR_STORE_URL={0}: cannot connect to the database: {1}")]
+    #[error("{0}: cannot connect to the database: {1}")]
     Connect(String, String),
     /// The schema cannot be created or migrated.
-    #[error("EXECUTOR_STORE_URL={0}: migrating the store's schema failed: {1}")]
+    #[error("{0}: migrating the store's schema failed: {1}")]
     Migrate(String, String),
 }
 
@@ -133,17 +133,19 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects to the database at `url` (creating or migrating the schema) with a pool of
+    /// Connects to the database at `url`, read from the variable `variable` (named in errors),
+    /// creating or migrating the schema, with a pool of
     /// `pool_size` connections; claims and in-flight markers of this instance are leased for
     /// `lease` (renewed while it lives). Must be called within a tokio runtime.
     pub async fn connect(
+        variable: &str,
         url: &str,
         pool_size: usize,
         lease: Duration,
         bounds: [OutboxBound; 2],
         metrics: Metrics,
     ) -> Result<Arc<Postgres>, ConnectError> {
-        let shown = redact(url);
+        let shown = format!("{variable}={}", redact(url));
         let config = tokio_postgres::Config::from_str(url).map_err(|_| ConnectError::Url(shown.clone()))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)

@@ -13,6 +13,8 @@
 //! - [`edge`]: hostile clients (slowloris, idle sockets, the connection cap, an over-limit body
 //!   sent whole), readiness and drain, process metrics, start-up errors, plain redirected logs,
 //!   prompt recovery of a sink.
+//! - [`replicas`]: three processes on one PostgreSQL database: racing duplicates, a replica
+//!   killed under load, a Bucket outage.
 //! - [`client`]: the caller's client (what Core uses), awaited, fire-and-forget and health check.
 
 mod client;
@@ -23,6 +25,7 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod rejections;
+mod replicas;
 mod shutdown;
 mod store_faults;
 mod telemetry;
