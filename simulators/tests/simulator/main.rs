@@ -10,5 +10,6 @@ mod faults;
 mod journal;
 mod karma;
 mod providers;
+mod replicas;
 mod smtp;
 mod support;
