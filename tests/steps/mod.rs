@@ -11,6 +11,7 @@
 //! | [`bucket`] | what Bucket stores, its append-only routes, hash chain, read gates, product isolation |
 //! | [`karma`] | behavioural events, karma balances and the Q-learning rule |
 //! | [`journal`] | what the fakes saw: calls, answers, `X-Trace-Id` and `traceparent` headers |
+//! | [`replicas`] | several executors on one PostgreSQL database behind the stack's front; stopping and starting them |
 //! | [`health`] | health checks, `/healthz`, `/api/integration/status`, `/metrics` |
 //! | [`timing`] | load and latency percentiles against the integration document's budgets |
 //! | [`payloads`], [`support`], [`stub`] | named requests, bounded waits and helpers, test-side stand-ins |
@@ -26,6 +27,7 @@ pub mod journal;
 pub mod karma;
 pub mod params;
 pub mod payloads;
+pub mod replicas;
 pub mod stack;
 pub mod stub;
 pub mod support;
