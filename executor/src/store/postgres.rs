@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -224,6 +224,16 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Deletes the delivered events `seqs` in one statement; how many were there, and their bytes.
+async fn delete_delivered(client: &impl GenericClient, seqs: &[i64]) -> Result<(i64, i64), StoreError> {
+    if seqs.is_empty() {
+        return Ok((0, 0));
+    }
+    let delete = client.prepare_cached("DELETE FROM outbox WHERE seq = ANY($1) RETURNING length(body)").await?;
+    let gone = client.query(&delete, &[&seqs]).await?;
+    Ok((gone.len() as i64, gone.iter().map(|row| i64::from(row.get::<_, i32>(0))).sum()))
 }
 
 /// `url` with its password replaced by `***`.
@@ -453,46 +463,66 @@ impl Inner {
     }
 
     /// Writes one outcome in one transaction. A retry of a commit that reached the database
-    /// finds its answer and changes nothing.
+    /// finds its answer and changes nothing. The statements are pipelined (sent together, answered
+    /// in order: tokio-postgres sends a request when its future is first polled), so a commit costs
+    /// three round trips (begin, the statements, commit) whatever it holds.
     async fn write(&self, claim: &ClaimGuard, outcome: &Outcome) -> Result<(), StoreError> {
+        use tokio_postgres::types::ToSql;
         let started = Instant::now();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO answers (key, fingerprint, answer, created_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (key) DO NOTHING",
-                &[&claim.key(), &claim.fingerprint(), &&outcome.answer[..], &(outcome.created_ms as i64)],
-            )
-            .await?;
+        let answer = tx.prepare_cached(
+            "INSERT INTO answers (key, fingerprint, answer, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key) DO NOTHING",
+        );
+        let task = tx.prepare_cached(
+            "INSERT INTO tasks (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+        );
+        let event = tx.prepare_cached(
+            "INSERT INTO outbox (sink, event_id, trace_id, body, enqueued_ms) VALUES ($1, $2, $3, $4, $5)",
+        );
+        let unmark = tx.prepare_cached("DELETE FROM in_flight WHERE key = $1");
+        let unclaim = tx.prepare_cached("DELETE FROM claims WHERE key = $1");
+        let (answer, task, event, unmark, unclaim) = tokio::try_join!(answer, task, event, unmark, unclaim)?;
+
+        let (key, fingerprint, created) = (claim.key(), claim.fingerprint(), outcome.created_ms as i64);
+        let answer_params: [&(dyn ToSql + Sync); 4] = [&key, &fingerprint, &&outcome.answer[..], &created];
+        let task_params: Vec<[&(dyn ToSql + Sync); 2]> =
+            outcome.writes.iter().map(|Write::Task { id, record }| [id as _, record as _]).collect();
+        let enqueued = now_ms() as i64;
+        let sinks: Vec<i16> = outcome.events.iter().map(|e| sink_of(e.sink)).collect();
+        let event_params: Vec<[&(dyn ToSql + Sync); 5]> = outcome
+            .events
+            .iter()
+            .zip(&sinks)
+            .map(|(e, sink)| [sink as _, &e.event_id as _, &e.trace_id as _, &e.body as _, &enqueued as _])
+            .collect();
+        let key_params: [&(dyn ToSql + Sync); 1] = [&key];
+        let (inserted, _, _, _, _) = tokio::try_join!(
+            tx.execute(&answer, &answer_params),
+            futures_util::future::try_join_all(task_params.iter().map(|p| tx.execute(&task, p))),
+            futures_util::future::try_join_all(event_params.iter().map(|p| tx.execute(&event, p))),
+            tx.execute(&unmark, &key_params),
+            tx.execute(&unclaim, &key_params),
+        )?;
         if inserted == 0 {
             tx.rollback().await?;
             return Ok(());
         }
-        for Write::Task { id, record } in &outcome.writes {
-            tx.execute(
-                "INSERT INTO tasks (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-                &[id, record],
-            )
-            .await?;
-        }
-        let enqueued = now_ms() as i64;
         let mut added = [(0i64, 0i64); 2];
         for event in &outcome.events {
-            tx.execute(
-                "INSERT INTO outbox (sink, event_id, trace_id, body, enqueued_ms) VALUES ($1, $2, $3, $4, $5)",
-                &[&sink_of(event.sink), &event.event_id, &event.trace_id, &event.body, &enqueued],
-            )
-            .await?;
             added[event.sink.index()].0 += 1;
             added[event.sink.index()].1 += event.body.len() as i64;
         }
-        tx.execute("DELETE FROM in_flight WHERE key = $1", &[&claim.key()]).await?;
-        tx.execute("DELETE FROM claims WHERE key = $1", &[&claim.key()]).await?;
         let mut dropped = [(0i64, 0i64); 2];
         for sink in Sink::ALL {
             let bound = self.bounds[sink.index()];
-            if !bound.drop_oldest || added[sink.index()].0 == 0 {
+            // Trimming scans the sink's outbox: only when the depth (exact for this instance's
+            // writes, other replicas' as of the last recount) would pass the bound.
+            let (side, (events, bytes)) = (&self.sinks[sink.index()], added[sink.index()]);
+            let over = side.events.load(Ordering::SeqCst) + events as u64 > bound.max_events as u64
+                || side.bytes.load(Ordering::SeqCst) + bytes as u64 > bound.max_bytes as u64;
+            if !bound.drop_oldest || events == 0 || !over {
                 continue;
             }
             let rows = tx
@@ -530,8 +560,8 @@ impl Inner {
     async fn take(&self, client: &Object, key: &str, fingerprint: &str, token: &str) -> Result<bool, StoreError> {
         // A row of this owner that this instance no longer holds (its key is not in `held`, which
         // the caller checked) is a released claim whose delete has not run yet.
-        let taken = client
-            .query_opt(
+        let take = client
+            .prepare_cached(
                 "INSERT INTO claims (key, fingerprint, owner, token, lease_until) \
                  SELECT $1, $2, $3::text::uuid, $4::text::uuid, now() + $5 * interval '1 second' \
                  WHERE NOT EXISTS (SELECT 1 FROM in_flight WHERE key = $1) \
@@ -539,9 +569,10 @@ impl Inner {
                  token = excluded.token, lease_until = excluded.lease_until \
                  WHERE claims.lease_until < now() OR claims.owner = excluded.owner \
                  RETURNING key",
-                &[&key, &fingerprint, &self.owner, &token, &lease_secs(self.lease)],
             )
             .await?;
+        let taken =
+            client.query_opt(&take, &[&key, &fingerprint, &self.owner, &token, &lease_secs(self.lease)]).await?;
         Ok(taken.is_some())
     }
 }
@@ -570,11 +601,11 @@ impl Store for Postgres {
                     Claim::Mismatch
                 }
             };
-            let answer_query = "SELECT fingerprint, answer FROM answers WHERE key = $1";
+            let answer_query = client.prepare_cached("SELECT fingerprint, answer FROM answers WHERE key = $1").await?;
             // Until the claim is taken, the guard has no row to delete.
             let untaken = || inner.settled.lock().expect("settled lock").insert(key.to_owned());
             untaken();
-            if let Some(row) = client.query_opt(answer_query, &[&key]).await? {
+            if let Some(row) = client.query_opt(&answer_query, &[&key]).await? {
                 return Ok(answered(row));
             }
             for _ in 0..3 {
@@ -585,23 +616,23 @@ impl Store for Postgres {
                 }
                 if taken? {
                     // A replica may have committed between the look-up and the claim.
-                    if let Some(row) = client.query_opt(answer_query, &[&key]).await? {
+                    if let Some(row) = client.query_opt(&answer_query, &[&key]).await? {
                         return Ok(answered(row));
                     }
                     return Ok(Claim::Fresh(guard));
                 }
                 let holder = client
-                    .query_opt(
+                    .prepare_cached(
                         "SELECT fingerprint FROM claims WHERE key = $1 \
                          UNION ALL SELECT fingerprint FROM in_flight WHERE key = $1 LIMIT 1",
-                        &[&key],
                     )
                     .await?;
+                let holder = client.query_opt(&holder, &[&key]).await?;
                 if let Some(holder) = holder {
                     let same = holder.get::<_, &str>(0) == fingerprint;
                     return Ok(if same { Claim::InProgress } else { Claim::Mismatch });
                 }
-                if let Some(row) = client.query_opt(answer_query, &[&key]).await? {
+                if let Some(row) = client.query_opt(&answer_query, &[&key]).await? {
                     return Ok(answered(row));
                 }
                 // The holder let go between the two statements: try again.
@@ -617,15 +648,17 @@ impl Store for Postgres {
             let value = serde_json::to_vec(marker).unwrap_or_default();
             claim.in_flight.store(true, Ordering::SeqCst);
             inner.in_flight.lock().expect("in-flight lock").insert(claim.key().to_owned());
-            client
-                .execute(
+            let record = client
+                .prepare_cached(
                     "INSERT INTO in_flight (key, fingerprint, marker, owner, lease_until) \
                      VALUES ($1, $2, $3, $4::text::uuid, now() + $5 * interval '1 second') \
                      ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, marker = excluded.marker, \
                      owner = excluded.owner, lease_until = excluded.lease_until",
-                    &[&claim.key(), &claim.fingerprint(), &value, &inner.owner, &lease_secs(inner.lease)],
                 )
                 .await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&claim.key(), &claim.fingerprint(), &value, &inner.owner, &lease_secs(inner.lease)];
+            client.execute(&record, &params).await?;
             Ok(())
         })
     }
@@ -697,15 +730,15 @@ impl Store for Postgres {
     fn lease(&self, sink: Sink, limit: usize, lease_for: Duration) -> StoreFuture<'_, Vec<LeasedEvent>> {
         Box::pin(async move {
             let client = self.inner.client().await?;
-            let rows = client
-                .query(
+            let lease = client
+                .prepare_cached(
                     "UPDATE outbox SET leased_until = now() + $3 * interval '1 second' WHERE seq IN (\
                      SELECT seq FROM outbox WHERE sink = $1 AND (leased_until IS NULL OR leased_until < now()) \
                      ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
                      RETURNING seq, enqueued_ms, event_id, trace_id, body, attempts",
-                    &[&sink_of(sink), &(limit as i64), &lease_secs(lease_for)],
                 )
                 .await?;
+            let rows = client.query(&lease, &[&sink_of(sink), &(limit as i64), &lease_secs(lease_for)]).await?;
             let mut out: Vec<LeasedEvent> = rows
                 .into_iter()
                 .map(|row| LeasedEvent {
@@ -726,19 +759,27 @@ impl Store for Postgres {
         Box::pin(async move {
             let inner = &self.inner;
             let mut client = inner.client().await?;
+            let (delivered, others): (Vec<Settlement>, Vec<Settlement>) =
+                settlements.into_iter().partition(|s| matches!(s, Settlement::Delivered(_)));
+            let delivered: Vec<i64> = delivered
+                .iter()
+                .filter_map(|s| if let Settlement::Delivered(seq) = s { Some(*seq as i64) } else { None })
+                .collect();
+            // The common case, deliveries only, is one statement (one round trip, atomic).
+            if others.is_empty() {
+                let (events, bytes) = delete_delivered(&client, &delivered).await?;
+                if events != 0 {
+                    inner.adjust(sink, -events, -bytes, 0);
+                }
+                return Ok(());
+            }
             let tx = client.transaction().await?;
-            let (mut events, mut bytes, mut dead) = (0i64, 0i64, 0i64);
-            for settlement in settlements {
+            let (gone, gone_bytes) = delete_delivered(&tx, &delivered).await?;
+            let (mut events, mut bytes, mut dead) = (-gone, -gone_bytes, 0i64);
+            for settlement in others {
                 match settlement {
-                    Settlement::Delivered(seq) => {
-                        let gone = tx
-                            .query_opt("DELETE FROM outbox WHERE seq = $1 RETURNING length(body)", &[&(seq as i64)])
-                            .await?;
-                        if let Some(row) = gone {
-                            events -= 1;
-                            bytes -= i64::from(row.get::<_, i32>(0));
-                        }
-                    }
+                    // Settled above.
+                    Settlement::Delivered(_) => {}
                     Settlement::Failed(seq) => {
                         tx.execute(
                             "UPDATE outbox SET attempts = attempts + 1, leased_until = NULL WHERE seq = $1",
