@@ -520,8 +520,8 @@ impl Inner {
             // Trimming scans the sink's outbox: only when the depth (exact for this instance's
             // writes, other replicas' as of the last recount) would pass the bound.
             let (side, (events, bytes)) = (&self.sinks[sink.index()], added[sink.index()]);
-            let over = side.events.load(Ordering::SeqCst) + events as u64 > bound.max_events as u64
-                || side.bytes.load(Ordering::SeqCst) + bytes as u64 > bound.max_bytes as u64;
+            let over = side.events.load(Ordering::SeqCst) + events as u64 > bound.max_events
+                || side.bytes.load(Ordering::SeqCst) + bytes as u64 > bound.max_bytes;
             if !bound.drop_oldest || events == 0 || !over {
                 continue;
             }
