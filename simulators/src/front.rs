@@ -61,8 +61,13 @@ impl Front {
     /// The running replicas, starting with the next one in turn.
     fn rotation(&self) -> Vec<(usize, SocketAddr)> {
         let live = self.live.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..live.len()).map(|k| (start + k) % live.len()).filter_map(|i| live[i].map(|a| (i, a))).collect()
+        let mut running: Vec<(usize, SocketAddr)> =
+            live.iter().enumerate().filter_map(|(i, addr)| addr.map(|a| (i, a))).collect();
+        if !running.is_empty() {
+            let start = self.next.fetch_add(1, Ordering::Relaxed) % running.len();
+            running.rotate_left(start);
+        }
+        running
     }
 
     /// The front's routes: everything is forwarded.
