@@ -218,6 +218,9 @@ pub struct StoreSettings {
     /// (`EXECUTOR_STORE_LEASE`); its in-flight executions are reported as `outcome_unknown` after
     /// it.
     pub lease: Duration,
+    /// Certificates (PEM) trusted for the database's TLS certificate besides the Mozilla roots
+    /// (`EXECUTOR_STORE_CA_FILE`); used with `sslmode=require` in the URL.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The executor's whole configuration.
@@ -469,6 +472,7 @@ fn store_settings<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<Sto
         url_variable,
         pool_size: env.parse("EXECUTOR_STORE_POOL_SIZE", 8, parse_positive)?,
         lease: env.parse("EXECUTOR_STORE_LEASE", Duration::from_secs(10), parse_seconds)?,
+        ca_file: (env.0)("EXECUTOR_STORE_CA_FILE").filter(|v| !v.trim().is_empty()).map(PathBuf::from),
     })
 }
 

@@ -78,6 +78,55 @@ pub enum ConnectError {
     /// The schema cannot be created or migrated.
     #[error("{0}: migrating the store's schema failed: {1}")]
     Migrate(String, String),
+    /// `EXECUTOR_STORE_CA_FILE` cannot be read or holds no PEM certificate.
+    #[error("EXECUTOR_STORE_CA_FILE={0}: {1}")]
+    CaFile(String, String),
+}
+
+/// Where the PostgreSQL store is and how to reach it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The variable the URL came from (named in errors).
+    pub variable: &'a str,
+    /// `postgres://…`; `sslmode=require` asks for TLS, verified against the Mozilla roots and
+    /// `ca_file`.
+    pub url: &'a str,
+    /// More trusted certificates (PEM).
+    pub ca_file: Option<&'a std::path::Path>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long this instance's claims and in-flight markers outlive it (renewed while it lives).
+    pub lease: Duration,
+}
+
+/// The TLS connector for `sslmode=require`: rustls on ring, trusting the Mozilla roots and the
+/// certificates in `ca_file`.
+pub(crate) fn tls(ca_file: Option<&std::path::Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConnectError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let shown = path.display().to_string();
+        let refused = |message: String| ConnectError::CaFile(shown.clone(), message);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| refused(format!("cannot read it: {e}")))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| refused(format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(refused("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| refused(format!("a certificate in it is not usable: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::CaFile("-".into(), e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// One sink's cached depth and its bell.
@@ -133,21 +182,22 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects to the database at `url`, read from the variable `variable` (named in errors),
-    /// creating or migrating the schema, with a pool of
-    /// `pool_size` connections; claims and in-flight markers of this instance are leased for
-    /// `lease` (renewed while it lives). Must be called within a tokio runtime.
+    /// Connects to the database of `target`, creating or migrating the schema. Plain TCP unless
+    /// the URL says `sslmode=require` (then TLS with a verified certificate, or no connection).
+    /// Must be called within a tokio runtime.
     pub async fn connect(
-        variable: &str,
-        url: &str,
-        pool_size: usize,
-        lease: Duration,
+        target: Target<'_>,
         bounds: [OutboxBound; 2],
         metrics: Metrics,
     ) -> Result<Arc<Postgres>, ConnectError> {
+        let Target { variable, url, ca_file, pool_size, lease } = target;
         let shown = format!("{variable}={}", redact(url));
         let config = tokio_postgres::Config::from_str(url).map_err(|_| ConnectError::Url(shown.clone()))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Manager::from_config(config, tls(ca_file)?, recycling),
+            _ => Manager::from_config(config, NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)

@@ -9,11 +9,16 @@ use test_support::postgres::new_database;
 
 use crate::metrics::Metrics;
 use crate::store::conformance::Place;
-use crate::store::postgres::Postgres;
+use crate::store::postgres::{Postgres, Target};
 use crate::store::{OutboxBound, SharedStore};
 
 /// The lease of claims in tests: short, so a closed instance's markers expire quickly.
 pub(crate) const TEST_LEASE: Duration = Duration::from_millis(300);
+
+/// The test store's connection: a pool of 4, the short test lease.
+fn target(url: &str) -> Target<'_> {
+    Target { variable: "EXECUTOR_STORE_URL", url, ca_file: None, pool_size: 4, lease: TEST_LEASE }
+}
 
 /// A database of its own on the test server (created on first open).
 struct PostgresPlace {
@@ -24,7 +29,7 @@ impl Place for PostgresPlace {
     fn open(&self, bounds: [OutboxBound; 2]) -> Pin<Box<dyn Future<Output = SharedStore> + Send + '_>> {
         Box::pin(async move {
             let url = self.url.get_or_init(new_database).await;
-            let store = Postgres::connect("EXECUTOR_STORE_URL", url, 4, TEST_LEASE, bounds, Metrics::new()).await;
+            let store = Postgres::connect(target(url), bounds, Metrics::new()).await;
             store.unwrap_or_else(|e| panic!("the PostgreSQL store opens: {e}")) as SharedStore
         })
     }
@@ -36,6 +41,49 @@ fn postgres_place() -> Box<dyn Place> {
 
 mod postgres_backend {
     crate::store::conformance::conformance_tests!(super::postgres_place);
+}
+
+/// TLS: `sslmode=require` connects only with a certificate it can verify.
+mod tls {
+    use super::*;
+    use crate::store::Store;
+
+    fn bounds() -> [OutboxBound; 2] {
+        [OutboxBound { max_events: 100, max_bytes: 1 << 20, drop_oldest: false }; 2]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sslmode_require_connects_over_tls_to_a_server_whose_certificate_is_trusted() {
+        let (url, certificate) = test_support::postgres::new_tls_database().await;
+        let url = format!("{url}?sslmode=require");
+        let target = Target { ca_file: Some(&certificate), ..target(&url) };
+        let store = Postgres::connect(target, bounds(), Metrics::new()).await.expect("the store connects over TLS");
+        store.close().await.expect("close");
+
+        // The same connector, asked directly: the session is encrypted.
+        let tls = crate::store::postgres::tls(Some(&certificate)).expect("a connector");
+        let (client, connection) = tokio_postgres::connect(&url, tls).await.expect("a TLS connection");
+        tokio::spawn(connection);
+        let row =
+            client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.expect("a row");
+        assert!(row.get::<_, bool>(0), "the session uses TLS");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_untrusted_certificate_or_a_bad_ca_file_is_refused_naming_the_variable() {
+        let (url, _) = test_support::postgres::new_tls_database().await;
+        let url = format!("{url}?sslmode=require");
+        let refused = Postgres::connect(target(&url), bounds(), Metrics::new()).await.err().expect("refused");
+        let said = refused.to_string();
+        assert!(said.contains("EXECUTOR_STORE_URL") && said.contains("certificate"), "{said}");
+
+        let not_pem = tempfile::NamedTempFile::new().expect("a file");
+        std::fs::write(not_pem.path(), b"not a certificate").expect("written");
+        let target = Target { ca_file: Some(not_pem.path()), ..target(&url) };
+        let refused = Postgres::connect(target, bounds(), Metrics::new()).await.err().expect("refused");
+        let said = refused.to_string();
+        assert!(said.contains("EXECUTOR_STORE_CA_FILE") && said.contains("no PEM certificate"), "{said}");
+    }
 }
 
 #[test]
@@ -62,9 +110,7 @@ mod replicas {
     }
 
     async fn replica(url: &str) -> std::sync::Arc<Postgres> {
-        Postgres::connect("EXECUTOR_STORE_URL", url, 4, TEST_LEASE, roomy(), Metrics::new())
-            .await
-            .expect("a replica connects")
+        Postgres::connect(super::target(url), roomy(), Metrics::new()).await.expect("a replica connects")
     }
 
     fn id() -> String {
