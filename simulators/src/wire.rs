@@ -77,9 +77,51 @@ pub(crate) fn model_errors(body: &Value, fields: &[(&str, Expect, bool)]) -> Vec
 /// Parses a JSON request body, or gives pydantic's `json_invalid` error.
 pub(crate) fn parse_body(bytes: &Bytes) -> Result<Value, Vec<Value>> {
     serde_json::from_slice(bytes).map_err(|e| {
-        vec![json!({"type": "json_invalid", "loc": ["body", e.column()], "msg": "JSON decode error",
-            "input": {}, "ctx": {"error": e.to_string()}})]
+        let (position, message) = python_json_error(bytes, &e);
+        vec![json!({"type": "json_invalid", "loc": ["body", position], "msg": "JSON decode error",
+            "input": {}, "ctx": {"error": message}})]
     })
+}
+
+/// Where Python's `json` module stops on `bytes` and what it says (FastAPI puts the character
+/// offset in `loc` and the message in `ctx.error`), derived from serde's error: serde stops at
+/// the same character for the usual mistakes, and its messages map onto Python's.
+fn python_json_error(bytes: &[u8], error: &serde_json::Error) -> (usize, &'static str) {
+    let text = String::from_utf8_lossy(bytes);
+    // serde counts lines from 1 and columns (characters) from 1 at the character it stopped on.
+    let line_start: usize =
+        text.split_inclusive('\n').take(error.line().saturating_sub(1)).map(|l| l.chars().count()).sum();
+    let total = text.chars().count();
+    let mut position = (line_start + error.column().saturating_sub(1)).min(total);
+    let described = error.to_string();
+    let next = text.chars().skip(position).find(|c| !c.is_whitespace());
+    let message = if error.classify() == serde_json::error::Category::Eof {
+        position = total;
+        if described.contains("parsing a string") {
+            "Unterminated string starting at"
+        } else if described.contains("parsing an object") {
+            "Expecting ',' delimiter"
+        } else {
+            "Expecting value"
+        }
+    } else if described.starts_with("key must be a string") {
+        "Expecting property name enclosed in double quotes"
+    } else if described.starts_with("trailing comma") {
+        if next == Some('}') { "Expecting property name enclosed in double quotes" } else { "Expecting value" }
+    } else if described.starts_with("expected `:`") {
+        "Expecting ':' delimiter"
+    } else if described.starts_with("expected `,`") {
+        "Expecting ',' delimiter"
+    } else if described.starts_with("trailing characters") {
+        "Extra data"
+    } else if described.starts_with("control character") {
+        "Invalid control character at"
+    } else if described.starts_with("invalid escape") {
+        "Invalid \\escape"
+    } else {
+        "Expecting value"
+    };
+    (position, message)
 }
 
 /// FastAPI's 422 answer for `errors`.
@@ -163,4 +205,32 @@ pub(crate) fn injected_error(
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn python(body: &str) -> (usize, &'static str) {
+        let error = serde_json::from_str::<Value>(body).expect_err("malformed");
+        python_json_error(body.as_bytes(), &error)
+    }
+
+    #[test]
+    fn malformed_json_is_located_and_described_as_python_does() {
+        // What CPython's json.loads raises for each (JSONDecodeError.msg, .pos).
+        assert_eq!(python("{bad"), (1, "Expecting property name enclosed in double quotes"));
+        assert_eq!(python("{\"a\": }"), (6, "Expecting value"));
+        assert_eq!(python("{\"a\" 1}"), (5, "Expecting ':' delimiter"));
+        assert_eq!(python("{\"a\": 1,}"), (8, "Expecting property name enclosed in double quotes"));
+        assert_eq!(python("{\"a\": 1"), (7, "Expecting ',' delimiter"));
+        assert_eq!(python("{\"a\": 1} x"), (9, "Extra data"));
+        assert_eq!(python("[1,]"), (3, "Expecting value"));
+        assert_eq!(python("{\"a\": 1 \"b\": 2}"), (8, "Expecting ',' delimiter"));
+        assert_eq!(python("[1  2]"), (4, "Expecting ',' delimiter"));
+        assert_eq!(python("{\"a\"  1}"), (6, "Expecting ':' delimiter"));
+        assert_eq!(python("{\"a\": 1  "), (9, "Expecting ',' delimiter"));
+        assert_eq!(python("{ bad"), (2, "Expecting property name enclosed in double quotes"));
+        assert_eq!(python("{\"a\":1}}"), (7, "Extra data"));
+    }
 }

@@ -626,11 +626,13 @@ impl BhivWorld {
                 total_actions: u.total_actions,
             });
         }
-        let reply = self.get(&format!("{}/api/v1/karma/{user}", self.karma_url())).await;
+        // The stats route, not the profile: the monorepo Karma answers an unknown user's profile
+        // with a stand-in (merit 100), its stats with 404.
+        let reply = self.get(&format!("{}/v1/stats/user/{user}", self.karma_url())).await;
         if reply.status == 404 {
             return None;
         }
-        assert_eq!(reply.status, 200, "Karma profile of {user}: {:?}", reply.body);
+        assert_eq!(reply.status, 200, "Karma stats of {user}: {:?}", reply.body);
         let b = &reply.body;
         Some(KarmaView {
             role: b["role"].as_str().unwrap_or_default().to_owned(),

@@ -16,7 +16,8 @@ use crate::support::{eventually, get, post as post_json};
 
 type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
 
-/// An executor stand-in that records `(X-Trace-Id, body)` of each execute call.
+/// An executor stand-in that records `(X-Trace-Id, body)` of each execute call (`traceparent`
+/// when there is no `X-Trace-Id`; `None` when neither was sent).
 async fn recording_executor() -> (String, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
@@ -25,7 +26,9 @@ async fn recording_executor() -> (String, Seen) {
         post(move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
             let record = record.clone();
             async move {
-                let trace = headers.get("x-trace-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let trace = ["x-trace-id", "traceparent"]
+                    .iter()
+                    .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(str::to_owned));
                 record.lock().unwrap().push((trace, body));
                 axum::Json(json!({"status": "success"}))
             }
@@ -114,11 +117,45 @@ async fn disabled_execution_is_honoured_in_spec_and_ignored_as_built() {
     assert_eq!(health["workflow_executor"]["dispatch_enabled"], false);
 
     stack.set_profile(Pillar::Core, Profile::AsBuilt).unwrap();
-    let (_, answer) = post_json(&url, &task("Ask AI: what is karma?")).await;
+    let mut probe = task("Ask AI: what is karma?");
+    probe["agent"] = json!("workflow_probe_agent");
+    let (_, answer) = post_json(&url, &probe).await;
     assert_eq!(answer["agent_output"]["workflow_dispatched"], true, "the real Core reads no such variable");
     let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
     assert_eq!(sent.1["data"]["payload"]["prompt"], "what is karma?");
+    assert_eq!(sent.0, None, "the real Core's client sends neither X-Trace-Id nor traceparent");
     assert_eq!(seen.lock().unwrap().len(), 1, "only the as-built request reached the executor");
+}
+
+#[tokio::test]
+async fn as_built_stock_agents_answer_an_error_or_no_workflow_and_dispatch_nothing() {
+    let (executor, seen) = recording_executor().await;
+    let stack = core_with(&executor, &[], Profile::AsBuilt).await;
+    let url = format!("{}/handle_task", stack.core_url());
+    // The README's example: the stock edumentor_agent is configured on Bucket's port (404).
+    let (status, answer) = post_json(&url, &task("Create a task: call the bank")).await;
+    assert_eq!((status, answer["status"].as_str()), (StatusCode::OK, Some("error")), "{answer}");
+    assert_eq!(
+        answer["agent_output"]["error"],
+        "Task processing failed: 404 Client Error: Not Found for url: http://localhost:8001/edumentor"
+    );
+    let mut other = task("Remind me: call the bank");
+    other["agent"] = json!("text_agent");
+    let (_, answer) = post_json(&url, &other).await;
+    assert_eq!(
+        (answer["status"].as_str(), answer["agent_output"]["requires_workflow"].as_bool()),
+        (Some("success"), Some(false))
+    );
+    other["agent"] = json!("no_such_agent");
+    let (_, answer) = post_json(&url, &other).await;
+    assert_eq!(answer["agent_output"]["error"], "Task processing failed: 404: Agent no_such_agent not found");
+    // A control request through the probe agent does reach the executor, so nothing above did.
+    other["agent"] = json!("workflow_probe_agent");
+    let (_, answer) = post_json(&url, &other).await;
+    let task_id = answer["task_id"].as_str().unwrap().to_owned();
+    let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    assert_eq!(sent.1["trace_id"], task_id.as_str());
+    assert_eq!(seen.lock().unwrap().len(), 1, "the stock agents dispatched nothing");
 }
 
 #[tokio::test]
