@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use pillar_sim::{Pillar, Profile, Stack};
+use pillar_sim::{Pillar, Ports, Profile, Stack};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -19,6 +19,11 @@ type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
 /// An executor stand-in that records `(X-Trace-Id, body)` of each execute call (`traceparent`
 /// when there is no `X-Trace-Id`; `None` when neither was sent).
 async fn recording_executor() -> (String, Seen) {
+    recording_executor_on("127.0.0.1").await
+}
+
+/// [`recording_executor`] on another loopback address.
+async fn recording_executor_on(ip: &str) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
     let app = Router::new().route(
@@ -34,7 +39,7 @@ async fn recording_executor() -> (String, Seen) {
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
@@ -190,4 +195,19 @@ async fn malformed_tasks_get_fastapis_422() {
         (health["metrics"]["total_requests"].as_u64(), health["metrics"]["failed_requests"].as_u64()),
         (Some(1), Some(1))
     );
+}
+
+#[tokio::test]
+async fn without_an_executor_core_dispatches_to_the_executor_port_on_the_stacks_ip() {
+    // `up --no-executor --ip X`: Core's dispatch goes to X, not to 127.0.0.1.
+    let (executor, seen) = recording_executor_on("127.0.0.3").await;
+    let port: u16 = executor.rsplit(':').next().unwrap().parse().unwrap();
+    let ports = Ports { executor: port, ..Ports::ephemeral() };
+    let ip = "127.0.0.3".parse().unwrap();
+    let stack = Stack::builder().ip(ip).ports(ports).executor(false).start().await.unwrap();
+    let (_, answer) =
+        post_json(format!("{}/handle_task", stack.core_url()), &task("Remind me: water the plants")).await;
+    assert_eq!(answer["agent_output"]["workflow_dispatched"], true, "{answer}");
+    let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    assert_eq!(sent.1["trace_id"], answer["task_id"]);
 }
