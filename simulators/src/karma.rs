@@ -37,7 +37,8 @@
 //! dedupe; the toggle is not read; the success body's `data` has exactly KC8's fields
 //! (`current_role` is the role after the event, the fixed `action_flow` text, cheat offences
 //! named `first_offense` … `repeat_offender`); an unknown user's profile is KC8's stand-in (200,
-//! merit 100, Dharma 100, Seva 50, Punya 25: its 404 is swallowed by a catch-all), while
+//! merit 100, Dharma 100, Seva 50, Punya 25: its 404 is swallowed by a catch-all), the answer's
+//! `timestamp` is the request's when it sent one, while
 //! `/v1/stats/user/{id}` still answers 404 for an unknown user.
 //!
 //! Not modelled: decay and expiry (negligible over a test's lifetime and they would make
@@ -689,7 +690,12 @@ fn handle_event(
         Err(Refusal(status, message)) => return error(status, &message),
     };
     if profile == Profile::AsBuilt {
-        return wire::json_response(StatusCode::OK, &karma.apply_once(&event, None, trace_id, true).0);
+        let mut answer = karma.apply_once(&event, None, trace_id, true).0;
+        // KC8 answers with the request's own timestamp when it has one.
+        if let Some(stamp) = body.get("timestamp").filter(|t| t.is_string()) {
+            answer["timestamp"] = stamp.clone();
+        }
+        return wire::json_response(StatusCode::OK, &answer);
     }
     let workflow = ACTIONS[event.action].starts_with("workflow_") || body["source"] == "workflow_executor";
     if workflow && !karma.behavioral_tracking() {

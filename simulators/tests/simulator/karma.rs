@@ -221,6 +221,7 @@ async fn as_built_answers_like_the_monorepo_karma_success_body_and_unknown_users
         ]
     );
     assert_eq!(body["data"]["action_flow"], "action -> intent -> merit -> reward_tier -> redemption");
+    assert_eq!(body["timestamp"], "2026-01-01T00:00:00Z", "the request's own timestamp, as KC8 answers");
     assert_eq!(body["data"]["reward_tier"], "low");
     assert_eq!(stack.karma().user("u6").unwrap().balances.dharma_points, 5.0);
     let (status, stats) = get(format!("{base}/v1/stats/user/u6")).await;
