@@ -31,8 +31,9 @@
 //! `Idempotency-Key` header (a duplicate gets the original answer with `"duplicate": true`); and
 //! while `WORKFLOW_BEHAVIORAL_TRACKING` is false it answers workflow events (a workflow action
 //! or `source: workflow_executor`) 200 `{"status": "skipped"}` and changes nothing — Karma is an
-//! observer, losing behavioural events is allowed. `as-built` is KC exactly: a non-string
-//! `context` → 500 "Error processing life_event: …"; a role outside the four → 500 "Internal
+//! observer, losing behavioural events is allowed. `as-built` is KC exactly: `data` that does
+//! not fit KC8's `LogActionRequest` (a non-string `user_id`, `note` or `context`, a non-object
+//! `metadata`) → 500 "Error processing life_event: …" with pydantic's message; a role outside the four → 500 "Internal
 //! server error: 400: Invalid role."; an action outside the five → 500 "… Invalid action."; no
 //! dedupe; the toggle is not read; the success body's `data` has exactly KC8's fields
 //! (`current_role` is the role after the event, the fixed `action_flow` text, cheat offences
@@ -85,6 +86,18 @@ const REAL_ACTIONS: usize = 5;
 /// Progressive cheat penalties within [`CHEAT_WINDOW`].
 const CHEAT_PENALTIES: [f64; 6] = [-2.0, -5.0, -10.0, -20.0, -40.0, -100.0];
 const CHEAT_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// KC8's `LogActionRequest`, the model a life event's `data` must fit (field order matters for
+/// its error message).
+const LOG_ACTION_FIELDS: [(&str, wire::PyField); 8] = [
+    ("user_id", wire::PyField::Str),
+    ("action", wire::PyField::Str),
+    ("role", wire::PyField::Str),
+    ("note", wire::PyField::OptStr),
+    ("context", wire::PyField::OptStr),
+    ("metadata", wire::PyField::OptDict),
+    ("affected_user_id", wire::PyField::OptStr),
+    ("relationship_description", wire::PyField::OptStr),
+];
 const EVENT_TYPES: [&str; 5] = ["life_event", "atonement", "appeal", "death_event", "stats_request"];
 
 /// A user's token balances.
@@ -389,8 +402,13 @@ impl Karma {
         data: &'a serde_json::Map<String, Value>,
     ) -> Result<LifeEvent<'a>, Refusal> {
         let field = |name: &str| data.get(name).unwrap_or(&Value::Null);
+        if profile == Profile::AsBuilt
+            && let Some(errors) = wire::pydantic_type_errors("LogActionRequest", &LOG_ACTION_FIELDS, data)
+        {
+            return Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("Error processing life_event: {errors}")));
+        }
         let user_id = match field("user_id") {
-            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::String(s) if !s.is_empty() || profile == Profile::AsBuilt => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => return Err(Refusal(StatusCode::BAD_REQUEST, "user_id must be a non-empty string".into())),
         };
@@ -406,12 +424,6 @@ impl Karma {
         let known_actions = if profile == Profile::Spec { &ACTIONS[..] } else { &ACTIONS[..REAL_ACTIONS] };
         match profile {
             Profile::AsBuilt => {
-                if !context_ok {
-                    return Err(Refusal(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "Error processing life_event: 1 validation error for LogActionRequest\ncontext\n  Input should be a valid string".into(),
-                    ));
-                }
                 if !known_roles.contains(&role_name) {
                     return Err(Refusal(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -659,7 +671,12 @@ fn handle_event(
         "appeal" => (&["user_id", "action"], "user_id and action"),
         _ => (&["user_id"], "user_id"),
     };
-    if required.iter().any(|k| data.get(*k).is_none_or(Value::is_null)) {
+    // KC checks presence only ("not in"): a null reaches its model, which refuses it (as-built).
+    let missing = |k: &&str| match profile {
+        Profile::AsBuilt => !data.contains_key(*k),
+        Profile::Spec => data.get(*k).is_none_or(Value::is_null),
+    };
+    if required.iter().any(missing) {
         return error(StatusCode::BAD_REQUEST, &format!("{event_type} requires {sentence} in data"));
     }
     let user_id = match &data.get("user_id") {

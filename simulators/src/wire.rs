@@ -5,7 +5,7 @@
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -124,6 +124,97 @@ fn python_json_error(bytes: &[u8], error: &serde_json::Error) -> (usize, &'stati
     (position, message)
 }
 
+/// A field of a pydantic model as the deployed services declare it: a string or a dictionary,
+/// required or optional (`None` allowed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PyField {
+    /// `str`.
+    Str,
+    /// `Optional[str]`.
+    OptStr,
+    /// `Optional[Dict[str, Any]]`.
+    OptDict,
+}
+
+/// pydantic v2's message for constructing `model` from `data` with these `fields` (in the
+/// model's order), or `None` when it would succeed: `N validation error(s) for Model`, then per
+/// field its name, the error with the input's Python repr (shortened past 50 characters, as
+/// pydantic does) and type, and the documentation link. Only type errors are modelled; fields
+/// absent from `data` are the caller's to check; an object's keys are shown sorted (serde_json
+/// does not keep their order).
+pub(crate) fn pydantic_type_errors(
+    model: &str,
+    fields: &[(&str, PyField)],
+    data: &Map<String, Value>,
+) -> Option<String> {
+    let mut errors = Vec::new();
+    for (name, kind) in fields {
+        let Some(value) = data.get(*name) else { continue };
+        let (ok, kind_name, expected) = match kind {
+            PyField::Str => (value.is_string(), "string_type", "a valid string"),
+            PyField::OptStr => (value.is_string() || value.is_null(), "string_type", "a valid string"),
+            PyField::OptDict => (value.is_object() || value.is_null(), "dict_type", "a valid dictionary"),
+        };
+        if ok {
+            continue;
+        }
+        let mut shown = py_repr(value);
+        if shown.chars().count() > 50 {
+            let chars: Vec<char> = shown.chars().collect();
+            shown = format!(
+                "{}...{}",
+                chars[..25].iter().collect::<String>(),
+                chars[chars.len() - 24..].iter().collect::<String>()
+            );
+        }
+        errors.push(format!(
+            "{name}\n  Input should be {expected} [type={kind_name}, input_value={shown}, input_type={}]\n    For further information visit https://errors.pydantic.dev/2.14/v/{kind_name}",
+            py_type(value)
+        ));
+    }
+    if errors.is_empty() {
+        return None;
+    }
+    let plural = if errors.len() == 1 { "" } else { "s" };
+    Some(format!("{} validation error{plural} for {model}\n{}", errors.len(), errors.join("\n")))
+}
+
+/// Python's `repr` of a JSON value as `json.loads` would build it.
+fn py_repr(value: &Value) -> String {
+    match value {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or_default();
+            if f.fract() == 0.0 && f.abs() < 1e16 { format!("{f:.1}") } else { f.to_string() }
+        }
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+        Value::Array(items) => format!("[{}]", items.iter().map(py_repr).collect::<Vec<_>>().join(", ")),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", py_repr(&Value::String(k.clone())), py_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Python's type name for a JSON value.
+fn py_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
 /// FastAPI's 422 answer for `errors`.
 pub(crate) fn unprocessable(errors: Vec<Value>) -> Response {
     json_response(StatusCode::UNPROCESSABLE_ENTITY, &json!({ "detail": errors }))
@@ -214,6 +305,31 @@ mod tests {
     fn python(body: &str) -> (usize, &'static str) {
         let error = serde_json::from_str::<Value>(body).expect_err("malformed");
         python_json_error(body.as_bytes(), &error)
+    }
+
+    #[test]
+    fn pydantic_errors_read_as_the_deployed_karma_answers() {
+        // Measured against the monorepo Karma (pydantic 2.14).
+        let fields = [
+            ("user_id", PyField::Str),
+            ("note", PyField::OptStr),
+            ("context", PyField::OptStr),
+            ("metadata", PyField::OptDict),
+        ];
+        let data = json!({"user_id": 7, "note": [1, 2.5, true, null, "s"],
+            "context": {"action_type": "task", "source": "workflow_executor", "trace_id": "0123456789abcdef0123456789"},
+            "metadata": "abcdefghij".repeat(8)});
+        let message = pydantic_type_errors("LogActionRequest", &fields, data.as_object().unwrap()).expect("errors");
+        assert!(message.starts_with("4 validation errors for LogActionRequest\nuser_id\n  Input should be a valid string [type=string_type, input_value=7, input_type=int]\n    For further information visit https://errors.pydantic.dev/2.14/v/string_type\nnote\n"), "{message}");
+        assert!(message.contains("input_value=[1, 2.5, True, None, 's'], input_type=list]"), "{message}");
+        // (Keys in sorted order: serde_json does not keep an object's order, Python does.)
+        assert!(
+            message.contains("input_value={'action_type': 'task', '...456789abcdef0123456789'}, input_type=dict]"),
+            "{message}"
+        );
+        assert!(message.contains("metadata\n  Input should be a valid dictionary [type=dict_type, input_value='abcdefghijabcdefghijabcd...hijabcdefghijabcdefghij', input_type=str]"), "{message}");
+        let fine = json!({"user_id": "u", "note": null, "context": "c", "metadata": {}});
+        assert_eq!(pydantic_type_errors("LogActionRequest", &fields, fine.as_object().unwrap()), None);
     }
 
     #[test]

@@ -226,6 +226,19 @@ async fn as_built_answers_like_the_monorepo_karma_success_body_and_unknown_users
     assert_eq!(stack.karma().user("u6").unwrap().balances.dharma_points, 5.0);
     let (status, stats) = get(format!("{base}/v1/stats/user/u6")).await;
     assert_eq!((status, stats["balances"]["DharmaPoints"].as_f64()), (StatusCode::OK, Some(5.0)));
+    // Data that does not fit log_action's model: pydantic's message, as measured on the real one.
+    let mut bad = event.clone();
+    bad["data"]["user_id"] = json!(7);
+    bad["data"]["context"] = json!({"a": 1});
+    let (status, body) = post(format!("{base}/v1/event/"), &bad).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        body["error"]["message"],
+        "Error processing life_event: 2 validation errors for LogActionRequest\nuser_id\n  Input should be a valid string \
+         [type=string_type, input_value=7, input_type=int]\n    For further information visit \
+         https://errors.pydantic.dev/2.14/v/string_type\ncontext\n  Input should be a valid string [type=string_type, \
+         input_value={'a': 1}, input_type=dict]\n    For further information visit https://errors.pydantic.dev/2.14/v/string_type"
+    );
     // A cheat names its offence as log_action does.
     let mut cheat = event.clone();
     cheat["data"]["action"] = json!("cheat");
