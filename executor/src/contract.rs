@@ -246,7 +246,8 @@ pub struct KarmaEventData {
     pub role: String,
     /// `Workflow execution: <action_type>`.
     pub note: String,
-    /// Where the event comes from.
+    /// Where the event comes from (`as-built` encoding: this object plus `status`, serialized
+    /// to a JSON string, as the deployed Karma requires).
     pub context: KarmaContext,
 }
 

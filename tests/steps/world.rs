@@ -89,9 +89,10 @@ pub async fn detect_simulated() -> Simulated {
         Ok(answer) if answer.status().is_success() => answer.json().await.unwrap_or(Value::Null),
         _ => Value::Null,
     };
+    // `localhost` and 127.0.0.1 name the same service.
+    let same = |url: &str| url.trim_end_matches('/').replace("://localhost", "://127.0.0.1");
     let serves = |pillar: &str, url: &str| {
-        info.pointer(&format!("/pillars/{pillar}/url")).and_then(Value::as_str).map(|u| u.trim_end_matches('/'))
-            == Some(url)
+        info.pointer(&format!("/pillars/{pillar}/url")).and_then(Value::as_str).map(same) == Some(same(url))
     };
     let found = Simulated {
         karma: serves("karma", &endpoints.karma),
