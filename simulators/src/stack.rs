@@ -222,7 +222,8 @@ impl StackBuilder {
     }
 
     /// A setting of Core's environment: `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
-    /// (default: the in-process executor, else `http://127.0.0.1:8003`), `WORKFLOW_TIMEOUT`,
+    /// (default: the in-process executor, else the executor's port on the stack's IP, 8003 for
+    /// ephemeral ports), `WORKFLOW_TIMEOUT`,
     /// `WORKFLOW_EXECUTOR_TOKEN`.
     pub fn core_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.core_env.insert(name.into(), value.into());
@@ -624,8 +625,11 @@ impl Stack {
         }
 
         let mut core_env: HashMap<String, String> = b.core_env.into_iter().collect();
-        let executor_url =
-            shared.executor_addr().map_or_else(|| "http://127.0.0.1:8003".to_owned(), |a| format!("http://{a}"));
+        // Without an executor of its own, Core dispatches to the executor's port on the stack's IP.
+        let own_port = if b.ports.executor == 0 { 8003 } else { b.ports.executor };
+        let executor_url = shared
+            .executor_addr()
+            .map_or_else(|| format!("http://{}", SocketAddr::new(b.ip, own_port)), |a| format!("http://{a}"));
         core_env.entry("WORKFLOW_EXECUTOR_URL".into()).or_insert(executor_url);
         shared.core.configure(&core_env).map_err(|e| StackError::Config(e.to_string()))?;
 

@@ -34,4 +34,4 @@ pub mod support;
 pub mod timing;
 pub mod world;
 
-pub use world::{BhivWorld, external_mode};
+pub use world::{BhivWorld, Simulated, detect_simulated, external_mode, simulated};

@@ -6,6 +6,8 @@
 //! - [`hostile`]: a table of malformed and hostile requests; the service keeps serving.
 //! - [`telemetry`]: Bucket and Karma event shapes and headers, outages, dead letters, full
 //!   outboxes, `/healthz`, `/api/integration/status` and `/metrics`.
+//! - [`karma_encoding`]: the `spec` and `as-built` Karma events; outcomes mapped to nothing are
+//!   skipped and counted.
 //! - [`idempotency`]: replays, 409 for a concurrent duplicate, 422 for a reused key.
 //! - [`crash`]: the real binary killed with SIGKILL and restarted on the same data directory.
 //! - [`store_faults`]: damaged store files, a journal cut short, a full disk, repeated SIGKILLs.
@@ -24,6 +26,7 @@ mod execute;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod karma_encoding;
 mod rejections;
 mod replicas;
 mod shutdown;
