@@ -57,6 +57,16 @@ mod schema {
 const RETRY: Duration = Duration::from_secs(1);
 /// How often depths are recounted (and other replicas' events noticed).
 const RECOUNT: Duration = Duration::from_millis(100);
+/// Makes the current transaction wait for the database's disk at commit. Two writes are synced:
+/// the in-flight marker before a provider call (an interrupted call becomes `outcome_unknown`,
+/// never a second call) and the outcome with its events. Sessions otherwise run with
+/// `synchronous_commit=off`, and PostgreSQL writes its log in order, so every earlier write is
+/// durable once a later synced commit is. What a crash of the database can lose: leases and
+/// settlements of deliveries (an event is sent again; sinks drop duplicates by event id), lease
+/// renewals, and claims of executions that have called nothing yet (a task whose claim is lost
+/// may run again for a duplicate that arrives while the database recovers; the first outcome is
+/// the one recorded).
+const DURABLE: &str = "SELECT set_config('synchronous_commit', 'on', true)";
 /// Advisory lock key held while migrating ("bhivexec").
 const MIGRATION_LOCK: i64 = 0x6268_6976_6578_6563;
 /// Recount rounds skipped because of local changes before one is applied anyway.
@@ -192,7 +202,11 @@ impl Postgres {
     ) -> Result<Arc<Postgres>, ConnectError> {
         let Target { variable, url, ca_file, pool_size, lease } = target;
         let shown = format!("{variable}={}", redact(url));
-        let config = tokio_postgres::Config::from_str(url).map_err(|_| ConnectError::Url(shown.clone()))?;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|_| ConnectError::Url(shown.clone()))?;
+        // Only the writes that must survive a crash of the database wait for its disk (see
+        // `DURABLE`); everything else is durable with the next synced commit.
+        let options = config.get_options().map_or_else(String::new, |o| format!("{o} "));
+        config.options(format!("{options}-c synchronous_commit=off"));
         let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
         let manager = match config.get_ssl_mode() {
             tokio_postgres::config::SslMode::Require => Manager::from_config(config, tls(ca_file)?, recycling),
@@ -533,7 +547,9 @@ impl Inner {
         );
         let unmark = tx.prepare_cached("DELETE FROM in_flight WHERE key = $1");
         let unclaim = tx.prepare_cached("DELETE FROM claims WHERE key = $1");
-        let (answer, task, event, unmark, unclaim) = tokio::try_join!(answer, task, event, unmark, unclaim)?;
+        let durable = tx.prepare_cached(DURABLE);
+        let (answer, task, event, unmark, unclaim, durable) =
+            tokio::try_join!(answer, task, event, unmark, unclaim, durable)?;
 
         let (key, fingerprint, created) = (claim.key(), claim.fingerprint(), outcome.created_ms as i64);
         let answer_params: [&(dyn ToSql + Sync); 4] = [&key, &fingerprint, &&outcome.answer[..], &created];
@@ -548,7 +564,8 @@ impl Inner {
             .map(|(e, sink)| [sink as _, &e.event_id as _, &e.trace_id as _, &e.body as _, &enqueued as _])
             .collect();
         let key_params: [&(dyn ToSql + Sync); 1] = [&key];
-        let (inserted, _, _, _, _) = tokio::try_join!(
+        let (_, inserted, _, _, _, _) = tokio::try_join!(
+            tx.execute(&durable, &[]),
             tx.execute(&answer, &answer_params),
             futures_util::future::try_join_all(task_params.iter().map(|p| tx.execute(&task, p))),
             futures_util::future::try_join_all(event_params.iter().map(|p| tx.execute(&event, p))),
@@ -605,26 +622,18 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes `key` for this instance in the database, unless another live instance holds it or
-    /// an in-flight marker waits on it. Returns whether it was taken.
-    async fn take(&self, client: &Object, key: &str, fingerprint: &str, token: &str) -> Result<bool, StoreError> {
-        // A row of this owner that this instance no longer holds (its key is not in `held`, which
-        // the caller checked) is a released claim whose delete has not run yet.
-        let take = client
-            .prepare_cached(
-                "INSERT INTO claims (key, fingerprint, owner, token, lease_until) \
-                 SELECT $1, $2, $3::text::uuid, $4::text::uuid, now() + $5 * interval '1 second' \
-                 WHERE NOT EXISTS (SELECT 1 FROM in_flight WHERE key = $1) \
-                 ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, \
-                 token = excluded.token, lease_until = excluded.lease_until \
-                 WHERE claims.lease_until < now() OR claims.owner = excluded.owner \
-                 RETURNING key",
-            )
-            .await?;
-        let taken =
-            client.query_opt(&take, &[&key, &fingerprint, &self.owner, &token, &lease_secs(self.lease)]).await?;
-        Ok(taken.is_some())
-    }
+    /// The statement that takes a key for this instance, unless another live instance holds it,
+    /// an in-flight marker waits on it or it is answered; it returns the key when taken. A row of
+    /// this owner that this instance no longer holds (its key is not in `held`, which the caller
+    /// checked) is a released claim whose delete has not run yet.
+    const TAKE: &str = "INSERT INTO claims (key, fingerprint, owner, token, lease_until) \
+         SELECT $1, $2, $3::text::uuid, $4::text::uuid, now() + $5 * interval '1 second' \
+         WHERE NOT EXISTS (SELECT 1 FROM in_flight WHERE key = $1) \
+         AND NOT EXISTS (SELECT 1 FROM answers WHERE key = $1) \
+         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, \
+         token = excluded.token, lease_until = excluded.lease_until \
+         WHERE claims.lease_until < now() OR claims.owner = excluded.owner \
+         RETURNING key";
 }
 
 impl Store for Postgres {
@@ -652,40 +661,41 @@ impl Store for Postgres {
                 }
             };
             let answer_query = client.prepare_cached("SELECT fingerprint, answer FROM answers WHERE key = $1").await?;
-            // Until the claim is taken, the guard has no row to delete.
-            let untaken = || inner.settled.lock().expect("settled lock").insert(key.to_owned());
-            untaken();
-            if let Some(row) = client.query_opt(&answer_query, &[&key]).await? {
-                return Ok(answered(row));
-            }
+            let take = client.prepare_cached(Inner::TAKE).await?;
+            let holder_query = client
+                .prepare_cached(
+                    "SELECT fingerprint FROM claims WHERE key = $1 \
+                     UNION ALL SELECT fingerprint FROM in_flight WHERE key = $1 LIMIT 1",
+                )
+                .await?;
+            let take_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&key, &fingerprint, &inner.owner, &token, &lease_secs(inner.lease)];
+            let key_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
             for _ in 0..3 {
-                inner.settled.lock().expect("settled lock").remove(key);
-                let taken = inner.take(&client, key, fingerprint, &token).await;
-                if !matches!(taken, Ok(true)) {
-                    untaken();
+                // Until the claim is taken, the guard has no row to delete.
+                inner.settled.lock().expect("settled lock").insert(key.to_owned());
+                // One round trip: PostgreSQL runs the three in order, each on a fresh snapshot,
+                // so the last look-up sees an answer another replica committed while we took
+                // the key (the take itself refuses a key answered before it started).
+                let (before, taken, after) = tokio::try_join!(
+                    client.query_opt(&answer_query, &key_param),
+                    client.query_opt(&take, &take_params),
+                    client.query_opt(&answer_query, &key_param),
+                )?;
+                if taken.is_some() {
+                    inner.settled.lock().expect("settled lock").remove(key);
                 }
-                if taken? {
-                    // A replica may have committed between the look-up and the claim.
-                    if let Some(row) = client.query_opt(&answer_query, &[&key]).await? {
-                        return Ok(answered(row));
-                    }
+                if let Some(row) = before.or(after) {
+                    return Ok(answered(row));
+                }
+                if taken.is_some() {
                     return Ok(Claim::Fresh(guard));
                 }
-                let holder = client
-                    .prepare_cached(
-                        "SELECT fingerprint FROM claims WHERE key = $1 \
-                         UNION ALL SELECT fingerprint FROM in_flight WHERE key = $1 LIMIT 1",
-                    )
-                    .await?;
-                let holder = client.query_opt(&holder, &[&key]).await?;
-                if let Some(holder) = holder {
+                if let Some(holder) = client.query_opt(&holder_query, &key_param).await? {
                     let same = holder.get::<_, &str>(0) == fingerprint;
                     return Ok(if same { Claim::InProgress } else { Claim::Mismatch });
                 }
-                if let Some(row) = client.query_opt(&answer_query, &[&key]).await? {
-                    return Ok(answered(row));
-                }
-                // The holder let go between the two statements: try again.
+                // The holder let go between the statements: try again.
             }
             Ok(Claim::InProgress)
         })
@@ -698,7 +708,9 @@ impl Store for Postgres {
             let value = serde_json::to_vec(marker).unwrap_or_default();
             claim.in_flight.store(true, Ordering::SeqCst);
             inner.in_flight.lock().expect("in-flight lock").insert(claim.key().to_owned());
-            let record = client
+            let mut client = client;
+            let tx = client.transaction().await?;
+            let record = tx
                 .prepare_cached(
                     "INSERT INTO in_flight (key, fingerprint, marker, owner, lease_until) \
                      VALUES ($1, $2, $3, $4::text::uuid, now() + $5 * interval '1 second') \
@@ -706,9 +718,11 @@ impl Store for Postgres {
                      owner = excluded.owner, lease_until = excluded.lease_until",
                 )
                 .await?;
+            let durable = tx.prepare_cached(DURABLE).await?;
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
                 [&claim.key(), &claim.fingerprint(), &value, &inner.owner, &lease_secs(inner.lease)];
-            client.execute(&record, &params).await?;
+            tokio::try_join!(tx.execute(&durable, &[]), tx.execute(&record, &params))?;
+            tx.commit().await?;
             Ok(())
         })
     }
