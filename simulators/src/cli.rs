@@ -1,7 +1,8 @@
 //! The `pillar-sim` command line.
 //!
 //! - `pillar-sim up [--profile spec|as-built|<pillar>=<profile>]... [--seed N] [--no-executor]
-//!   [--data-dir DIR] [--ip ADDR]` runs the stack on the documented ports (Karma 8000, Bucket 8001,
+//!   [--data-dir DIR] [--ip ADDR] [--journal-entries N] [--journal-mib M] [--store-entries N]
+//!   [--store-mib M] [--karma-users N]` runs the stack on the documented ports (Karma 8000, Bucket 8001,
 //!   Core 8002, executor 8003, providers 8010, SMTP 2525, control 8090), prints what runs where,
 //!   and stops cleanly on Ctrl-C or SIGTERM. Bucket reads `WORKFLOW_EVENTS_ENABLED`, Karma
 //!   `WORKFLOW_BEHAVIORAL_TRACKING`, Core `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
@@ -117,6 +118,48 @@ pub struct UpArgs {
     /// The address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: std::net::IpAddr,
+    /// The most request-journal entries kept (default 10000; the oldest are dropped and counted).
+    #[arg(long, env = "PILLAR_SIM_JOURNAL_ENTRIES", value_name = "N")]
+    pub journal_entries: Option<usize>,
+    /// The most MiB the journal keeps (default 32).
+    #[arg(long, env = "PILLAR_SIM_JOURNAL_MIB", value_name = "MIB")]
+    pub journal_mib: Option<usize>,
+    /// The most entries each fake's log keeps: Bucket's events, Karma's applied events, the
+    /// providers' and the SMTP sink's messages (defaults 20000, 20000, 10000, 10000).
+    #[arg(long, env = "PILLAR_SIM_STORE_ENTRIES", value_name = "N")]
+    pub store_entries: Option<usize>,
+    /// The most MiB each fake's log keeps (defaults 48, 32, 16, 32).
+    #[arg(long, env = "PILLAR_SIM_STORE_MIB", value_name = "MIB")]
+    pub store_mib: Option<usize>,
+    /// The most Karma users kept (default 10000; the least recently updated is forgotten).
+    #[arg(long, env = "PILLAR_SIM_KARMA_USERS", value_name = "N")]
+    pub karma_users: Option<usize>,
+}
+
+impl UpArgs {
+    /// The store limits the flags ask for, over the defaults.
+    pub fn store_limits(&self) -> crate::bounded::StoreLimits {
+        let mut limits = crate::bounded::StoreLimits::default();
+        let mib = |n: usize| n.saturating_mul(1024 * 1024);
+        if let Some(n) = self.journal_entries {
+            limits.journal.entries = n;
+        }
+        if let Some(n) = self.journal_mib {
+            limits.journal.bytes = mib(n);
+        }
+        for store in [&mut limits.bucket, &mut limits.karma.events, &mut limits.providers, &mut limits.smtp] {
+            if let Some(n) = self.store_entries {
+                store.entries = n;
+            }
+            if let Some(n) = self.store_mib {
+                store.bytes = mib(n);
+            }
+        }
+        if let Some(n) = self.karma_users {
+            limits.karma.users = n;
+        }
+        limits
+    }
 }
 
 /// `pillar-sim fault …`.
@@ -664,7 +707,8 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         .ports(Ports::standard())
         .executor(!args.no_executor)
         .executor_replicas(args.replicas.into())
-        .executor_data_dir(args.data_dir.clone());
+        .executor_data_dir(args.data_dir.clone())
+        .store_limits(args.store_limits());
     for (pillar, profile) in parse_profiles(&args.profiles)? {
         builder = builder.profile(pillar, profile);
     }

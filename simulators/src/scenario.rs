@@ -348,7 +348,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timeline_sets_and_clears_rules_on_time() {
-        let sim = Arc::new(Sim::new(1, 10));
+        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "outage", "steps": [
             {"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse", "for": "10s"}},
@@ -371,7 +371,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancelling_clears_what_the_run_set() {
-        let sim = Arc::new(Sim::new(1, 10));
+        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "c", "steps": [
             {"at": "0s", "fault": {"pillar": "karma", "kind": "blackhole"}},

@@ -9,6 +9,7 @@ mod executor;
 mod faults;
 mod journal;
 mod karma;
+mod memory;
 mod providers;
 mod replicas;
 mod smtp;
