@@ -6,7 +6,7 @@
 //! | `GET /health` | | `{"status": "ok"}` |
 //! | `GET /` | | `{seed, pillars: {<pillar>: {url, profile}}, executor, toggles}` |
 //! | `GET /faults` | | `{"rules": [RuleStatus]}` |
-//! | `POST /faults` | a fault rule ([`crate::fault`]) | 201 `RuleStatus` |
+//! | `POST /faults?replace` | a fault rule ([`crate::fault`]), optionally `"replace": true` | 201 `RuleStatus`; 409 when its id exists and replace is not asked |
 //! | `DELETE /faults` | | `{"cleared": n}` |
 //! | `DELETE /faults/{id}` | | `{"cleared": 1}`, 404 when unknown |
 //! | `POST /scenarios` | a scenario ([`crate::scenario`]) | 202 `ScenarioStatus` (it runs in the background) |
@@ -32,8 +32,11 @@
 //! `/journal` without `after` (or `after_seq`) answers the newest `limit` entries instead.
 //!
 //! Every rejection is `{"error": {"field", "message"}}`: 400 when the body is not JSON, 422 when
-//! a value is wrong (the field is named by its path, e.g. `steps[1].fault.status`), 404 for
-//! unknown ids and routes.
+//! a value is wrong (the field is named by its path, e.g. `steps[1].fault.status`; route patterns
+//! with control characters or glob syntax other than a trailing `*` included), 404 for unknown
+//! ids and routes, 409 for a rule id that exists (unless `?replace=true` or `"replace": true`)
+//! and for a rule beyond the cap of [`crate::injector::MAX_RULES`], 413 for a body over 2 MiB.
+//! Rejections axum makes itself are rewritten into the same shape, so no answer is plain text.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +50,7 @@ use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
 use crate::fault::FaultRule;
+use crate::injector::Refused;
 use crate::journal::JournalQuery;
 use crate::pillar::{Pillar, Profile};
 use crate::scenario::Scenario;
@@ -88,8 +92,42 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .method_not_allowed_fallback(|| async {
             rejected(StatusCode::METHOD_NOT_ALLOWED, &SpecError::new("method", "this route does not take that method"))
         })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)
 }
+
+/// The most bytes of a non-JSON rejection's text kept in its JSON replacement.
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
+/// Turns every rejection that is not already JSON (axum's own: an over-limit body's 413, an
+/// unreadable path or query) into the control API's `{"error": {field, message}}`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), REJECTION_TEXT_LIMIT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (field, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("body", format!("the body is larger than the control API accepts ({BODY_LIMIT_TEXT}): {text}"))
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("content-type", text),
+        _ if text.is_empty() => ("request", status.canonical_reason().unwrap_or("rejected").to_owned()),
+        _ => ("request", text),
+    };
+    rejected(status, &SpecError::new(field, message))
+}
+
+/// The body limit the control API applies (axum's default).
+const BODY_LIMIT_TEXT: &str = "2 MiB";
 
 /// Entries per page when the request names no `limit`.
 pub const DEFAULT_PAGE: usize = 100;
@@ -249,14 +287,50 @@ async fn list_faults(State(shared): Control) -> Response {
     ok(&json!({"rules": shared.sim.faults.list()}))
 }
 
-async fn set_fault(State(shared): Control, body: Bytes) -> Response {
-    let value = match json_body(&body) {
+async fn set_fault(State(shared): Control, Query(query): Params, body: Bytes) -> Response {
+    let mut value = match json_body(&body) {
         Ok(value) => value,
         Err(error) => return rejected(StatusCode::BAD_REQUEST, &error),
     };
-    match FaultRule::from_json(&value).and_then(|rule| shared.sim.faults.set(rule)) {
+    let mut replace = false;
+    for (key, raw) in &query {
+        match (key.as_str(), raw.as_str()) {
+            ("replace", "true" | "1" | "") => replace = true,
+            ("replace", "false" | "0") => replace = false,
+            ("replace", _) => {
+                return rejected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &SpecError::new("replace", "expected true or false"),
+                );
+            }
+            (other, _) => {
+                return rejected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &SpecError::new(other, "unknown query parameter; use replace"),
+                );
+            }
+        }
+    }
+    // `replace` may also ride in the body; it is not part of the rule.
+    if let Some(flag) = value.as_object_mut().and_then(|rule| rule.remove("replace")) {
+        match flag {
+            Value::Bool(flag) => replace |= flag,
+            _ => {
+                return rejected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &SpecError::new("replace", "expected true or false"),
+                );
+            }
+        }
+    }
+    let rule = match FaultRule::from_json(&value) {
+        Ok(rule) => rule,
+        Err(error) => return rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    };
+    match shared.sim.faults.add(rule, replace) {
         Ok(status) => wire::json_response(StatusCode::CREATED, &json!(status)),
-        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+        Err(Refused::Invalid(error)) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+        Err(refused) => rejected(StatusCode::CONFLICT, &refused.into_spec()),
     }
 }
 

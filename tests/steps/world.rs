@@ -758,7 +758,8 @@ impl BhivWorld {
     /// Sets a fault rule.
     pub async fn set_fault(&self, rule: FaultRule) {
         if self.is_external() {
-            let url = format!("{}/faults", self.control_url());
+            // Like `Faults::set` in-process: a rule with a taken id replaces it.
+            let url = format!("{}/faults?replace=true", self.control_url());
             let reply = self.request(self.http.post(url).json(&rule.to_json())).await;
             assert_eq!(reply.status, 201, "the control API refused the rule: {:?}", reply.body);
         } else {
