@@ -89,8 +89,8 @@ pub struct ChainReport {
     pub head: String,
 }
 
-/// Bucket's default limits: 20,000 events, 48 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(20_000, 48);
+/// Bucket's default limits: 10,000 events, 24 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(10_000, 24);
 
 /// How many products get an exact count of the events ever stored.
 pub const MAX_PRODUCTS: usize = 10_000;

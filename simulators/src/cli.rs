@@ -118,17 +118,17 @@ pub struct UpArgs {
     /// The address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: std::net::IpAddr,
-    /// The most request-journal entries kept (default 10000; the oldest are dropped and counted).
+    /// The most request-journal entries kept (default 5000; the oldest are dropped and counted).
     #[arg(long, env = "PILLAR_SIM_JOURNAL_ENTRIES", value_name = "N")]
     pub journal_entries: Option<usize>,
-    /// The most MiB the journal keeps (default 32).
+    /// The most MiB the journal keeps (default 24).
     #[arg(long, env = "PILLAR_SIM_JOURNAL_MIB", value_name = "MIB")]
     pub journal_mib: Option<usize>,
     /// The most entries each fake's log keeps: Bucket's events, Karma's applied events, the
-    /// providers' and the SMTP sink's messages (defaults 20000, 20000, 10000, 10000).
+    /// providers' and the SMTP sink's messages (defaults 10000, 10000, 5000, 5000).
     #[arg(long, env = "PILLAR_SIM_STORE_ENTRIES", value_name = "N")]
     pub store_entries: Option<usize>,
-    /// The most MiB each fake's log keeps (defaults 48, 32, 16, 32).
+    /// The most MiB each fake's log keeps (defaults 24, 16, 8, 16).
     #[arg(long, env = "PILLAR_SIM_STORE_MIB", value_name = "MIB")]
     pub store_mib: Option<usize>,
     /// The most Karma users kept (default 10000; the least recently updated is forgotten).

@@ -26,10 +26,10 @@ use crate::pillar::Pillar;
 pub const BODY_LIMIT: usize = 16 * 1024;
 
 /// The default number of entries kept.
-pub const DEFAULT_CAPACITY: usize = 10_000;
+pub const DEFAULT_CAPACITY: usize = 5_000;
 
-/// The journal's default limits: 10,000 entries, 32 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(DEFAULT_CAPACITY, 32);
+/// The journal's default limits: 5,000 entries, 24 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(DEFAULT_CAPACITY, 24);
 
 /// How much a journal keeps.
 pub type JournalLimits = Limits;

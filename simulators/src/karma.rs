@@ -310,8 +310,8 @@ pub struct KarmaLimits {
     pub users: usize,
 }
 
-/// Karma's default limits: 20,000 events and 32 MiB, 10,000 users.
-pub const DEFAULT_LIMITS: KarmaLimits = KarmaLimits { events: Limits::new(20_000, 32), users: 10_000 };
+/// Karma's default limits: 10,000 events and 16 MiB, 10,000 users.
+pub const DEFAULT_LIMITS: KarmaLimits = KarmaLimits { events: Limits::new(10_000, 16), users: 10_000 };
 
 #[derive(Debug)]
 struct Ledger {

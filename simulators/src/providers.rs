@@ -58,8 +58,8 @@ pub struct ChatRequest {
     pub id: String,
 }
 
-/// The default limits of each provider's log: 10,000 entries, 16 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(10_000, 16);
+/// The default limits of each provider's log: 5,000 entries, 8 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 8);
 
 /// The providers' state; reach it through [`crate::Stack::providers`].
 #[derive(Debug)]

@@ -67,8 +67,8 @@ fn header_in<'a>(data: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The sink's default limits: 10,000 messages, 32 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(10_000, 32);
+/// The sink's default limits: 5,000 messages, 16 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 16);
 
 /// The sink's state; reach it through [`crate::Stack::smtp`].
 #[derive(Debug)]

@@ -275,13 +275,13 @@ impl StackBuilder {
         self
     }
 
-    /// How many journal entries are kept (default 10 000).
+    /// How many journal entries are kept (default 5,000).
     pub fn journal_capacity(mut self, capacity: usize) -> Self {
         self.limits.journal.entries = capacity;
         self
     }
 
-    /// How many entries and bytes the journal keeps (default 10,000 and 32 MiB).
+    /// How many entries and bytes the journal keeps (default 5,000 and 24 MiB).
     pub fn journal_limits(mut self, limits: Limits) -> Self {
         self.limits.journal = limits;
         self

@@ -690,8 +690,13 @@ impl BhivWorld {
         serde_json::from_value(events).expect("stored events")
     }
 
-    /// Bucket's stored events for one trace.
+    /// Bucket's stored events for one trace (asked per trace of the simulator's Bucket, so the
+    /// answer does not depend on how many other events it keeps).
     pub async fn bucket_events_for(&self, trace: &str) -> Vec<StoredView> {
+        if self.is_external() && simulated().bucket {
+            let events = self.control_pages(&format!("/bucket/events?trace_id={trace}"), "events").await;
+            return serde_json::from_value(Value::Array(events)).expect("stored events");
+        }
         self.bucket_events().await.into_iter().filter(|e| e.trace() == Some(trace)).collect()
     }
 
