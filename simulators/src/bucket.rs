@@ -23,6 +23,14 @@
 //! canonical bytes are computed before the store's lock is taken; under the lock only the
 //! dedupe check, one SHA-256 over them and the push happen, and no lock is ever held across an
 //! await.
+//!
+//! **Bounded memory.** The store keeps at most its [`Limits`] of events and bytes (default
+//! [`DEFAULT_LIMITS`]) and drops the oldest, counting them ([`Bucket::evicted`]). What it
+//! reports as Bucket keeps holding for every event ever stored: `sequence` keeps counting, the
+//! `count` of `GET /core/events`, `/core/stats` and `/health` count every event ever stored (per
+//! product, for the first [`MAX_PRODUCTS`] products), so an end-to-end loss check by count still
+//! holds after eviction. The chain is verified from the oldest event kept (its `prev_hash` is
+//! taken on trust), and a duplicate is recognised while its original is kept.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -38,6 +46,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::pillar::Profile;
 use crate::wire::{self, Expect, TraceId};
 
@@ -80,10 +89,43 @@ pub struct ChainReport {
     pub head: String,
 }
 
-#[derive(Debug, Default)]
+/// Bucket's default limits: 10,000 events, 24 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(10_000, 24);
+
+/// How many products get an exact count of the events ever stored.
+pub const MAX_PRODUCTS: usize = 10_000;
+
+#[derive(Debug)]
 struct Store {
-    events: Vec<StoredEvent>,
-    by_event_id: HashMap<String, usize>,
+    events: Ring<StoredEvent>,
+    /// The kept events' dedupe keys: `(sequence, hash)` of the original.
+    by_event_id: HashMap<String, (u64, String)>,
+    /// Events ever stored (the chain's length).
+    stored: u64,
+    /// The newest hash.
+    head: String,
+    /// Events ever stored, per product.
+    products: HashMap<String, u64>,
+}
+
+impl Store {
+    fn new(limits: Limits) -> Self {
+        Self {
+            events: Ring::new(limits),
+            by_event_id: HashMap::new(),
+            stored: 0,
+            head: GENESIS_HASH.to_owned(),
+            products: HashMap::new(),
+        }
+    }
+
+    /// Events ever stored for a reader's scope (every product when `None`).
+    fn count(&self, product: Option<&str>) -> u64 {
+        match product {
+            None => self.stored,
+            Some(p) => self.products.get(p).copied().unwrap_or(0),
+        }
+    }
 }
 
 /// The Bucket fake's state; reach it through [`crate::Stack::bucket`].
@@ -91,6 +133,7 @@ struct Store {
 pub struct Bucket {
     profile: AtomicU8,
     workflow_events_enabled: AtomicBool,
+    limits: Limits,
     store: Mutex<Store>,
 }
 
@@ -125,6 +168,10 @@ pub fn canonical_json(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
+fn has_trace(event: &StoredEvent, trace_id: &str) -> bool {
+    event.record.get("trace_id").and_then(Value::as_str) == Some(trace_id)
+}
+
 fn link_hash(prev_hash: &str, canonical: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
@@ -133,11 +180,12 @@ fn link_hash(prev_hash: &str, canonical: &[u8]) -> String {
 }
 
 impl Bucket {
-    pub(crate) fn new(profile: Profile, workflow_events_enabled: bool) -> Self {
+    pub(crate) fn new(profile: Profile, workflow_events_enabled: bool, limits: Limits) -> Self {
         Self {
             profile: AtomicU8::new(profile.to_u8()),
             workflow_events_enabled: AtomicBool::new(workflow_events_enabled),
-            store: Mutex::new(Store::default()),
+            limits,
+            store: Mutex::new(Store::new(limits)),
         }
     }
 
@@ -165,57 +213,72 @@ impl Bucket {
         self.workflow_events_enabled.store(enabled, Ordering::Relaxed);
     }
 
-    /// Every stored event, in chain order.
+    /// Every event kept, in chain order (the oldest may have been evicted).
     pub fn events(&self) -> Vec<StoredEvent> {
-        self.lock().events.clone()
+        self.lock().events.iter().map(|(_, e)| e.clone()).collect()
     }
 
-    /// How many events are stored.
+    /// How many events are kept.
     pub fn len(&self) -> usize {
         self.lock().events.len()
     }
 
-    /// Whether nothing is stored.
+    /// Whether nothing is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The stored events whose record has this `trace_id`.
-    pub fn events_for_trace(&self, trace_id: &str) -> Vec<StoredEvent> {
-        self.lock()
-            .events
-            .iter()
-            .filter(|e| e.record.get("trace_id").and_then(Value::as_str) == Some(trace_id))
-            .cloned()
-            .collect()
+    /// How many events were ever stored (kept or evicted).
+    pub fn stored(&self) -> u64 {
+        self.lock().stored
     }
 
-    /// Recomputes every link of the chain.
+    /// How many events were evicted to bound memory since the stack started.
+    pub fn evicted(&self) -> u64 {
+        self.lock().events.evicted()
+    }
+
+    /// The store's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The kept events whose record has this `trace_id`.
+    pub fn events_for_trace(&self, trace_id: &str) -> Vec<StoredEvent> {
+        self.lock().events.iter().filter(|(_, e)| has_trace(e, trace_id)).map(|(_, e)| e.clone()).collect()
+    }
+
+    /// One page of kept events after cursor `after` (optionally of one trace), oldest first.
+    pub fn page(&self, after: u64, limit: usize, trace_id: Option<&str>) -> Page<StoredEvent> {
+        self.lock().events.page(after, limit, |e| trace_id.is_none_or(|t| has_trace(e, t)), |_, e| e.clone())
+    }
+
+    /// Recomputes every link of the chain, from the oldest event kept. `length` counts every
+    /// event ever stored and `first_bad_index` is a position in the whole chain.
     pub fn verify_chain(&self) -> ChainReport {
         let store = self.lock();
-        let mut prev = GENESIS_HASH.to_owned();
+        let length = usize::try_from(store.stored).unwrap_or(usize::MAX);
+        let offset = length - store.events.len();
+        let mut prev = store.events.iter().next().map_or_else(|| GENESIS_HASH.to_owned(), |(_, e)| e.prev_hash.clone());
         let mut canonical = Vec::new();
-        for (index, event) in store.events.iter().enumerate() {
+        for (index, (_, event)) in store.events.iter().enumerate() {
             canonical.clear();
             canonical_json(&event.record, &mut canonical);
             if event.prev_hash != prev || link_hash(&prev, &canonical) != event.hash {
-                return ChainReport {
-                    valid: false,
-                    length: store.events.len(),
-                    first_bad_index: Some(index),
-                    head: prev,
-                };
+                return ChainReport { valid: false, length, first_bad_index: Some(offset + index), head: prev };
             }
             prev.clone_from(&event.hash);
         }
-        ChainReport { valid: true, length: store.events.len(), first_bad_index: None, head: prev }
+        ChainReport { valid: true, length, first_bad_index: None, head: prev }
     }
 
-    /// For tests of the verifier: edits the stored record at `index` (0-based) in place, without
-    /// re-hashing, as an attacker with database access would. False when there is no such event.
+    /// For tests of the verifier: edits the stored record at chain position `index` (0-based)
+    /// in place, without re-hashing, as an attacker with database access would. False when
+    /// there is no such event (or it was evicted).
     pub fn tamper(&self, index: usize, edit: impl FnOnce(&mut Value)) -> bool {
         let mut store = self.lock();
-        match store.events.get_mut(index) {
+        let offset = usize::try_from(store.stored).unwrap_or(usize::MAX) - store.events.len();
+        match index.checked_sub(offset).and_then(|i| store.events.get_mut(i)) {
             Some(event) => {
                 edit(&mut event.record);
                 true
@@ -224,9 +287,12 @@ impl Bucket {
         }
     }
 
-    /// Forgets every event.
+    /// Forgets every event (and the counts).
     pub fn clear(&self) {
-        *self.lock() = Store::default();
+        let mut store = self.lock();
+        let evicted = std::mem::replace(&mut *store, Store::new(self.limits));
+        // Keep the eviction count (it is a counter since the stack started).
+        store.events.carry_evicted(&evicted.events);
     }
 
     /// Appends a record (or finds its duplicate): `(sequence, hash, duplicate)`.
@@ -239,33 +305,67 @@ impl Bucket {
     ) -> (u64, String, bool) {
         let mut canonical = Vec::with_capacity(512);
         canonical_json(&record, &mut canonical);
+        let size = ENTRY_OVERHEAD + 2 * canonical.len() + 2 * 64 + requester_id.len() + product.len();
         let mut store = self.lock();
-        if let Some(index) = event_id.and_then(|id| store.by_event_id.get(id)) {
-            let original = &store.events[*index];
-            return (original.sequence, original.hash.clone(), true);
+        if let Some((sequence, hash)) = event_id.and_then(|id| store.by_event_id.get(id)) {
+            return (*sequence, hash.clone(), true);
         }
-        let prev_hash = store.events.last().map_or_else(|| GENESIS_HASH.to_owned(), |e| e.hash.clone());
+        let prev_hash = store.head.clone();
         let hash = link_hash(&prev_hash, &canonical);
-        let sequence = store.events.len() as u64 + 1;
+        store.stored += 1;
+        let sequence = store.stored;
+        store.head.clone_from(&hash);
         if let Some(id) = event_id {
-            let index = store.events.len();
-            store.by_event_id.insert(id.to_owned(), index);
+            store.by_event_id.insert(id.to_owned(), (sequence, hash.clone()));
         }
-        store.events.push(StoredEvent {
+        if store.products.len() < MAX_PRODUCTS || store.products.contains_key(&product) {
+            *store.products.entry(product.clone()).or_default() += 1;
+        }
+        let event = StoredEvent {
             sequence,
             requester_id: requester_id.to_owned(),
             product,
             record,
             prev_hash,
             hash: hash.clone(),
-        });
+        };
+        let (_, dropped) = store.events.push(event, size);
+        for old in &dropped {
+            if let Some(id) = old.record.get("event_id").and_then(Value::as_str)
+                && store.by_event_id.get(id).is_some_and(|(seq, _)| *seq == old.sequence)
+            {
+                store.by_event_id.remove(id);
+            }
+        }
+        drop(store);
+        drop(dropped);
         (sequence, hash, false)
     }
 
     /// The records a reader may see: in `spec` only its product's.
     fn visible(&self, product: Option<&str>) -> Vec<Value> {
         let store = self.lock();
-        store.events.iter().filter(|e| product.is_none_or(|p| e.product == p)).map(|e| e.record.clone()).collect()
+        store
+            .events
+            .iter()
+            .filter(|(_, e)| product.is_none_or(|p| e.product == p))
+            .map(|(_, e)| e.record.clone())
+            .collect()
+    }
+
+    /// The newest `limit` records a reader may see, and how many it has ever been able to see.
+    fn newest_visible(&self, product: Option<&str>, limit: usize) -> (Vec<Value>, u64) {
+        let store = self.lock();
+        let mut newest: Vec<Value> = store
+            .events
+            .iter()
+            .rev()
+            .filter(|(_, e)| product.is_none_or(|p| e.product == p))
+            .take(limit)
+            .map(|(_, e)| e.record.clone())
+            .collect();
+        newest.reverse();
+        (newest, store.count(product))
     }
 
     /// The fake's routes.
@@ -312,8 +412,8 @@ async fn health(State(bucket): State<Arc<Bucket>>) -> Response {
     let (events, agents) = {
         let store = bucket.lock();
         let agents: BTreeSet<&str> =
-            store.events.iter().filter_map(|e| e.record.get("agent_id").and_then(Value::as_str)).collect();
-        (store.events.len(), agents.len())
+            store.events.iter().filter_map(|(_, e)| e.record.get("agent_id").and_then(Value::as_str)).collect();
+        (store.stored, agents.len())
     };
     wire::json_response(
         StatusCode::OK,
@@ -448,9 +548,7 @@ async fn read_events(State(bucket): State<Arc<Bucket>>, Query(query): Query<Hash
         Ok(limit) => limit,
         Err(invalid) => return wire::unprocessable(vec![invalid]),
     };
-    let visible = bucket.visible(scope.as_deref());
-    let count = visible.len();
-    let shown = &visible[count.saturating_sub(limit)..];
+    let (shown, count) = bucket.newest_visible(scope.as_deref(), limit);
     wire::json_response(StatusCode::OK, &json!({"events": shown, "count": count, "showing": shown.len()}))
 }
 
@@ -460,10 +558,11 @@ async fn read_stats(State(bucket): State<Arc<Bucket>>, Query(query): Query<HashM
         Err(detail) => return wire::detail(StatusCode::FORBIDDEN, detail),
     };
     let visible = bucket.visible(scope.as_deref());
+    let total = bucket.lock().count(scope.as_deref());
     let agents: BTreeSet<&str> = visible.iter().filter_map(|e| e.get("agent_id").and_then(Value::as_str)).collect();
     wire::json_response(
         StatusCode::OK,
-        &json!({"stats": {"total_events": visible.len(), "agents_with_context": agents.len(),
+        &json!({"stats": {"total_events": total, "agents_with_context": agents.len(),
             "tracked_agents": agents}, "integration_status": "active"}),
     )
 }
@@ -514,7 +613,7 @@ mod tests {
 
     #[test]
     fn the_chain_links_each_record_to_the_previous_hash() {
-        let bucket = Bucket::new(Profile::Spec, true);
+        let bucket = Bucket::new(Profile::Spec, true, DEFAULT_LIMITS);
         let (s1, h1, _) = bucket.append(json!({"n": 1}), "bhiv_core", "unknown".into(), Some("e1"));
         let (s2, h2, _) = bucket.append(json!({"n": 2}), "bhiv_core", "unknown".into(), None);
         assert_eq!((s1, s2), (1, 2));

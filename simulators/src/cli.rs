@@ -1,7 +1,8 @@
 //! The `pillar-sim` command line.
 //!
 //! - `pillar-sim up [--profile spec|as-built|<pillar>=<profile>]... [--seed N] [--no-executor]
-//!   [--data-dir DIR] [--ip ADDR]` runs the stack on the documented ports (Karma 8000, Bucket 8001,
+//!   [--data-dir DIR] [--ip ADDR] [--journal-entries N] [--journal-mib M] [--store-entries N]
+//!   [--store-mib M] [--karma-users N]` runs the stack on the documented ports (Karma 8000, Bucket 8001,
 //!   Core 8002, executor 8003, providers 8010, SMTP 2525, control 8090), prints what runs where,
 //!   and stops cleanly on Ctrl-C or SIGTERM. Bucket reads `WORKFLOW_EVENTS_ENABLED`, Karma
 //!   `WORKFLOW_BEHAVIORAL_TRACKING`, Core `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
@@ -117,6 +118,48 @@ pub struct UpArgs {
     /// The address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: std::net::IpAddr,
+    /// The most request-journal entries kept (default 5000; the oldest are dropped and counted).
+    #[arg(long, env = "PILLAR_SIM_JOURNAL_ENTRIES", value_name = "N")]
+    pub journal_entries: Option<usize>,
+    /// The most MiB the journal keeps (default 24).
+    #[arg(long, env = "PILLAR_SIM_JOURNAL_MIB", value_name = "MIB")]
+    pub journal_mib: Option<usize>,
+    /// The most entries each fake's log keeps: Bucket's events, Karma's applied events, the
+    /// providers' and the SMTP sink's messages (defaults 10000, 10000, 5000, 5000).
+    #[arg(long, env = "PILLAR_SIM_STORE_ENTRIES", value_name = "N")]
+    pub store_entries: Option<usize>,
+    /// The most MiB each fake's log keeps (defaults 24, 16, 8, 16).
+    #[arg(long, env = "PILLAR_SIM_STORE_MIB", value_name = "MIB")]
+    pub store_mib: Option<usize>,
+    /// The most Karma users kept (default 10000; the least recently updated is forgotten).
+    #[arg(long, env = "PILLAR_SIM_KARMA_USERS", value_name = "N")]
+    pub karma_users: Option<usize>,
+}
+
+impl UpArgs {
+    /// The store limits the flags ask for, over the defaults.
+    pub fn store_limits(&self) -> crate::bounded::StoreLimits {
+        let mut limits = crate::bounded::StoreLimits::default();
+        let mib = |n: usize| n.saturating_mul(1024 * 1024);
+        if let Some(n) = self.journal_entries {
+            limits.journal.entries = n;
+        }
+        if let Some(n) = self.journal_mib {
+            limits.journal.bytes = mib(n);
+        }
+        for store in [&mut limits.bucket, &mut limits.karma.events, &mut limits.providers, &mut limits.smtp] {
+            if let Some(n) = self.store_entries {
+                store.entries = n;
+            }
+            if let Some(n) = self.store_mib {
+                store.bytes = mib(n);
+            }
+        }
+        if let Some(n) = self.karma_users {
+            limits.karma.users = n;
+        }
+        limits
+    }
 }
 
 /// `pillar-sim fault …`.
@@ -129,6 +172,9 @@ pub struct FaultArgs {
     /// The rule to set.
     #[command(flatten)]
     pub rule: FaultRuleArgs,
+    /// Replace a rule with the same `--id` (without it, a taken id is refused).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// `fault list` / `fault clear`.
@@ -538,7 +584,8 @@ async fn fault(control: &ControlClient, args: FaultArgs) -> Result<(), CliError>
             println!("cleared {}", cleared["cleared"]);
         }
         None => {
-            let status = control.call(reqwest::Method::POST, "/faults", Some(&args.rule.to_json())).await?;
+            let path = if args.replace { "/faults?replace=true" } else { "/faults" };
+            let status = control.call(reqwest::Method::POST, path, Some(&args.rule.to_json())).await?;
             println!("set {}: {}", status["id"].as_str().unwrap_or_default(), status["rule"]);
         }
     }
@@ -552,21 +599,38 @@ async fn scenario(control: &ControlClient, command: ScenarioCommand) -> Result<(
                 .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
             let value: Value = serde_json::from_str(&text)
                 .map_err(|e| CliError::Usage(format!("{} is not valid JSON: {e}", file.display())))?;
-            Scenario::from_json(&value).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+            let parsed =
+                Scenario::from_json(&value).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
             let status = control.call(reqwest::Method::POST, "/scenarios", Some(&value)).await?;
             let id = status["id"].as_str().unwrap_or_default().to_owned();
             println!("started {id}: {} steps over {} ms", status["steps"], status["duration_ms"]);
             if !wait {
                 return Ok(());
             }
+            let started = std::time::Instant::now();
+            let mut reported = 0;
             loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
                 let now = control.call(reqwest::Method::GET, &format!("/scenarios/{id}"), None).await?;
-                if now["finished"] == true || now["cancelled"] == true {
-                    let cancelled = if now["cancelled"] == true { " (cancelled)" } else { "" };
-                    println!("{id}: {} of {} steps run{cancelled}", now["steps_done"], now["steps"]);
+                let done = now["steps_done"].as_u64().unwrap_or(0) as usize;
+                for (index, step) in parsed.steps.iter().enumerate().take(done).skip(reported) {
+                    println!(
+                        "{id}: step {}/{} at {}: {}",
+                        index + 1,
+                        parsed.steps.len(),
+                        crate::schema::format_duration(step.at),
+                        describe_step(&step.action)
+                    );
+                }
+                reported = reported.max(done);
+                if now["cancelled"] == true {
+                    println!("{id}: cancelled after {reported} of {} steps", parsed.steps.len());
                     return Ok(());
                 }
+                if now["ended"] == true {
+                    println!("{id}: ended after {:.1}s (every rule it set is over)", started.elapsed().as_secs_f64());
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
         ScenarioCommand::List => print_json(&control.call(reqwest::Method::GET, "/scenarios", None).await?),
@@ -575,6 +639,27 @@ async fn scenario(control: &ControlClient, command: ScenarioCommand) -> Result<(
         }
     }
     Ok(())
+}
+
+/// One line about what a scenario step does.
+fn describe_step(action: &crate::scenario::StepAction) -> String {
+    use crate::scenario::{Clear, StepAction};
+    match action {
+        StepAction::Fault(rule) => {
+            let lasting =
+                rule.lasting.map(|d| format!(" for {}", crate::schema::format_duration(d))).unwrap_or_default();
+            format!(
+                "set {} ({} {}{}{lasting})",
+                rule.id.as_deref().unwrap_or("?"),
+                rule.pillar,
+                rule.fault.kind(),
+                rule.route.as_deref().map(|r| format!(" on {r}")).unwrap_or_default()
+            )
+        }
+        StepAction::Clear(Clear::All) => "clear every rule".to_owned(),
+        StepAction::Clear(Clear::Rule(id)) => format!("clear {id}"),
+        StepAction::Clear(Clear::Pillar(pillar)) => format!("clear {pillar}'s rules"),
+    }
 }
 
 async fn journal(control: &ControlClient, args: JournalArgs) -> Result<(), CliError> {
@@ -593,7 +678,26 @@ async fn journal(control: &ControlClient, args: JournalArgs) -> Result<(), CliEr
         print_json(&answer);
         return Ok(());
     }
-    for entry in answer["entries"].as_array().cloned().unwrap_or_default() {
+    let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+    let evicted = answer["evicted"].as_u64().unwrap_or(0);
+    if entries.is_empty() {
+        let filtered = args.pillar.is_some() || args.trace.is_some();
+        println!(
+            "the journal has no entries{}{}",
+            if filtered { " matching the filter" } else { "" },
+            if evicted > 0 {
+                format!(" ({evicted} older entries were dropped to bound memory)")
+            } else {
+                String::new()
+            }
+        );
+        return Ok(());
+    }
+    println!(
+        "{:>6} {:<9} {:<6} {:<40} {:<5} {:>10} TRACE / FAULTS",
+        "SEQ", "PILLAR", "METHOD", "PATH", "STATUS", "DURATION"
+    );
+    for entry in entries {
         let faults: Vec<String> = entry["faults"]
             .as_array()
             .into_iter()
@@ -664,7 +768,8 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         .ports(Ports::standard())
         .executor(!args.no_executor)
         .executor_replicas(args.replicas.into())
-        .executor_data_dir(args.data_dir.clone());
+        .executor_data_dir(args.data_dir.clone())
+        .store_limits(args.store_limits());
     for (pillar, profile) in parse_profiles(&args.profiles)? {
         builder = builder.profile(pillar, profile);
     }
@@ -722,12 +827,31 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
     }
     println!("  {:<10} {:<28} plain SMTP (SMTP_TLS=none)", "smtp", stack.url(Pillar::Smtp));
     println!("  {:<10} {:<28} PILLAR_SIM_CONTROL", "control", stack.control_url().unwrap_or_default());
+    println!("For the CLI and the Cucumber suite's external mode (BHIV_EXTERNAL=1), in another shell:");
+    for line in exports(&stack) {
+        println!("  {line}");
+    }
     println!("Ctrl-C to stop.");
     shutdown_signal().await;
     println!("stopping…");
     stack.stop().await;
     println!("stopped");
     Ok(())
+}
+
+/// The `export` lines that point the CLI and the external Cucumber mode at this stack's
+/// addresses (what `--ip` bound, not the defaults).
+pub fn exports(stack: &Stack) -> Vec<String> {
+    let mut vars = vec![("PILLAR_SIM_CONTROL", stack.control_url().unwrap_or_default())];
+    if let Some(url) = stack.executor_url() {
+        vars.push(("BHIV_EXECUTOR_URL", url));
+    }
+    vars.extend([
+        ("BHIV_CORE_URL", stack.core_url()),
+        ("BHIV_BUCKET_URL", stack.bucket_url()),
+        ("BHIV_KARMA_URL", stack.karma_url()),
+    ]);
+    vars.into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| format!("export {k}={v}")).collect()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -6,27 +6,37 @@
 //! | `GET /health` | | `{"status": "ok"}` |
 //! | `GET /` | | `{seed, pillars: {<pillar>: {url, profile}}, executor, toggles}` |
 //! | `GET /faults` | | `{"rules": [RuleStatus]}` |
-//! | `POST /faults` | a fault rule ([`crate::fault`]) | 201 `RuleStatus` |
+//! | `POST /faults?replace` | a fault rule ([`crate::fault`]), optionally `"replace": true` | 201 `RuleStatus`; 409 when its id exists and replace is not asked |
 //! | `DELETE /faults` | | `{"cleared": n}` |
 //! | `DELETE /faults/{id}` | | `{"cleared": 1}`, 404 when unknown |
 //! | `POST /scenarios` | a scenario ([`crate::scenario`]) | 202 `ScenarioStatus` (it runs in the background) |
 //! | `GET /scenarios`, `GET /scenarios/{id}` | | `{"scenarios": [ScenarioStatus]}` / one |
 //! | `DELETE /scenarios/{id}` | | cancels it (clearing its rules); its status |
-//! | `GET /journal?pillar&trace_id&after_seq&limit` | | `{"entries": [JournalEntry], "count"}` |
+//! | `GET /journal?pillar&trace_id&after&limit` | | `{"entries": [JournalEntry], "count", "evicted", "next"}` (see paging) |
 //! | `DELETE /journal` | | `{"cleared": true}` |
 //! | `POST /reset` | | clears faults, scenarios, journal and every fake's state |
 //! | `GET /profiles`, `PUT /profiles/{pillar}` | `{"profile": "spec"\|"as-built"}` | the profiles |
 //! | `PATCH /toggles` | `{"workflow_events_enabled"?: bool, "behavioral_tracking"?: bool}` | the toggles |
-//! | `GET /bucket/events`, `GET /bucket/verify` | | Bucket's stored events / chain report |
-//! | `GET /karma/users/{id}`, `GET /karma/qtable`, `GET /karma/events` | | a Karma user (404 when unknown) / the Q-table / the life events applied (`{event_id, trace_id, user_id, action, reward_value}`) |
-//! | `GET /smtp/messages`, `GET /providers/whatsapp`, `GET /providers/chat` | | what the sinks received |
+//! | `GET /bucket/events?trace_id&after&limit`, `GET /bucket/verify` | | Bucket's kept events `{"events", "count", "evicted", "next", "stored"}` / chain report |
+//! | `GET /karma/users/{id}`, `GET /karma/qtable`, `GET /karma/events?trace_id&after&limit` | | a Karma user (404 when unknown) / the Q-table / the life events applied (`{event_id, trace_id, user_id, action, reward_value}`), paged |
+//! | `GET /smtp/messages?trace_id&after&limit`, `GET /providers/whatsapp`, `GET /providers/chat` (`after`, `limit`) | | what the sinks received, paged |
 //! | `GET /executor/replicas` | | `{"replicas": [{index, url, running, served}]}` |
 //! | `POST /executor/replicas/{n}/stop`, `…/start` | | stops (gracefully) or starts replica `n`; the replicas |
 //! | `GET /metrics` | | Prometheus text |
 //!
+//! **Paging.** Every list route answers one page: at most `limit` entries (default
+//! [`DEFAULT_PAGE`], at most [`MAX_PAGE`]; more is a 422), oldest first, after the cursor `after`
+//! (default 0: from the oldest kept), with `next` the cursor of the following page (`null` when
+//! this one reached the newest entry) and `evicted` the entries this store dropped to bound
+//! memory. Reading `after=next` until `next` is null returns every kept entry exactly once.
+//! `/journal` without `after` (or `after_seq`) answers the newest `limit` entries instead.
+//!
 //! Every rejection is `{"error": {"field", "message"}}`: 400 when the body is not JSON, 422 when
-//! a value is wrong (the field is named by its path, e.g. `steps[1].fault.status`), 404 for
-//! unknown ids and routes.
+//! a value is wrong (the field is named by its path, e.g. `steps[1].fault.status`; route patterns
+//! with control characters or glob syntax other than a trailing `*` included), 404 for unknown
+//! ids and routes, 409 for a rule id that exists (unless `?replace=true` or `"replace": true`)
+//! and for a rule beyond the cap of [`crate::injector::MAX_RULES`], 413 for a body over 2 MiB.
+//! Rejections axum makes itself are rewritten into the same shape, so no answer is plain text.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +50,7 @@ use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
 use crate::fault::FaultRule;
+use crate::injector::Refused;
 use crate::journal::JournalQuery;
 use crate::pillar::{Pillar, Profile};
 use crate::scenario::Scenario;
@@ -63,20 +74,14 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/profiles", get(profiles))
         .route("/profiles/{pillar}", put(set_profile))
         .route("/toggles", axum::routing::patch(set_toggles))
-        .route("/bucket/events", get(|State(s): Control| async move { ok(&json!({"events": s.bucket.events()})) }))
+        .route("/bucket/events", get(bucket_events))
         .route("/bucket/verify", get(|State(s): Control| async move { ok(&json!(s.bucket.verify_chain())) }))
         .route("/karma/users/{id}", get(karma_user))
         .route("/karma/qtable", get(|State(s): Control| async move { ok(&json!(s.karma.q_table())) }))
-        .route("/karma/events", get(|State(s): Control| async move { ok(&json!({"events": s.karma.events()})) }))
-        .route("/smtp/messages", get(|State(s): Control| async move { ok(&json!({"messages": s.smtp.messages()})) }))
-        .route(
-            "/providers/whatsapp",
-            get(|State(s): Control| async move { ok(&json!({"messages": s.providers.whatsapp_messages()})) }),
-        )
-        .route(
-            "/providers/chat",
-            get(|State(s): Control| async move { ok(&json!({"requests": s.providers.chat_requests()})) }),
-        )
+        .route("/karma/events", get(karma_events))
+        .route("/smtp/messages", get(smtp_messages))
+        .route("/providers/whatsapp", get(whatsapp_messages))
+        .route("/providers/chat", get(chat_requests))
         .route(
             "/executor/replicas",
             get(|State(s): Control| async move { ok(&json!({"replicas": s.replicas().await})) }),
@@ -87,7 +92,134 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .method_not_allowed_fallback(|| async {
             rejected(StatusCode::METHOD_NOT_ALLOWED, &SpecError::new("method", "this route does not take that method"))
         })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)
+}
+
+/// The most bytes of a non-JSON rejection's text kept in its JSON replacement.
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
+/// Turns every rejection that is not already JSON (axum's own: an over-limit body's 413, an
+/// unreadable path or query) into the control API's `{"error": {field, message}}`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), REJECTION_TEXT_LIMIT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let (field, message) = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("body", format!("the body is larger than the control API accepts ({BODY_LIMIT_TEXT}): {text}"))
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("content-type", text),
+        _ if text.is_empty() => ("request", status.canonical_reason().unwrap_or("rejected").to_owned()),
+        _ => ("request", text),
+    };
+    rejected(status, &SpecError::new(field, message))
+}
+
+/// The body limit the control API applies (axum's default).
+const BODY_LIMIT_TEXT: &str = "2 MiB";
+
+/// Entries per page when the request names no `limit`.
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` a list route accepts.
+pub const MAX_PAGE: usize = 1000;
+
+/// `after`, `limit` and the filters of a list route.
+#[derive(Debug, Default)]
+struct PageQuery {
+    after: Option<u64>,
+    limit: usize,
+    trace_id: Option<String>,
+    pillar: Option<Pillar>,
+}
+
+/// Reads a list route's query; `filters` are the filter parameters it accepts besides `after`
+/// and `limit`.
+fn page_query(query: &HashMap<String, String>, filters: &[&str]) -> Result<PageQuery, SpecError> {
+    let mut page = PageQuery { limit: DEFAULT_PAGE, ..PageQuery::default() };
+    for (key, raw) in query {
+        let number = |field: &str| {
+            raw.parse::<u64>().map_err(|_| SpecError::new(field, format!("expected a whole number, got `{raw}`")))
+        };
+        match key.as_str() {
+            "after" | "after_seq" => page.after = Some(number(key)?),
+            "limit" => {
+                let n = number("limit")?;
+                if n == 0 || n > MAX_PAGE as u64 {
+                    return Err(SpecError::new(
+                        "limit",
+                        format!("must be between 1 and {MAX_PAGE}; page through more with `after` and `next`"),
+                    ));
+                }
+                page.limit = n as usize;
+            }
+            "trace_id" | "trace" if filters.contains(&"trace_id") => page.trace_id = Some(raw.clone()),
+            "pillar" if filters.contains(&"pillar") => page.pillar = Some(parse_pillar("pillar", raw)?),
+            other => {
+                let mut known = vec!["after", "limit"];
+                known.extend_from_slice(filters);
+                return Err(SpecError::new(other, format!("unknown query parameter; use {}", known.join(", "))));
+            }
+        }
+    }
+    Ok(page)
+}
+
+/// A page as JSON: `{<key>: items, count, evicted, next}`.
+fn page_json<T: serde::Serialize>(key: &str, page: &crate::bounded::Page<T>) -> Value {
+    json!({key: page.items, "count": page.items.len(), "evicted": page.evicted, "next": page.next})
+}
+
+/// Answers a list route: reads the query, then the page `read` returns.
+fn list<T: serde::Serialize>(
+    key: &str,
+    query: &HashMap<String, String>,
+    filters: &[&str],
+    read: impl FnOnce(&PageQuery) -> crate::bounded::Page<T>,
+) -> Response {
+    match page_query(query, filters) {
+        Ok(page) => ok(&page_json(key, &read(&page))),
+        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+async fn bucket_events(State(s): Control, Query(q): Params) -> Response {
+    match page_query(&q, &["trace_id"]) {
+        Ok(p) => {
+            let mut answer = page_json("events", &s.bucket.page(p.after.unwrap_or(0), p.limit, p.trace_id.as_deref()));
+            answer["stored"] = json!(s.bucket.stored());
+            ok(&answer)
+        }
+        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    }
+}
+
+async fn karma_events(State(s): Control, Query(q): Params) -> Response {
+    list("events", &q, &["trace_id"], |p| s.karma.events_page(p.after.unwrap_or(0), p.limit, p.trace_id.as_deref()))
+}
+
+async fn smtp_messages(State(s): Control, Query(q): Params) -> Response {
+    list("messages", &q, &["trace_id"], |p| s.smtp.page(p.after.unwrap_or(0), p.limit, p.trace_id.as_deref()))
+}
+
+async fn whatsapp_messages(State(s): Control, Query(q): Params) -> Response {
+    list("messages", &q, &[], |p| s.providers.whatsapp_page(p.after.unwrap_or(0), p.limit))
+}
+
+async fn chat_requests(State(s): Control, Query(q): Params) -> Response {
+    list("requests", &q, &[], |p| s.providers.chat_page(p.after.unwrap_or(0), p.limit))
 }
 
 fn ok(body: &Value) -> Response {
@@ -155,14 +287,50 @@ async fn list_faults(State(shared): Control) -> Response {
     ok(&json!({"rules": shared.sim.faults.list()}))
 }
 
-async fn set_fault(State(shared): Control, body: Bytes) -> Response {
-    let value = match json_body(&body) {
+async fn set_fault(State(shared): Control, Query(query): Params, body: Bytes) -> Response {
+    let mut value = match json_body(&body) {
         Ok(value) => value,
         Err(error) => return rejected(StatusCode::BAD_REQUEST, &error),
     };
-    match FaultRule::from_json(&value).and_then(|rule| shared.sim.faults.set(rule)) {
+    let mut replace = false;
+    for (key, raw) in &query {
+        match (key.as_str(), raw.as_str()) {
+            ("replace", "true" | "1" | "") => replace = true,
+            ("replace", "false" | "0") => replace = false,
+            ("replace", _) => {
+                return rejected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &SpecError::new("replace", "expected true or false"),
+                );
+            }
+            (other, _) => {
+                return rejected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &SpecError::new(other, "unknown query parameter; use replace"),
+                );
+            }
+        }
+    }
+    // `replace` may also ride in the body; it is not part of the rule.
+    if let Some(flag) = value.as_object_mut().and_then(|rule| rule.remove("replace")) {
+        match flag {
+            Value::Bool(flag) => replace |= flag,
+            _ => {
+                return rejected(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &SpecError::new("replace", "expected true or false"),
+                );
+            }
+        }
+    }
+    let rule = match FaultRule::from_json(&value) {
+        Ok(rule) => rule,
+        Err(error) => return rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    };
+    match shared.sim.faults.add(rule, replace) {
         Ok(status) => wire::json_response(StatusCode::CREATED, &json!(status)),
-        Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+        Err(Refused::Invalid(error)) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+        Err(refused) => rejected(StatusCode::CONFLICT, &refused.into_spec()),
     }
 }
 
@@ -217,28 +385,23 @@ async fn cancel_scenario(State(shared): Control, Path(id): Path<String>) -> Resp
     }
 }
 
-async fn read_journal(State(shared): Control, Query(query): Query<HashMap<String, String>>) -> Response {
-    let mut journal_query = JournalQuery::default();
-    for (key, raw) in &query {
-        let number = |field: &str| {
-            raw.parse::<u64>().map_err(|_| SpecError::new(field, format!("expected a whole number, got `{raw}`")))
-        };
-        let parsed = match key.as_str() {
-            "pillar" => parse_pillar("pillar", raw).map(|p| journal_query.pillar = Some(p)),
-            "trace_id" | "trace" => {
-                journal_query.trace_id = Some(raw.clone());
-                Ok(())
-            }
-            "limit" => number("limit").map(|n| journal_query.limit = Some(n as usize)),
-            "after_seq" => number("after_seq").map(|n| journal_query.after_seq = Some(n)),
-            other => Err(SpecError::new(other, "unknown query parameter; use pillar, trace_id, after_seq or limit")),
-        };
-        if let Err(error) = parsed {
-            return rejected(StatusCode::UNPROCESSABLE_ENTITY, &error);
-        }
-    }
-    let entries = shared.sim.journal.query(&journal_query);
-    ok(&json!({"count": entries.len(), "entries": entries}))
+async fn read_journal(State(shared): Control, Query(query): Params) -> Response {
+    let page = match page_query(&query, &["pillar", "trace_id"]) {
+        Ok(page) => page,
+        Err(error) => return rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
+    };
+    let journal = &shared.sim.journal;
+    let filter = JournalQuery { pillar: page.pillar, trace_id: page.trace_id.clone(), ..JournalQuery::default() };
+    let answer = match page.after {
+        Some(after) => journal.page(&filter, after, page.limit),
+        // No cursor: the newest `limit` entries (a tail, so nothing newer to page to).
+        None => crate::bounded::Page {
+            items: journal.query(&JournalQuery { limit: Some(page.limit), ..filter }),
+            next: None,
+            evicted: journal.evicted(),
+        },
+    };
+    ok(&page_json("entries", &answer))
 }
 
 async fn clear_journal(State(shared): Control) -> Response {
@@ -316,5 +479,5 @@ async fn karma_user(State(shared): Control, Path(id): Path<String>) -> Response 
 }
 
 async fn metrics(State(shared): Control) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.sim.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.render_metrics()).into_response()
 }

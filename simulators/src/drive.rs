@@ -7,8 +7,10 @@
 //! of action types, one fresh trace id per request.
 //!
 //! After the run, the driver can check end to end that every trace id it sent reached Bucket and
-//! Karma, by reading the simulator's store through its control API (`--check`): lost and
-//! duplicated events are counted per sink.
+//! Karma, by reading the pillars' own counts (`--check`): lost and duplicated events are counted
+//! per sink. Both counts survive the simulator's bounded memory: Bucket's `count` is of every
+//! event ever stored for the run's product (kept or evicted), Karma's is the run user's
+//! `total_actions` (a user is state, and the run's user is the most recently updated one).
 //!
 //! The **baseline** (`pillar-sim baseline`) is the ceiling on this machine: a minimal axum handler
 //! that parses the same JSON body and answers a constant.

@@ -338,13 +338,8 @@ impl FaultRule {
                 return Err(SpecError::new("id", "must be 1 to 64 characters of letters, digits, '-', '_' or '.'"));
             }
         }
-        if let Some(route) = &self.route
-            && (!route.starts_with('/') || route.len() > 512 || route.strip_suffix('*').unwrap_or(route).contains('*'))
-        {
-            return Err(SpecError::new(
-                "route",
-                "must be a path starting with '/' (at most 512 characters), optionally ending with '*' for a prefix",
-            ));
+        if let Some(route) = &self.route {
+            validate_route(route)?;
         }
         if let Some(method) = &self.method
             && (method.is_empty() || method.len() > 16 || !method.chars().all(|c| c.is_ascii_alphabetic()))
@@ -501,6 +496,29 @@ impl<'de> Deserialize<'de> for FaultRule {
         let value = Value::deserialize(deserializer)?;
         FaultRule::from_json(&value).map_err(serde::de::Error::custom)
     }
+}
+
+/// A route pattern: a path starting with `/`, at most 512 characters, optionally ending with
+/// `*` (a prefix); no other glob syntax, and nothing a request path cannot hold.
+fn validate_route(route: &str) -> Result<(), SpecError> {
+    let shape = "must be a path starting with '/' (at most 512 characters), optionally ending with '*' for a prefix";
+    if !route.starts_with('/') || route.len() > 512 {
+        return Err(SpecError::new("route", shape));
+    }
+    if let Some(c) = route.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        return Err(SpecError::new(
+            "route",
+            format!("must not contain control or whitespace characters (found U+{:04X})", u32::from(c)),
+        ));
+    }
+    let body = route.strip_suffix('*').unwrap_or(route);
+    if let Some(c) = body.chars().find(|c| matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '#')) {
+        return Err(SpecError::new(
+            "route",
+            format!("`{c}` is not supported: the only pattern is one '*' at the end, for a prefix ({shape})"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -135,6 +135,34 @@ pub(crate) enum Refusal {
     Until(Option<Instant>),
 }
 
+/// The most rules a stack holds at once.
+pub const MAX_RULES: usize = 1_000;
+
+/// Why a rule was not added.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    /// The rule itself is wrong.
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    /// A rule with this id exists and the request did not ask to replace it.
+    #[error("a fault rule with id `{0}` exists; clear it first or ask to replace it (?replace=true, --replace)")]
+    Duplicate(String),
+    /// The set already holds [`MAX_RULES`] live rules.
+    #[error("the simulator holds at most {MAX_RULES} fault rules; clear some first")]
+    Full,
+}
+
+impl Refused {
+    /// The field an error names.
+    pub(crate) fn into_spec(self) -> SpecError {
+        match self {
+            Refused::Invalid(error) => error,
+            Refused::Duplicate(_) => SpecError::new("id", self.to_string()),
+            Refused::Full => SpecError::new("rules", self.to_string()),
+        }
+    }
+}
+
 /// The live fault rules of one stack.
 #[derive(Debug)]
 pub(crate) struct FaultSet {
@@ -168,6 +196,12 @@ impl FaultSet {
 
     /// Validates and adds a rule (replacing one with the same id); its windows start now.
     pub(crate) fn set(&self, rule: FaultRule) -> Result<RuleStatus, SpecError> {
+        self.add(rule, true).map_err(Refused::into_spec)
+    }
+
+    /// Validates and adds a rule; one with the same id is replaced only when `replace` is true.
+    /// At most [`MAX_RULES`] live rules are held.
+    pub(crate) fn add(&self, rule: FaultRule, replace: bool) -> Result<RuleStatus, Refused> {
         rule.validate()?;
         let now = Instant::now();
         let id = match &rule.id {
@@ -187,7 +221,16 @@ impl FaultSet {
         let status = active.status(now);
         {
             let mut rules = self.write();
-            rules.retain(|r| r.id != id && r.live_at(now));
+            rules.retain(|r| r.live_at(now));
+            let existing = rules.iter().position(|r| r.id == id);
+            match existing {
+                Some(_) if !replace => return Err(Refused::Duplicate(id)),
+                Some(index) => {
+                    rules.remove(index);
+                }
+                None if rules.len() >= MAX_RULES => return Err(Refused::Full),
+                None => {}
+            }
             rules.push(active);
         }
         self.bump();

@@ -1,12 +1,14 @@
 //! The request journal: what every fake received, what it answered and which faults it applied.
 //!
-//! A bounded ring buffer (oldest entries fall off) behind a `std::sync::Mutex` held only to push
-//! or copy. Bodies are kept as the raw bytes the fake read (a cheap reference-counted slice, cut
+//! A bounded ring ([`crate::bounded`]): at most [`JournalLimits`] entries and bytes (defaults
+//! [`DEFAULT_LIMITS`]); the oldest fall off and are counted ([`Journal::evicted`], the
+//! `pillar_sim_evicted_total{store="journal"}` metric and the control API's `evicted`). It sits
+//! behind a `std::sync::Mutex` held only to push or copy. Bodies are kept as the raw bytes the fake read (a cheap reference-counted slice, cut
 //! at [`BODY_LIMIT`]) and parsed into JSON only when someone reads the journal, so recording
 //! costs the hot path almost nothing. Secrets never enter it: of `Authorization` only the scheme
 //! is kept. Readers can wait for an entry without polling: every push wakes them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::injector::AppliedFault;
 use crate::pillar::Pillar;
 
@@ -23,7 +26,13 @@ use crate::pillar::Pillar;
 pub const BODY_LIMIT: usize = 16 * 1024;
 
 /// The default number of entries kept.
-pub const DEFAULT_CAPACITY: usize = 10_000;
+pub const DEFAULT_CAPACITY: usize = 5_000;
+
+/// The journal's default limits: 5,000 entries, 24 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(DEFAULT_CAPACITY, 24);
+
+/// How much a journal keeps.
+pub type JournalLimits = Limits;
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,6 +97,18 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// About what the record costs in memory.
+    fn size(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self.body.len()
+            + self.method.len()
+            + self.path.len()
+            + self.trace_id.as_ref().map_or(0, String::len)
+            + self.received_at.len()
+            + self.headers.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+            + self.faults.len() * 160
+    }
+
     fn entry(&self, seq: u64) -> JournalEntry {
         let body = if self.body.is_empty() {
             Value::Null
@@ -202,47 +223,63 @@ impl JournalQuery {
 /// The journal of one stack. Read it through [`crate::Stack::journal`].
 #[derive(Debug)]
 pub struct Journal {
-    records: Mutex<(u64, VecDeque<(u64, Record)>)>,
-    capacity: usize,
+    records: Mutex<Ring<Record>>,
     pushed: Notify,
 }
 
 impl Journal {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Self { records: Mutex::new((0, VecDeque::new())), capacity: capacity.max(1), pushed: Notify::new() }
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self { records: Mutex::new(Ring::new(limits)), pushed: Notify::new() }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<(u64, Record)>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring<Record>> {
         self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn push(&self, record: Record) {
-        {
-            let mut guard = self.lock();
-            let (last, records) = &mut *guard;
-            *last += 1;
-            if records.len() == self.capacity {
-                records.pop_front();
-            }
-            records.push_back((*last, record));
-        }
+        let size = record.size();
+        // The dropped records are freed after the lock is released.
+        let dropped = self.lock().push(record, size).1;
+        drop(dropped);
         self.pushed.notify_waiters();
     }
 
-    /// The entries a query selects, oldest first.
+    /// The entries a query selects, oldest first (with a `limit`, the newest `limit` of them).
     pub fn query(&self, query: &JournalQuery) -> Vec<JournalEntry> {
         let guard = self.lock();
         let limit = query.limit.unwrap_or(usize::MAX);
         let mut picked: Vec<JournalEntry> = guard
-            .1
             .iter()
             .rev()
             .filter(|(seq, r)| query.matches(*seq, r))
             .take(limit)
-            .map(|(seq, r)| r.entry(*seq))
+            .map(|(seq, r)| r.entry(seq))
             .collect();
         picked.reverse();
         picked
+    }
+
+    /// One page: the entries `query` selects after cursor `after` (a `seq`), oldest first, at
+    /// most `limit`; `next` is the cursor for the following page (`query.limit` and
+    /// `query.after_seq` are ignored).
+    pub fn page(&self, query: &JournalQuery, after: u64, limit: usize) -> Page<JournalEntry> {
+        let query = JournalQuery { after_seq: None, limit: None, ..query.clone() };
+        self.lock().page(after, limit, |r| query.matches(u64::MAX, r), |seq, r| r.entry(seq))
+    }
+
+    /// How many entries fell off since the stack started.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted()
+    }
+
+    /// About how many bytes the kept entries take.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes()
+    }
+
+    /// The journal's limits.
+    pub fn limits(&self) -> Limits {
+        self.lock().limits()
     }
 
     /// Every entry kept, oldest first.
@@ -257,7 +294,7 @@ impl Journal {
 
     /// How many entries are kept.
     pub fn len(&self) -> usize {
-        self.lock().1.len()
+        self.lock().len()
     }
 
     /// Whether the journal is empty.
@@ -267,12 +304,12 @@ impl Journal {
 
     /// The most entries kept before the oldest fall off.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.limits().entries
     }
 
     /// Forgets every entry (sequence numbers keep increasing).
     pub fn clear(&self) {
-        self.lock().1.clear();
+        self.lock().clear();
     }
 
     /// Waits until an entry satisfies `predicate` (checking those already there first), for at
@@ -323,7 +360,7 @@ mod tests {
 
     #[test]
     fn ring_keeps_the_newest_and_queries_filter() {
-        let journal = Journal::new(3);
+        let journal = Journal::new(Limits::new(3, 1));
         journal.push(record(Pillar::Karma, Some("a"), b""));
         journal.push(record(Pillar::Bucket, Some("a"), b"{\"k\":1}"));
         journal.push(record(Pillar::Bucket, Some("b"), b"not json"));
@@ -334,6 +371,31 @@ mod tests {
         assert_eq!(all[1].body, "not json");
         assert_eq!(journal.query(&JournalQuery::all().pillar(Pillar::Bucket).limit(1))[0].seq, 3);
         assert_eq!(journal.for_trace("a").len(), 1);
+    }
+
+    #[test]
+    fn big_bodies_push_the_oldest_out_by_bytes_and_pages_cover_the_rest_once() {
+        static BIG: [u8; 4096] = [b'x'; 4096];
+        let journal = Journal::new(Limits { entries: 1000, bytes: 64 * 1024 });
+        for _ in 0..100 {
+            journal.push(record(Pillar::Bucket, Some("t"), &BIG));
+        }
+        let kept = journal.len();
+        assert!(kept < 20, "64 KiB holds at most 15 entries of 4 KiB, kept {kept}");
+        assert_eq!(journal.evicted(), 100 - kept as u64);
+        assert!(journal.bytes() <= 64 * 1024);
+        assert_eq!(journal.entries().first().map(|e| e.seq), Some(101 - kept as u64), "the oldest are gone");
+        let (mut seqs, mut after) = (Vec::new(), 0);
+        loop {
+            let page = journal.page(&JournalQuery::all().pillar(Pillar::Bucket), after, 4);
+            assert_eq!(page.evicted, 100 - kept as u64);
+            seqs.extend(page.items.iter().map(|e| e.seq));
+            match page.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(seqs, (101 - kept as u64..=100).collect::<Vec<_>>());
     }
 
     #[test]
@@ -359,7 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_wakes_on_push() {
-        let journal = std::sync::Arc::new(Journal::new(10));
+        let journal = std::sync::Arc::new(Journal::new(Limits::new(10, 1)));
         let writer = journal.clone();
         let handle = tokio::spawn(async move {
             writer.push(record(Pillar::Karma, Some("x"), b""));

@@ -42,6 +42,13 @@
 //! `timestamp` is the request's when it sent one, while
 //! `/v1/stats/user/{id}` still answers 404 for an unknown user.
 //!
+//! **Bounded memory.** The applied life events (and, in `spec`, the answers remembered for
+//! dedupe) keep at most [`KarmaLimits::events`] entries and bytes, oldest dropped first; a key
+//! whose event was dropped is forgotten, so a duplicate that old is applied again. Users are
+//! state, not a log: at most [`KarmaLimits::users`] are kept, and the least recently updated one
+//! is forgotten when a new one would exceed that (the Q-table is never trimmed). Both count what
+//! they dropped ([`Karma::evicted_events`], [`Karma::evicted_users`]).
+//!
 //! Not modelled: decay and expiry (negligible over a test's lifetime and they would make
 //! balances inexact), atonement/appeal/death events beyond their validation (acknowledged only),
 //! paap from sources other than the balances' fields.
@@ -60,6 +67,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::pillar::Profile;
 use crate::wire::{self, Expect, TraceId};
 
@@ -189,6 +197,9 @@ pub struct KarmaUser {
     pub action_counts: BTreeMap<String, u64>,
     #[serde(skip)]
     cheats: Vec<SystemTime>,
+    /// When it was last updated, in the ledger's update order (for least-recently-updated eviction).
+    #[serde(skip)]
+    touched: u64,
     /// When it last changed (RFC 3339).
     pub last_updated: String,
 }
@@ -203,6 +214,7 @@ impl KarmaUser {
             total_actions: 0,
             action_counts: BTreeMap::new(),
             cheats: Vec::new(),
+            touched: 0,
             last_updated: wire::now_rfc3339(),
         }
     }
@@ -289,13 +301,61 @@ pub struct AppliedEvent {
     pub reward_value: f64,
 }
 
-#[derive(Debug, Default)]
+/// How much Karma keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KarmaLimits {
+    /// The applied life events (with the answers remembered for dedupe).
+    pub events: Limits,
+    /// The most users kept.
+    pub users: usize,
+}
+
+/// Karma's default limits: 10,000 events and 16 MiB, 10,000 users.
+pub const DEFAULT_LIMITS: KarmaLimits = KarmaLimits { events: Limits::new(10_000, 16), users: 10_000 };
+
+#[derive(Debug)]
 struct Ledger {
     users: HashMap<String, KarmaUser>,
+    /// User ids by their `touched` tick, oldest first.
+    recency: BTreeMap<u64, String>,
+    tick: u64,
+    max_users: usize,
+    users_evicted: u64,
     q: [[f64; ACTIONS.len()]; ROLES.len()],
     /// The answer given to each dedupe key (`spec`).
     applied: HashMap<String, Value>,
-    events: Vec<AppliedEvent>,
+    events: Ring<AppliedEvent>,
+}
+
+impl Ledger {
+    fn new(limits: KarmaLimits) -> Self {
+        Self {
+            users: HashMap::new(),
+            recency: BTreeMap::new(),
+            tick: 0,
+            max_users: limits.users.max(1),
+            users_evicted: 0,
+            q: Default::default(),
+            applied: HashMap::new(),
+            events: Ring::new(limits.events),
+        }
+    }
+
+    /// Marks a user as just updated, forgetting the least recently updated ones beyond the limit.
+    fn touch(&mut self, user_id: &str) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(user) = self.users.get_mut(user_id) {
+            self.recency.remove(&user.touched);
+            user.touched = tick;
+            self.recency.insert(tick, user_id.to_owned());
+        }
+        while self.users.len() > self.max_users {
+            let Some((_, oldest)) = self.recency.pop_first() else { break };
+            self.users.remove(&oldest);
+            self.users_evicted += 1;
+        }
+    }
 }
 
 /// The Karma fake's state; reach it through [`crate::Stack::karma`].
@@ -303,6 +363,7 @@ struct Ledger {
 pub struct Karma {
     profile: AtomicU8,
     tracking: AtomicBool,
+    limits: KarmaLimits,
     ledger: Mutex<Ledger>,
 }
 
@@ -318,11 +379,12 @@ struct LifeEvent<'a> {
 struct Refusal(StatusCode, String);
 
 impl Karma {
-    pub(crate) fn new(profile: Profile, behavioral_tracking: bool) -> Self {
+    pub(crate) fn new(profile: Profile, behavioral_tracking: bool, limits: KarmaLimits) -> Self {
         Self {
             profile: AtomicU8::new(profile.to_u8()),
             tracking: AtomicBool::new(behavioral_tracking),
-            ledger: Mutex::new(Ledger::default()),
+            limits,
+            ledger: Mutex::new(Ledger::new(limits)),
         }
     }
 
@@ -368,14 +430,49 @@ impl Karma {
         }
     }
 
-    /// Every life event applied, in order (duplicates are not applied, so not listed).
+    /// The life events applied and kept, in order (duplicates are not applied, so not listed).
     pub fn events(&self) -> Vec<AppliedEvent> {
-        self.lock().events.clone()
+        self.lock().events.iter().map(|(_, e)| e.clone()).collect()
     }
 
-    /// Forgets every user, the Q-table, the applied events and the dedupe memory.
+    /// One page of kept life events after cursor `after` (optionally of one trace), oldest first.
+    pub fn events_page(&self, after: u64, limit: usize, trace_id: Option<&str>) -> Page<AppliedEvent> {
+        self.lock().events.page(
+            after,
+            limit,
+            |e| trace_id.is_none_or(|t| e.trace_id.as_deref() == Some(t)),
+            |_, e| e.clone(),
+        )
+    }
+
+    /// How many applied events were dropped to bound memory since the stack started.
+    pub fn evicted_events(&self) -> u64 {
+        self.lock().events.evicted()
+    }
+
+    /// How many users were forgotten (least recently updated first) since the stack started.
+    pub fn evicted_users(&self) -> u64 {
+        self.lock().users_evicted
+    }
+
+    /// How many users Karma holds.
+    pub fn user_count(&self) -> usize {
+        self.lock().users.len()
+    }
+
+    /// Karma's limits.
+    pub fn limits(&self) -> KarmaLimits {
+        self.limits
+    }
+
+    /// Forgets every user, the Q-table, the applied events and the dedupe memory (the eviction
+    /// counts are kept).
     pub fn clear(&self) {
-        *self.lock() = Ledger::default();
+        let mut ledger = self.lock();
+        let mut fresh = Ledger::new(self.limits);
+        fresh.users_evicted = ledger.users_evicted;
+        fresh.events.carry_evicted(&ledger.events);
+        *ledger = fresh;
     }
 
     /// The fake's routes.
@@ -478,13 +575,14 @@ impl Karma {
             return (original.clone(), true);
         }
         let data = apply(&mut ledger, event);
-        ledger.events.push(AppliedEvent {
+        ledger.touch(&event.user_id);
+        let applied = AppliedEvent {
             event_id: key.clone(),
             trace_id,
             user_id: event.user_id.clone(),
             action: ACTIONS[event.action].to_owned(),
             reward_value: data["reward_value"].as_f64().unwrap_or_default(),
-        });
+        };
         let data = if as_built {
             as_built_data(data)
         } else {
@@ -495,9 +593,21 @@ impl Karma {
             data
         };
         let mut answer = success("life_event", "Life event logged successfully", data, "/v1/karma/log-action/");
+        let mut size = ENTRY_OVERHEAD
+            + applied.user_id.len()
+            + applied.action.len()
+            + applied.trace_id.as_ref().map_or(0, String::len);
         if let Some(key) = key {
             answer["event_id"] = json!(key);
+            // The remembered answer is the bulk of the entry: about twice its JSON in memory.
+            size += key.len() * 2 + 2 * serde_json::to_vec(&answer).map_or(0, |v| v.len());
             ledger.applied.insert(key, answer.clone());
+        }
+        let (_, dropped) = ledger.events.push(applied, size);
+        for old in &dropped {
+            if let Some(key) = &old.event_id {
+                ledger.applied.remove(key);
+            }
         }
         (answer, false)
     }
@@ -792,7 +902,7 @@ mod tests {
 
     #[test]
     fn the_q_update_follows_the_rule_step_by_step() {
-        let karma = Karma::new(Profile::Spec, true);
+        let karma = Karma::new(Profile::Spec, true, DEFAULT_LIMITS);
         // 1: learner helps peers: r = 10, s' = learner (merit 12): Q = 0.15 * (10 + 0.9*0 - 0) = 1.5
         life(&karma, "u", "learner", "helping_peers");
         // 2: again: max Q[learner] = 1.5: Q = 1.5 + 0.15 * (10 + 0.9*1.5 - 1.5) = 2.9775
@@ -812,7 +922,7 @@ mod tests {
 
     #[test]
     fn cheating_is_punished_progressively() {
-        let karma = Karma::new(Profile::Spec, true);
+        let karma = Karma::new(Profile::Spec, true, DEFAULT_LIMITS);
         let penalties: Vec<Value> =
             (0..7).map(|_| life(&karma, "c", "learner", "cheat")["penalty_value"].clone()).collect();
         assert_eq!(penalties, [-2.0, -5.0, -10.0, -20.0, -40.0, -100.0, -100.0].map(|v| json!(v)));

@@ -66,12 +66,14 @@
 //!   sends RST; `middleware`: the HTTP layer that applies faults and journals each request.
 //! - [`bucket`], [`karma`], [`core`], [`providers`], [`smtp`]: the fakes (each module documents
 //!   its routes, rules and profile differences).
-//! - [`journal`]: the bounded request journal; `metrics`: the Prometheus registry.
+//! - [`journal`]: the bounded request journal; [`bounded`]: the bounded log behind it and every
+//!   fake's store ([`StoreLimits`], [`Page`]); `metrics`: the Prometheus registry.
 //! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes).
 //! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
 //!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
 //! - [`drive`]: the load driver and the baseline handler the benchmarks compare with.
 
+pub mod bounded;
 pub mod bucket;
 pub mod cli;
 pub mod control;
@@ -95,6 +97,7 @@ pub mod smtp;
 pub mod stack;
 mod wire;
 
+pub use bounded::{Limits, Page, StoreLimits};
 pub use fault::{Fault, FaultRule, Latency};
 pub use injector::{AppliedFault, RuleStatus};
 pub use journal::{Journal, JournalEntry, JournalQuery, Outcome};

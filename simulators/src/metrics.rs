@@ -11,6 +11,7 @@ pub(crate) struct Metrics {
     requests: IntCounterVec,
     faults: IntCounterVec,
     duration: HistogramVec,
+    evicted: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,14 +36,23 @@ impl Metrics {
             &["pillar", "route"],
         )
         .expect("valid metric");
+        let evicted = IntCounterVec::new(
+            Opts::new(
+                "pillar_sim_evicted_total",
+                "Entries dropped from a bounded store to bound memory (oldest first), by store.",
+            ),
+            &["store"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(faults.clone()),
             Box::new(duration.clone()),
+            Box::new(evicted.clone()),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, requests, faults, duration }
+        Self { registry, requests, faults, duration, evicted }
     }
 
     /// Counts one request (`status` is "none" for a request never answered).
@@ -54,6 +64,13 @@ impl Metrics {
     /// Counts one applied fault.
     pub(crate) fn fault(&self, pillar: &str, route: &str, kind: &str) {
         self.faults.with_label_values(&[pillar, route, kind]).inc();
+    }
+
+    /// Brings a store's eviction counter up to `total` (the store counts; the metric follows
+    /// when read).
+    pub(crate) fn evicted(&self, store: &str, total: u64) {
+        let counter = self.evicted.with_label_values(&[store]);
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 
     /// The text exposition format.

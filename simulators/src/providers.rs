@@ -13,7 +13,8 @@
 //!   OpenAI's `{"error": {message, type, param, code}}`: a wrong or missing key (when one is
 //!   configured) → 401 `invalid_api_key`, bad bodies → 400 `invalid_request_error`.
 //!
-//! Both record what they accepted ([`Providers::whatsapp_messages`], [`Providers::chat_requests`]).
+//! Both record what they accepted ([`Providers::whatsapp_messages`], [`Providers::chat_requests`]),
+//! each in a bounded log ([`DEFAULT_LIMITS`] by default; the oldest dropped first and counted).
 //! Message ids are deterministic for a seed and arrival order.
 
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::sim::Sim;
 use crate::wire;
 
@@ -56,35 +58,68 @@ pub struct ChatRequest {
     pub id: String,
 }
 
+/// The default limits of each provider's log: 5,000 entries, 8 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 8);
+
 /// The providers' state; reach it through [`crate::Stack::providers`].
 #[derive(Debug)]
 pub struct Providers {
     sim: Arc<Sim>,
     whatsapp_token: Option<String>,
     ai_api_key: Option<String>,
-    whatsapp: Mutex<Vec<WhatsAppMessage>>,
-    chats: Mutex<Vec<ChatRequest>>,
+    whatsapp: Mutex<Ring<WhatsAppMessage>>,
+    chats: Mutex<Ring<ChatRequest>>,
+}
+
+fn locked<T>(ring: &Mutex<Ring<T>>) -> std::sync::MutexGuard<'_, Ring<T>> {
+    ring.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Providers {
-    pub(crate) fn new(sim: Arc<Sim>, whatsapp_token: Option<String>, ai_api_key: Option<String>) -> Self {
-        Self { sim, whatsapp_token, ai_api_key, whatsapp: Mutex::default(), chats: Mutex::default() }
+    pub(crate) fn new(
+        sim: Arc<Sim>,
+        whatsapp_token: Option<String>,
+        ai_api_key: Option<String>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            sim,
+            whatsapp_token,
+            ai_api_key,
+            whatsapp: Mutex::new(Ring::new(limits)),
+            chats: Mutex::new(Ring::new(limits)),
+        }
     }
 
-    /// Every WhatsApp message accepted, in order.
+    /// The WhatsApp messages accepted and kept, in order.
     pub fn whatsapp_messages(&self) -> Vec<WhatsAppMessage> {
-        self.whatsapp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        locked(&self.whatsapp).iter().map(|(_, m)| m.clone()).collect()
     }
 
-    /// Every chat completion answered, in order.
+    /// The chat completions answered and kept, in order.
     pub fn chat_requests(&self) -> Vec<ChatRequest> {
-        self.chats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        locked(&self.chats).iter().map(|(_, m)| m.clone()).collect()
     }
 
-    /// Forgets what was received.
+    /// One page of kept WhatsApp messages after cursor `after`, oldest first.
+    pub fn whatsapp_page(&self, after: u64, limit: usize) -> Page<WhatsAppMessage> {
+        locked(&self.whatsapp).page(after, limit, |_| true, |_, m| m.clone())
+    }
+
+    /// One page of kept chat completions after cursor `after`, oldest first.
+    pub fn chat_page(&self, after: u64, limit: usize) -> Page<ChatRequest> {
+        locked(&self.chats).page(after, limit, |_| true, |_, m| m.clone())
+    }
+
+    /// How many WhatsApp messages and chat completions were dropped to bound memory.
+    pub fn evicted(&self) -> (u64, u64) {
+        (locked(&self.whatsapp).evicted(), locked(&self.chats).evicted())
+    }
+
+    /// Forgets what was received (the eviction counts are kept).
     pub fn clear(&self) {
-        self.whatsapp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
-        self.chats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        locked(&self.whatsapp).clear();
+        locked(&self.chats).clear();
     }
 
     /// The server's routes.
@@ -158,12 +193,11 @@ async fn send_whatsapp(
         return fail(StatusCode::BAD_REQUEST, 131_009, "(#131009) Parameter value is not valid");
     }
     let message_id = providers.sim.token("wamid.HBgM");
-    providers.whatsapp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(WhatsAppMessage {
-        phone_number_id,
-        to: to.to_owned(),
-        body: text.to_owned(),
-        message_id: message_id.clone(),
-    });
+    let size = ENTRY_OVERHEAD + phone_number_id.len() + to.len() + text.len() + message_id.len();
+    let message =
+        WhatsAppMessage { phone_number_id, to: to.to_owned(), body: text.to_owned(), message_id: message_id.clone() };
+    let dropped = locked(&providers.whatsapp).push(message, size).1;
+    drop(dropped);
     wire::json_response(
         StatusCode::OK,
         &json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": digits}],
@@ -239,12 +273,16 @@ async fn chat_completion(State(providers): State<Arc<Providers>>, headers: Heade
     let content = format!("[AI_RESPONSE] {}", last_user.unwrap_or_default());
     let completion_tokens = content.split_whitespace().count();
     let id = providers.sim.token("chatcmpl-");
-    providers.chats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(ChatRequest {
+    // The messages as sent are about the request body; twice that in memory as a `Value`.
+    let size = ENTRY_OVERHEAD + 2 * body.len() + content.len() + id.len();
+    let request = ChatRequest {
         model: model.to_owned(),
         messages: Value::Array(messages.clone()),
         content: content.clone(),
         id: id.clone(),
-    });
+    };
+    let dropped = locked(&providers.chats).push(request, size).1;
+    drop(dropped);
     wire::json_response(
         StatusCode::OK,
         &json!({

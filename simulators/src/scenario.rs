@@ -20,6 +20,14 @@
 //! reproducible and later steps can clear it. Steps run in `at` order; the runner sleeps on
 //! Tokio's clock (so `tokio::time::pause` drives it in tests) and holds no lock while waiting.
 //! Cancelling a run clears the rules it set.
+//!
+//! **Every step ends.** A fault step must end on its own (`for`, or a `count`) or be cleared by
+//! a later `clear` step (`all`, its id or its pillar); otherwise the scenario is refused (422,
+//! naming `steps[i].for`) rather than given a default: a silent default would hide a typo in a
+//! file meant to be replayed. A run's id is the scenario's name (`bucket-flaky`; a second run
+//! while the name is taken is `bucket-flaky.2`), the prefix of its rules' ids
+//! (`bucket-flaky-0`, …). Its status says `finished` when every step has run and `ended` when,
+//! in addition, the last rule it set has expired.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,21 +114,52 @@ impl Scenario {
             let path = format!("steps[{index}]");
             parsed.push(parse_step(step, &name, index).map_err(|e| e.within(&path))?);
         }
+        for (index, step) in parsed.iter().enumerate() {
+            if let StepAction::Fault(rule) = &step.action
+                && rule.lasting.is_none()
+                && rule.count.is_none()
+                && !parsed.iter().any(|later| later.at > step.at && clears(&later.action, rule))
+            {
+                return Err(SpecError::new(
+                    "for",
+                    "this step's rule would never end: give it a `for` (or a `count`), or clear it in a later step",
+                )
+                .within(&format!("steps[{index}]")));
+            }
+        }
         parsed.sort_by_key(|s| s.at);
         Ok(Self { name, description, steps: parsed })
     }
 
-    /// How long after its start the last rule it sets ends (its last step, when a rule has no
-    /// `for`).
+    /// How long after its start the last rule it sets ends (expires or is cleared; a rule that
+    /// ends after a `count` of matches counts as ending when it is set).
     pub fn duration(&self) -> Duration {
         self.steps
             .iter()
             .map(|s| match &s.action {
-                StepAction::Fault(rule) => s.at + rule.lasting.unwrap_or_default(),
+                StepAction::Fault(rule) => {
+                    let cleared = self.steps.iter().find(|l| l.at > s.at && clears(&l.action, rule)).map(|l| l.at);
+                    let expires = rule.lasting.map(|d| s.at + d);
+                    match (expires, cleared) {
+                        (Some(e), Some(c)) => e.min(c),
+                        (Some(end), None) | (None, Some(end)) => end,
+                        (None, None) => s.at,
+                    }
+                }
                 StepAction::Clear(_) => s.at,
             })
             .max()
             .unwrap_or_default()
+    }
+}
+
+/// Whether a clear step removes `rule`.
+fn clears(action: &StepAction, rule: &FaultRule) -> bool {
+    match action {
+        StepAction::Clear(Clear::All) => true,
+        StepAction::Clear(Clear::Rule(id)) => rule.id.as_deref() == Some(id.as_str()),
+        StepAction::Clear(Clear::Pillar(pillar)) => rule.pillar == *pillar,
+        StepAction::Fault(_) => false,
     }
 }
 
@@ -184,6 +223,8 @@ pub struct ScenarioStatus {
     pub steps_done: usize,
     /// Whether every step has run.
     pub finished: bool,
+    /// Whether every step has run and the last rule it set has expired (`duration_ms` passed).
+    pub ended: bool,
     /// Whether it was cancelled.
     pub cancelled: bool,
     /// Milliseconds from its start to the end of the last rule it sets.
@@ -196,6 +237,7 @@ pub(crate) struct ScenarioRun {
     id: String,
     scenario: Scenario,
     done: AtomicUsize,
+    ended: AtomicBool,
     cancelled: AtomicBool,
     cancel: CancellationToken,
     set_ids: Mutex<Vec<String>>,
@@ -210,6 +252,7 @@ impl ScenarioRun {
             steps: self.scenario.steps.len(),
             steps_done: done,
             finished: done == self.scenario.steps.len(),
+            ended: self.ended.load(Ordering::SeqCst),
             cancelled: self.cancelled.load(Ordering::SeqCst),
             duration_ms: self.scenario.duration().as_millis() as u64,
         }
@@ -233,22 +276,28 @@ impl ScenarioRun {
 #[derive(Debug, Default)]
 pub(crate) struct Scenarios {
     runs: Mutex<Vec<Arc<ScenarioRun>>>,
-    started: AtomicUsize,
 }
 
 impl Scenarios {
     /// Starts `scenario` now; `shutdown` stops it with the stack.
     pub(crate) fn start(&self, sim: Arc<Sim>, scenario: Scenario, shutdown: &CancellationToken) -> ScenarioStatus {
-        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut runs = self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let taken = |id: &str| runs.iter().any(|r| r.id == id);
+        let id = (1..)
+            .map(|n| if n == 1 { scenario.name.clone() } else { format!("{}.{n}", scenario.name) })
+            .find(|id| !taken(id))
+            .unwrap_or_else(|| scenario.name.clone());
         let run = Arc::new(ScenarioRun {
-            id: format!("{}-{n}", scenario.name),
+            id,
             scenario,
             done: AtomicUsize::new(0),
+            ended: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
             cancel: shutdown.child_token(),
             set_ids: Mutex::default(),
         });
-        self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(run.clone());
+        runs.push(run.clone());
+        drop(runs);
         let status = run.status();
         tokio::spawn(drive(sim, run));
         status
@@ -297,6 +346,11 @@ async fn drive(sim: Arc<Sim>, run: Arc<ScenarioRun>) {
         tracing::info!(scenario = %run.id, at = %format_duration(step.at), "scenario step applied");
         run.done.fetch_add(1, Ordering::SeqCst);
     }
+    tokio::select! {
+        () = run.cancel.cancelled() => return,
+        () = tokio::time::sleep_until(start + run.scenario.duration()) => {}
+    }
+    run.ended.store(true, Ordering::SeqCst);
 }
 
 #[cfg(test)]
@@ -326,11 +380,36 @@ mod tests {
                 json!({"steps": [{"at": "0s", "for": "1s", "fault": {"pillar": "core", "kind": "reset", "for": "2s"}}]}),
                 "steps[0].for",
             ),
+            (json!({"steps": [{"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse"}}]}), "steps[0].for"),
+            (
+                json!({"steps": [{"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse"}},
+                    {"at": "1s", "clear": {"pillar": "karma"}}]}),
+                "steps[0].for",
+            ),
+            (
+                json!({"steps": [{"at": "0s", "for": "-5s", "fault": {"pillar": "core", "kind": "reset"}}]}),
+                "steps[0].for",
+            ),
         ];
         for (input, field) in cases {
             let err = Scenario::from_json(&input).expect_err(&input.to_string());
             assert_eq!(err.field, field, "{input} -> {err}");
         }
+        let negative = json!({"steps": [{"at": "0s", "for": "-5s", "fault": {"pillar": "core", "kind": "reset"}}]});
+        let err = Scenario::from_json(&negative).unwrap_err();
+        assert!(err.message.contains("negative duration"), "{err}");
+    }
+
+    #[test]
+    fn a_rule_cleared_by_a_later_step_ends_there() {
+        let s = Scenario::from_json(&json!({"name": "blip", "steps": [
+            {"at": "0s", "fault": {"pillar": "core", "kind": "http_error", "status": 503, "for": "10m"}},
+            {"at": "150ms", "clear": {"pillar": "core"}},
+            {"at": "1s", "fault": {"pillar": "bucket", "kind": "refuse"}},
+            {"at": "2s", "clear": "all"},
+        ]}))
+        .unwrap();
+        assert_eq!(s.duration(), Duration::from_secs(2));
     }
 
     #[test]
@@ -348,7 +427,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timeline_sets_and_clears_rules_on_time() {
-        let sim = Arc::new(Sim::new(1, 10));
+        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "outage", "steps": [
             {"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse", "for": "10s"}},
@@ -366,12 +445,15 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert!(kinds(&sim).is_empty());
         let run = scenarios.get(&status.id).unwrap();
-        assert!(run.status().finished);
+        assert!(run.status().finished && run.status().ended);
+        assert_eq!(status.id, "outage", "the run is named like its rules (outage-0, outage-1)");
+        let again = Scenario::from_json(&json!({"name": "outage", "steps": [{"at": "1h", "clear": "all"}]})).unwrap();
+        assert_eq!(scenarios.start(sim.clone(), again, &shutdown).id, "outage.2");
     }
 
     #[tokio::test(start_paused = true)]
     async fn cancelling_clears_what_the_run_set() {
-        let sim = Arc::new(Sim::new(1, 10));
+        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "c", "steps": [
             {"at": "0s", "fault": {"pillar": "karma", "kind": "blackhole"}},

@@ -164,6 +164,9 @@ pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Parses `"250ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"` (at most a day).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if let Some(rest) = text.strip_prefix('-') {
+        return Err(format!("`{text}` is a negative duration; durations count forward from now, e.g. \"{rest}\""));
+    }
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let scale = match unit.trim() {

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::bounded::Limits;
 use crate::injector::FaultSet;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
@@ -18,11 +19,11 @@ pub(crate) struct Sim {
 }
 
 impl Sim {
-    pub(crate) fn new(seed: u64, journal_capacity: usize) -> Self {
+    pub(crate) fn new(seed: u64, journal: Limits) -> Self {
         Self {
             seed,
             faults: FaultSet::new(seed),
-            journal: Journal::new(journal_capacity),
+            journal: Journal::new(journal),
             metrics: Metrics::new(),
             ids: AtomicU64::new(0),
         }

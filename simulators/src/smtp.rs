@@ -8,7 +8,8 @@
 //! is then not recorded), blackhole never replies (the connection is held until the client gives
 //! up), reset sends RST, refuse closes the port. Each decided message is journaled (method
 //! `DATA`, path = first recipient, body `{from, to, data}`), with the trace id taken from an
-//! `X-Trace-Id:` header of the message when it has one.
+//! `X-Trace-Id:` header of the message when it has one. Accepted messages are kept in a bounded
+//! log ([`DEFAULT_LIMITS`] by default; the oldest dropped first and counted).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -23,6 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::injector::Action;
 use crate::journal::{BODY_LIMIT, Outcome, Record};
 use crate::listener::{Connection, ConnectionHandler, FaultIo};
@@ -65,26 +67,43 @@ fn header_in<'a>(data: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The sink's default limits: 5,000 messages, 16 MiB.
+pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 16);
+
 /// The sink's state; reach it through [`crate::Stack::smtp`].
 #[derive(Debug)]
 pub struct SmtpSink {
     sim: Arc<Sim>,
-    messages: Mutex<Vec<SmtpMessage>>,
+    messages: Mutex<Ring<SmtpMessage>>,
 }
 
 impl SmtpSink {
-    pub(crate) fn new(sim: Arc<Sim>) -> Self {
-        Self { sim, messages: Mutex::default() }
+    pub(crate) fn new(sim: Arc<Sim>, limits: Limits) -> Self {
+        Self { sim, messages: Mutex::new(Ring::new(limits)) }
     }
 
-    /// Every message accepted, in order.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ring<SmtpMessage>> {
+        self.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The messages accepted and kept, in order.
     pub fn messages(&self) -> Vec<SmtpMessage> {
-        self.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.lock().iter().map(|(_, m)| m.clone()).collect()
     }
 
-    /// Forgets every message.
+    /// One page of kept messages after cursor `after` (optionally of one trace), oldest first.
+    pub fn page(&self, after: u64, limit: usize, trace_id: Option<&str>) -> Page<SmtpMessage> {
+        self.lock().page(after, limit, |m| trace_id.is_none_or(|t| m.trace_id.as_deref() == Some(t)), |_, m| m.clone())
+    }
+
+    /// How many messages were dropped to bound memory since the stack started.
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted()
+    }
+
+    /// Forgets every message (the eviction count is kept).
     pub fn clear(&self) {
-        self.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        self.lock().clear();
     }
 }
 
@@ -306,13 +325,14 @@ impl Session {
         match decision.action {
             None => {
                 let id = sim.token("");
-                self.sink.messages.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(SmtpMessage {
-                    from,
-                    to,
-                    data,
-                    trace_id,
-                    auth_user: self.auth_user.clone(),
-                });
+                let size = ENTRY_OVERHEAD
+                    + from.len()
+                    + to.iter().map(String::len).sum::<usize>()
+                    + data.len()
+                    + trace_id.as_ref().map_or(0, String::len);
+                let message = SmtpMessage { from, to, data, trace_id, auth_user: self.auth_user.clone() };
+                let dropped = self.sink.lock().push(message, size).1;
+                drop(dropped);
                 self.reply(&format!("250 2.0.0 Ok: queued as {id}")).await?;
                 Ok(Next::Continue)
             }

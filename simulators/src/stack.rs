@@ -26,12 +26,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bounded::{Limits, StoreLimits};
 use crate::bucket::Bucket;
 use crate::core::Core;
 use crate::fault::FaultRule;
 use crate::front::Front;
 use crate::injector::RuleStatus;
-use crate::journal::{DEFAULT_CAPACITY, Journal};
+use crate::journal::Journal;
 use crate::karma::Karma;
 use crate::listener::{HttpHandler, supervise};
 use crate::pillar::{Pillar, Profile};
@@ -149,7 +150,7 @@ pub struct StackBuilder {
     behavioral_tracking: bool,
     whatsapp_token: Option<String>,
     ai_api_key: Option<String>,
-    journal_capacity: usize,
+    limits: StoreLimits,
 }
 
 impl Default for StackBuilder {
@@ -169,7 +170,7 @@ impl Default for StackBuilder {
             behavioral_tracking: true,
             whatsapp_token: Some("sim-whatsapp-token".into()),
             ai_api_key: Some("sim-ai-key".into()),
-            journal_capacity: DEFAULT_CAPACITY,
+            limits: StoreLimits::default(),
         }
     }
 }
@@ -274,9 +275,21 @@ impl StackBuilder {
         self
     }
 
-    /// How many journal entries are kept (default 10 000).
+    /// How many journal entries are kept (default 5,000).
     pub fn journal_capacity(mut self, capacity: usize) -> Self {
-        self.journal_capacity = capacity;
+        self.limits.journal.entries = capacity;
+        self
+    }
+
+    /// How many entries and bytes the journal keeps (default 5,000 and 24 MiB).
+    pub fn journal_limits(mut self, limits: Limits) -> Self {
+        self.limits.journal = limits;
+        self
+    }
+
+    /// The limits of the journal and every fake's store (defaults: [`StoreLimits::default`]).
+    pub fn store_limits(mut self, limits: StoreLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -345,6 +358,20 @@ impl Shared {
         self.karma.clear();
         self.providers.clear();
         self.smtp.clear();
+    }
+
+    /// The Prometheus text, with every store's eviction count brought up to date.
+    pub(crate) fn render_metrics(&self) -> String {
+        let metrics = &self.sim.metrics;
+        let (whatsapp, chat) = self.providers.evicted();
+        metrics.evicted("journal", self.sim.journal.evicted());
+        metrics.evicted("bucket", self.bucket.evicted());
+        metrics.evicted("karma_events", self.karma.evicted_events());
+        metrics.evicted("karma_users", self.karma.evicted_users());
+        metrics.evicted("whatsapp", whatsapp);
+        metrics.evicted("chat", chat);
+        metrics.evicted("smtp", self.smtp.evicted());
+        metrics.render()
     }
 
     pub(crate) fn executor_addr(&self) -> Option<SocketAddr> {
@@ -555,15 +582,16 @@ impl Stack {
             )));
         }
         let profile = |p: Pillar| b.profiles.get(&p).copied().unwrap_or_default();
-        let sim = Arc::new(Sim::new(b.seed, b.journal_capacity));
+        let sim = Arc::new(Sim::new(b.seed, b.limits.journal));
         let shutdown = CancellationToken::new();
         // Until the stack is handed out, any early return stops what was started.
         let guard = shutdown.clone().drop_guard();
-        let karma = Arc::new(Karma::new(profile(Pillar::Karma), b.behavioral_tracking));
-        let bucket = Arc::new(Bucket::new(profile(Pillar::Bucket), b.workflow_events_enabled));
+        let karma = Arc::new(Karma::new(profile(Pillar::Karma), b.behavioral_tracking, b.limits.karma));
+        let bucket = Arc::new(Bucket::new(profile(Pillar::Bucket), b.workflow_events_enabled, b.limits.bucket));
         let core = Arc::new(Core::new(profile(Pillar::Core)));
-        let providers = Arc::new(Providers::new(sim.clone(), b.whatsapp_token.clone(), b.ai_api_key.clone()));
-        let smtp = Arc::new(SmtpSink::new(sim.clone()));
+        let providers =
+            Arc::new(Providers::new(sim.clone(), b.whatsapp_token.clone(), b.ai_api_key.clone(), b.limits.providers));
+        let smtp = Arc::new(SmtpSink::new(sim.clone(), b.limits.smtp));
         let client = local_client();
 
         let mut addrs = BTreeMap::new();
@@ -899,7 +927,7 @@ impl Stack {
 
     /// The simulator's metrics in Prometheus text format.
     pub fn metrics(&self) -> String {
-        self.shared.sim.metrics.render()
+        self.shared.render_metrics()
     }
 
     /// Clears faults, scenarios, the journal and every fake's state (the executor is untouched).

@@ -593,6 +593,20 @@ impl BhivWorld {
         reply.body
     }
 
+    /// Every entry of a paged control API list (`after` + `limit`, following `next` to the end).
+    async fn control_pages(&self, path: &str, key: &str) -> Vec<Value> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let (mut all, mut after) = (Vec::new(), 0u64);
+        loop {
+            let answer = self.control_get(&format!("{path}{separator}limit=1000&after={after}")).await;
+            all.extend(answer[key].as_array().cloned().unwrap_or_default());
+            match answer["next"].as_u64() {
+                Some(next) => after = next,
+                None => return all,
+            }
+        }
+    }
+
     /// The executor's integration status document.
     pub async fn executor_status(&self) -> Value {
         let reply = self.get(&format!("{}/api/integration/status", self.executor_url())).await;
@@ -612,15 +626,15 @@ impl BhivWorld {
     /// Journal entries, oldest first, optionally for one pillar and/or trace.
     pub async fn hits(&self, pillar: Option<Pillar>, trace: Option<&str>) -> Vec<Hit> {
         if self.is_external() {
-            let mut path = "/journal?limit=10000".to_owned();
+            let mut path = "/journal?".to_owned();
             if let Some(p) = pillar {
-                path.push_str(&format!("&pillar={p}"));
+                path.push_str(&format!("pillar={p}&"));
             }
             if let Some(t) = trace {
-                path.push_str(&format!("&trace_id={t}"));
+                path.push_str(&format!("trace_id={t}&"));
             }
-            let answer = self.control_get(&path).await;
-            return serde_json::from_value(answer["entries"].clone()).expect("journal entries");
+            let entries = self.control_pages(path.trim_end_matches(['&', '?']), "entries").await;
+            return serde_json::from_value(Value::Array(entries)).expect("journal entries");
         }
         let mut query = JournalQuery::all();
         query.pillar = pillar;
@@ -669,15 +683,20 @@ impl BhivWorld {
                 })
                 .collect();
         } else if self.is_external() {
-            self.control_get("/bucket/events").await["events"].clone()
+            Value::Array(self.control_pages("/bucket/events", "events").await)
         } else {
             serde_json::to_value(self.stack().bucket().events()).expect("serializable")
         };
         serde_json::from_value(events).expect("stored events")
     }
 
-    /// Bucket's stored events for one trace.
+    /// Bucket's stored events for one trace (asked per trace of the simulator's Bucket, so the
+    /// answer does not depend on how many other events it keeps).
     pub async fn bucket_events_for(&self, trace: &str) -> Vec<StoredView> {
+        if self.is_external() && simulated().bucket {
+            let events = self.control_pages(&format!("/bucket/events?trace_id={trace}"), "events").await;
+            return serde_json::from_value(Value::Array(events)).expect("stored events");
+        }
         self.bucket_events().await.into_iter().filter(|e| e.trace() == Some(trace)).collect()
     }
 
@@ -732,7 +751,7 @@ impl BhivWorld {
     /// Every mail the SMTP sink accepted.
     pub async fn mails(&self) -> Vec<MailView> {
         let mails = if self.is_external() {
-            self.control_get("/smtp/messages").await["messages"].clone()
+            Value::Array(self.control_pages("/smtp/messages", "messages").await)
         } else {
             serde_json::to_value(self.stack().smtp().messages()).expect("serializable")
         };
@@ -744,7 +763,8 @@ impl BhivWorld {
     /// Sets a fault rule.
     pub async fn set_fault(&self, rule: FaultRule) {
         if self.is_external() {
-            let url = format!("{}/faults", self.control_url());
+            // Like `Faults::set` in-process: a rule with a taken id replaces it.
+            let url = format!("{}/faults?replace=true", self.control_url());
             let reply = self.request(self.http.post(url).json(&rule.to_json())).await;
             assert_eq!(reply.status, 201, "the control API refused the rule: {:?}", reply.body);
         } else {

@@ -61,7 +61,7 @@ async fn scenario_run_validates_the_file_and_starts_it() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let out = pillar_sim(&control, &["scenario", "run", dir.join("bucket-flaky.json").to_str().unwrap()]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("started bucket-flaky-1"));
+    assert!(text(&out.stdout).contains("started bucket-flaky:"), "{}", text(&out.stdout));
     assert_eq!(stack.scenarios()[0].name, "bucket-flaky");
 
     let bad = std::env::temp_dir().join(format!("pillar-sim-bad-{}.json", std::process::id()));
@@ -84,4 +84,65 @@ async fn journal_prints_what_the_fakes_received() {
     let out = pillar_sim(&stack.control_url().unwrap(), &["journal", "--trace", "cli-trace"]).await;
     let stdout = text(&out.stdout);
     assert!(stdout.contains("karma") && stdout.contains("/health") && stdout.contains("trace=cli-trace"), "{stdout}");
+    assert!(stdout.starts_with("   SEQ PILLAR"), "a header first: {stdout}");
+    stack.reset();
+    let out = pillar_sim(&stack.control_url().unwrap(), &["journal"]).await;
+    assert_eq!(text(&out.stdout).trim(), "the journal has no entries", "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn a_taken_rule_id_is_refused_unless_replace_is_asked() {
+    let stack = stack().await;
+    let control = stack.control_url().unwrap();
+    let set = ["fault", "bucket", "http_error", "--status", "503", "--id", "x"];
+    assert!(pillar_sim(&control, &set).await.status.success());
+    let out = pillar_sim(&control, &["fault", "bucket", "http_error", "--status", "502", "--id", "x"]).await;
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--replace"), "{}", text(&out.stderr));
+    let out =
+        pillar_sim(&control, &["fault", "bucket", "http_error", "--status", "502", "--id", "x", "--replace"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rules = stack.faults().list();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].rule.fault, pillar_sim::Fault::http_error(502));
+}
+
+#[tokio::test]
+async fn scenario_run_wait_waits_for_the_end_with_a_line_per_step() {
+    let stack = stack().await;
+    let control = stack.control_url().unwrap();
+    let file = std::env::temp_dir().join(format!("pillar-sim-wait-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"{"name": "short", "steps": [
+            {"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse", "for": "600ms"}},
+            {"at": "100ms", "fault": {"pillar": "karma", "kind": "http_error", "status": 503, "for": "300ms"}}]}"#,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = pillar_sim(&control, &["scenario", "run", file.to_str().unwrap(), "--wait"]).await;
+    std::fs::remove_file(&file).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600), "returned before the refuse window ended");
+    assert!(stdout.contains("short: step 1/2 at 0s: set short-0 (bucket refuse for 600ms)"), "{stdout}");
+    assert!(stdout.contains("short: step 2/2 at 100ms: set short-1 (karma http_error for 300ms)"), "{stdout}");
+    assert!(stdout.contains("short: ended after"), "{stdout}");
+    assert!(stack.faults().list().is_empty(), "every rule is over when --wait returns");
+}
+
+#[tokio::test]
+async fn up_prints_exports_for_the_address_it_bound() {
+    let stack = pillar_sim::Stack::builder().ip("127.0.0.1".parse().unwrap()).start().await.unwrap();
+    let exports = pillar_sim::cli::exports(&stack);
+    let control = format!("export PILLAR_SIM_CONTROL={}", stack.control_url().unwrap());
+    assert!(exports.contains(&control), "{exports:?}");
+    for (name, url) in [
+        ("BHIV_CORE_URL", stack.core_url()),
+        ("BHIV_BUCKET_URL", stack.bucket_url()),
+        ("BHIV_KARMA_URL", stack.karma_url()),
+    ] {
+        assert!(exports.contains(&format!("export {name}={url}")), "{name}: {exports:?}");
+    }
+    assert!(!exports.iter().any(|e| e.contains("BHIV_EXECUTOR_URL")), "no executor, no executor URL: {exports:?}");
 }
