@@ -6,8 +6,10 @@
 //! are written only to a terminal and never with `NO_COLOR`, so redirected logs stay plain text.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{ConfigError, LogFormat};
 
@@ -27,16 +29,43 @@ pub fn colour(no_color: Option<&str>, is_terminal: bool) -> bool {
     is_terminal && no_color.is_none_or(str::is_empty)
 }
 
+/// The process's log set-up, for applications that run under a dispatch of their own (span
+/// export, see [`crate::telemetry`]): their lines must still reach the log.
+static LOG_SETUP: OnceLock<(LogFormat, bool)> = OnceLock::new();
+
 /// Installs the global subscriber, writing to stdout; a second call (tests) is a no-op.
 pub fn init(format: LogFormat) -> Result<(), ConfigError> {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref())?;
     let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stdout().is_terminal());
+    let _ = LOG_SETUP.set((format, ansi));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
     Ok(())
+}
+
+/// Makes executors embedded in another program (the simulator) log in `format` while they
+/// export spans, as they do through the program's own subscriber otherwise.
+pub fn log_embedded(format: LogFormat) {
+    let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stdout().is_terminal());
+    let _ = LOG_SETUP.set((format, ansi));
+}
+
+/// The log layer of [`init`] (or [`log_embedded`]) for a scoped dispatch; `None` when the
+/// process set up no logging (tests).
+pub fn scoped_layer<S>() -> Option<Box<dyn Layer<S> + Send + Sync>>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    let (format, ansi) = *LOG_SETUP.get()?;
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref()).unwrap_or_else(|_| EnvFilter::new("info"));
+    let layer = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
+    Some(match format {
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).with_current_span(true).with_filter(filter).boxed(),
+    })
 }
 
 #[cfg(test)]

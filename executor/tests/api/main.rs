@@ -13,6 +13,8 @@
 //! - [`edge`]: hostile clients (slowloris, idle sockets, the connection cap, an over-limit body
 //!   sent whole), readiness and drain, process metrics, start-up errors, plain redirected logs,
 //!   prompt recovery of a sink.
+//! - [`spans`]: OpenTelemetry export: the spans of every adapter, a continued `traceparent`,
+//!   delivery spans after an outage, nothing exported when export is off.
 //! - [`client`]: the caller's client (what Core uses), awaited, fire-and-forget and health check.
 
 mod client;
@@ -24,5 +26,6 @@ mod hostile;
 mod idempotency;
 mod rejections;
 mod shutdown;
+mod spans;
 mod store_faults;
 mod telemetry;
