@@ -31,13 +31,22 @@ pub fn colour(no_color: Option<&str>, is_terminal: bool) -> bool {
 
 /// The process's log set-up, for applications that run under a dispatch of their own (span
 /// export, see [`crate::telemetry`]): their lines must still reach the log.
-static LOG_SETUP: OnceLock<(LogFormat, bool)> = OnceLock::new();
+#[derive(Debug, Clone)]
+struct LogSetup {
+    format: LogFormat,
+    ansi: bool,
+    /// The filter when `RUST_LOG` is unset.
+    default_filter: &'static str,
+    stderr: bool,
+}
+
+static LOG_SETUP: OnceLock<LogSetup> = OnceLock::new();
 
 /// Installs the global subscriber, writing to stdout; a second call (tests) is a no-op.
 pub fn init(format: LogFormat) -> Result<(), ConfigError> {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref())?;
     let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stdout().is_terminal());
-    let _ = LOG_SETUP.set((format, ansi));
+    let _ = LOG_SETUP.set(LogSetup { format, ansi, default_filter: "info", stderr: false });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -46,11 +55,12 @@ pub fn init(format: LogFormat) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Makes executors embedded in another program (the simulator) log in `format` while they
-/// export spans, as they do through the program's own subscriber otherwise.
-pub fn log_embedded(format: LogFormat) {
-    let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stdout().is_terminal());
-    let _ = LOG_SETUP.set((format, ansi));
+/// For executors embedded in another program (the simulator) that logs to stderr with
+/// `default_filter` unless `RUST_LOG` says otherwise: while they export spans, their lines are
+/// written the same way (they bypass the program's own subscriber then).
+pub fn log_embedded(default_filter: &'static str) {
+    let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stderr().is_terminal());
+    let _ = LOG_SETUP.set(LogSetup { format: LogFormat::Text, ansi, default_filter, stderr: true });
 }
 
 /// The log layer of [`init`] (or [`log_embedded`]) for a scoped dispatch; `None` when the
@@ -59,12 +69,19 @@ pub fn scoped_layer<S>() -> Option<Box<dyn Layer<S> + Send + Sync>>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
 {
-    let (format, ansi) = *LOG_SETUP.get()?;
-    let filter = filter(std::env::var("RUST_LOG").ok().as_deref()).unwrap_or_else(|_| EnvFilter::new("info"));
-    let layer = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
-    Some(match format {
-        LogFormat::Text => layer.with_filter(filter).boxed(),
-        LogFormat::Json => layer.json().flatten_event(true).with_current_span(true).with_filter(filter).boxed(),
+    let setup = LOG_SETUP.get()?;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::builder().parse(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(setup.default_filter));
+    let layer = tracing_subscriber::fmt::layer().with_ansi(setup.ansi);
+    Some(match (setup.format, setup.stderr) {
+        (LogFormat::Text, true) => layer.with_writer(std::io::stderr).with_filter(filter).boxed(),
+        (LogFormat::Text, false) => layer.with_target(false).with_filter(filter).boxed(),
+        (LogFormat::Json, _) => {
+            layer.with_target(false).json().flatten_event(true).with_current_span(true).with_filter(filter).boxed()
+        }
     })
 }
 

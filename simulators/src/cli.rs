@@ -14,6 +14,8 @@
 //!   sets a rule; `pillar-sim fault list`, `pillar-sim fault clear [ID]`.
 //! - `pillar-sim scenario run FILE [--wait]`, `scenario list`, `scenario cancel ID`.
 //! - `pillar-sim journal [--pillar P] [--trace ID] [--limit N] [--json]`.
+//! - `pillar-sim trace <TRACE_ID> [--json]`: the spans the executor exported for a trace, as a
+//!   waterfall in the terminal (the trace id as the execution has it, or its W3C form).
 //! - `pillar-sim reset`, `pillar-sim status`.
 //!
 //! Every command but `up` talks to the control API at `--control` / `PILLAR_SIM_CONTROL`
@@ -57,6 +59,14 @@ pub enum Command {
     Scenario(ScenarioCommand),
     /// Read the request journal.
     Journal(JournalArgs),
+    /// Show the spans received for a trace as a waterfall.
+    Trace {
+        /// The execution's trace id (or the W3C trace id).
+        trace_id: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the executor (or Bucket) open- or closed-loop and report latency, throughput and loss.
     Drive(DriveArgs),
     /// Serve the baseline: a minimal axum handler that parses the request JSON and answers a constant.
@@ -376,6 +386,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Fault(args) => fault(&control, *args).await,
         Command::Scenario(command) => scenario(&control, command).await,
         Command::Journal(args) => journal(&control, args).await,
+        Command::Trace { trace_id, json } => {
+            if !trace_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+                return Err(CliError::Usage(format!("`{trace_id}` is not a trace id")));
+            }
+            let trace = control.call(reqwest::Method::GET, &format!("/traces/{trace_id}"), None).await?;
+            if json {
+                print_json(&trace);
+            } else {
+                print!("{}", crate::traces::waterfall(&trace, 40));
+            }
+            Ok(())
+        }
         Command::Drive(args) => drive(args).await,
         Command::Baseline { bind } => {
             let listener = tokio::net::TcpListener::bind(bind)

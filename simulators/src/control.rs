@@ -21,6 +21,9 @@
 //! | `GET /karma/users/{id}`, `GET /karma/qtable`, `GET /karma/events` | | a Karma user (404 when unknown) / the Q-table / the life events applied (`{event_id, trace_id, user_id, action, reward_value}`) |
 //! | `GET /smtp/messages`, `GET /providers/whatsapp`, `GET /providers/chat` | | what the sinks received |
 //! | `GET /metrics` | | Prometheus text |
+//! | `POST /v1/traces` | OTLP `ExportTraceServiceRequest`, protobuf | 200 (the OTLP/HTTP receiver; [`crate::traces`]) |
+//! | `GET /traces?limit` | | `{"traces": [TraceSummary], "stats"}`, most recent first |
+//! | `GET /traces/{trace_id}` | | `{trace_id, spans: [SpanRecord], dropped_spans}` by W3C or BHIV id; 404 when unknown |
 //!
 //! Every rejection is `{"error": {"field", "message"}}`: 400 when the body is not JSON, 422 when
 //! a value is wrong (the field is named by its path, e.g. `steps[1].fault.status`), 404 for
@@ -76,6 +79,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(|State(s): Control| async move { ok(&json!({"requests": s.providers.chat_requests()})) }),
         )
         .route("/metrics", get(metrics))
+        .route("/v1/traces", post(receive_traces))
+        .route("/traces", get(list_traces))
+        .route("/traces/{trace_id}", get(get_trace))
         .fallback(|| async { rejected(StatusCode::NOT_FOUND, &SpecError::new("path", "no such control route")) })
         .method_not_allowed_fallback(|| async {
             rejected(StatusCode::METHOD_NOT_ALLOWED, &SpecError::new("method", "this route does not take that method"))
@@ -287,6 +293,40 @@ async fn karma_user(State(shared): Control, Path(id): Path<String>) -> Response 
     match shared.karma.user(&id) {
         Some(user) => ok(&json!(user)),
         None => rejected(StatusCode::NOT_FOUND, &SpecError::new("id", format!("Karma has no user `{id}`"))),
+    }
+}
+
+async fn receive_traces(State(shared): Control, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/x-protobuf") {
+        let error = SpecError::new("content-type", "OTLP/HTTP in protobuf only (application/x-protobuf)");
+        return rejected(StatusCode::UNSUPPORTED_MEDIA_TYPE, &error);
+    }
+    match shared.sim.traces.receive_protobuf(&body) {
+        // An empty ExportTraceServiceResponse: everything was accepted.
+        Ok(_) => ([(header::CONTENT_TYPE, "application/x-protobuf")], Bytes::new()).into_response(),
+        Err(error) => rejected(StatusCode::BAD_REQUEST, &SpecError::new("body", error.to_string())),
+    }
+}
+
+async fn list_traces(State(shared): Control, Query(query): Query<HashMap<String, String>>) -> Response {
+    let limit = match query.get("limit").map(|raw| raw.parse::<usize>()) {
+        None => 50,
+        Some(Ok(limit)) => limit,
+        Some(Err(_)) => {
+            return rejected(StatusCode::UNPROCESSABLE_ENTITY, &SpecError::new("limit", "expected a whole number"));
+        }
+    };
+    ok(&json!({"traces": shared.sim.traces.list(limit), "stats": shared.sim.traces.stats()}))
+}
+
+async fn get_trace(State(shared): Control, Path(trace_id): Path<String>) -> Response {
+    match shared.sim.traces.get(&trace_id) {
+        Some(trace) => ok(&json!(trace)),
+        None => rejected(
+            StatusCode::NOT_FOUND,
+            &SpecError::new("trace_id", format!("no spans received for trace `{trace_id}`")),
+        ),
     }
 }
 

@@ -66,7 +66,8 @@
 //!   sends RST; `middleware`: the HTTP layer that applies faults and journals each request.
 //! - [`bucket`], [`karma`], [`core`], [`providers`], [`smtp`]: the fakes (each module documents
 //!   its routes, rules and profile differences).
-//! - [`journal`]: the bounded request journal; `metrics`: the Prometheus registry.
+//! - [`journal`]: the bounded request journal; `metrics`: the Prometheus registry; [`traces`]:
+//!   the OTLP/HTTP receiver's bounded span store and the terminal waterfall.
 //! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes).
 //! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
 //!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
@@ -92,6 +93,7 @@ pub mod schema;
 mod sim;
 pub mod smtp;
 pub mod stack;
+pub mod traces;
 mod wire;
 
 pub use fault::{Fault, FaultRule, Latency};
@@ -101,3 +103,4 @@ pub use pillar::{Pillar, Profile};
 pub use scenario::{Scenario, ScenarioStatus};
 pub use schema::SpecError;
 pub use stack::{Faults, Ports, Stack, StackBuilder, StackError};
+pub use traces::{SpanRecord, TraceView, Traces};

@@ -1,4 +1,5 @@
-//! What every fake of one stack shares: the seed, the fault set, the journal and the metrics.
+//! What every fake of one stack shares: the seed, the fault set, the journal, the metrics and the
+//! received traces.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -6,6 +7,7 @@ use crate::injector::FaultSet;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::rng;
+use crate::traces::Traces;
 
 /// The shared state of one stack (held in an `Arc` by every server).
 #[derive(Debug)]
@@ -14,6 +16,7 @@ pub(crate) struct Sim {
     pub faults: FaultSet,
     pub journal: Journal,
     pub metrics: Metrics,
+    pub traces: Traces,
     ids: AtomicU64,
 }
 
@@ -24,6 +27,7 @@ impl Sim {
             faults: FaultSet::new(seed),
             journal: Journal::new(journal_capacity),
             metrics: Metrics::new(),
+            traces: Traces::default(),
             ids: AtomicU64::new(0),
         }
     }

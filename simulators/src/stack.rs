@@ -317,6 +317,7 @@ impl Shared {
         self.scenarios.reset(&self.sim);
         self.sim.faults.reset();
         self.sim.journal.clear();
+        self.sim.traces.clear();
         self.bucket.clear();
         self.karma.clear();
         self.providers.clear();
@@ -492,6 +493,20 @@ impl Stack {
         // From here on, dropping `stack` (an early return) stops everything.
         let mut stack = Stack { shared: shared.clone(), control_addr: None };
 
+        // The control port is bound before the executor starts: it receives the executor's spans.
+        let control_listener = if b.control {
+            let wanted = SocketAddr::new(b.ip, b.ports.control);
+            let listener = TcpListener::bind(wanted).await.map_err(|source| StackError::Bind {
+                what: "control".into(),
+                addr: wanted,
+                source,
+            })?;
+            Some(listener)
+        } else {
+            None
+        };
+        let control_addr = control_listener.as_ref().and_then(|l| l.local_addr().ok());
+
         if b.executor {
             let (data_dir, temporary) = match &b.executor_data_dir {
                 Some(dir) => (dir.clone(), false),
@@ -499,7 +514,7 @@ impl Stack {
             };
             std::fs::create_dir_all(&data_dir)
                 .map_err(|source| StackError::DataDir { path: data_dir.clone(), source })?;
-            let env = stack.executor_defaults(&b, &data_dir);
+            let env = stack.executor_defaults(&b, &data_dir, control_addr);
             let addr = b.executor_env.get("EXECUTOR_BIND").and_then(|a| a.parse().ok());
             *shared.executor.lock().await = Some(ExecutorSlot {
                 addr: addr.unwrap_or(SocketAddr::new(b.ip, b.ports.executor)),
@@ -517,13 +532,7 @@ impl Stack {
         core_env.entry("WORKFLOW_EXECUTOR_URL".into()).or_insert(executor_url);
         shared.core.configure(&core_env).map_err(|e| StackError::Config(e.to_string()))?;
 
-        stack.control_addr = if b.control {
-            let wanted = SocketAddr::new(b.ip, b.ports.control);
-            let listener = TcpListener::bind(wanted).await.map_err(|source| StackError::Bind {
-                what: "control".into(),
-                addr: wanted,
-                source,
-            })?;
+        stack.control_addr = if let Some(listener) = control_listener {
             let addr = listener.local_addr().expect("bound");
             let router = crate::control::router(shared.clone());
             let token = shutdown.clone();
@@ -544,7 +553,12 @@ impl Stack {
         Ok(stack)
     }
 
-    fn executor_defaults(&self, b: &StackBuilder, data_dir: &std::path::Path) -> HashMap<String, String> {
+    fn executor_defaults(
+        &self,
+        b: &StackBuilder,
+        data_dir: &std::path::Path,
+        control: Option<SocketAddr>,
+    ) -> HashMap<String, String> {
         let providers = self.providers_url();
         let smtp = self.smtp_addr();
         let mut env: HashMap<String, String> = [
@@ -565,6 +579,11 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if let Some(control) = control {
+            // Spans go to the control port's OTLP receiver, a fifth of a second after they end.
+            env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{control}"));
+            env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into());
+        }
         if let Some(token) = &b.whatsapp_token {
             env.insert("WHATSAPP_ACCESS_TOKEN".into(), token.clone());
         }
@@ -688,6 +707,11 @@ impl Stack {
     /// The request journal.
     pub fn journal(&self) -> &Journal {
         &self.shared.sim.journal
+    }
+
+    /// The spans the control port's OTLP receiver got (the executor's, by default).
+    pub fn traces(&self) -> &crate::traces::Traces {
+        &self.shared.sim.traces
     }
 
     /// Bucket's store.

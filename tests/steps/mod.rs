@@ -12,6 +12,7 @@
 //! | [`karma`] | behavioural events, karma balances and the Q-learning rule |
 //! | [`journal`] | what the fakes saw: calls, answers, `X-Trace-Id` and `traceparent` headers |
 //! | [`health`] | health checks, `/healthz`, `/api/integration/status`, `/metrics` |
+//! | [`traces`] | the spans the executor exported, as the simulator's OTLP receiver holds them |
 //! | [`timing`] | load and latency percentiles against the integration document's budgets |
 //! | [`payloads`], [`support`], [`stub`] | named requests, bounded waits and helpers, test-side stand-ins |
 //!
@@ -30,6 +31,7 @@ pub mod stack;
 pub mod stub;
 pub mod support;
 pub mod timing;
+pub mod traces;
 pub mod world;
 
 pub use world::{BhivWorld, external_mode};
