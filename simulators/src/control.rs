@@ -23,6 +23,7 @@
 //! | `GET /metrics` | | Prometheus text |
 //! | `POST /v1/traces` | OTLP `ExportTraceServiceRequest`, protobuf | 200 (the OTLP/HTTP receiver; [`crate::traces`]) |
 //! | `GET /traces?limit` | | `{"traces": [TraceSummary], "stats"}`, most recent first |
+//! | `GET /ui`, `GET /ui/state` | | the live dashboard ([`crate::dashboard`]) and what it polls |
 //! | `GET /traces/{trace_id}` | | `{trace_id, spans: [SpanRecord], dropped_spans}` by W3C or BHIV id; 404 when unknown |
 //!
 //! Every rejection is `{"error": {"field", "message"}}`: 400 when the body is not JSON, 422 when
@@ -79,6 +80,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             get(|State(s): Control| async move { ok(&json!({"requests": s.providers.chat_requests()})) }),
         )
         .route("/metrics", get(metrics))
+        .route("/ui", get(crate::dashboard::page))
+        .route("/ui/state", get(crate::dashboard::state))
         .route("/v1/traces", post(receive_traces))
         .route("/traces", get(list_traces))
         .route("/traces/{trace_id}", get(get_trace))

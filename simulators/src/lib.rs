@@ -68,7 +68,8 @@
 //!   its routes, rules and profile differences).
 //! - [`journal`]: the bounded request journal; `metrics`: the Prometheus registry; [`traces`]:
 //!   the OTLP/HTTP receiver's bounded span store and the terminal waterfall.
-//! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes).
+//! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes);
+//!   `dashboard`: the live page at `/ui` on the control port.
 //! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
 //!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
 //! - [`drive`]: the load driver and the baseline handler the benchmarks compare with.
@@ -77,6 +78,7 @@ pub mod bucket;
 pub mod cli;
 pub mod control;
 pub mod core;
+mod dashboard;
 pub mod drive;
 pub mod fault;
 mod injector;

@@ -12,3 +12,4 @@ mod karma;
 mod providers;
 mod smtp;
 mod support;
+mod traces;
