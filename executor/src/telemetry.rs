@@ -31,8 +31,8 @@ use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, 
 use sha2::{Digest, Sha256};
 use tracing::Dispatch;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{SamplerSetting, TelemetrySettings};
 
@@ -90,7 +90,17 @@ impl Telemetry {
             .with_threads(false)
             .with_location(false)
             .with_tracked_inactivity(false)
-            .with_filter(EnvFilter::new("workflow_executor=info"));
+            .with_target(false)
+            // Parents come from the tracing spans; attaching an OpenTelemetry context on every
+            // poll of every instrumented future costs time and serves nothing here.
+            .with_context_activation(false)
+            // Spans only: log events stay in the log, not in exported spans (each would be an
+            // allocation-heavy span event on the request path).
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span()
+                    && meta.target().starts_with("workflow_executor")
+                    && *meta.level() <= tracing::Level::INFO
+            }));
         let subscriber = tracing_subscriber::registry().with(otel).with(crate::logging::scoped_layer());
         EXPORTING.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Self { provider, dispatch: Dispatch::new(subscriber) }))
