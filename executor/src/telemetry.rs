@@ -22,12 +22,15 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use opentelemetry::Context;
+use opentelemetry::trace::{Link, SpanKind};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingResult, SdkTracerProvider, ShouldSample,
+};
 use sha2::{Digest, Sha256};
 use tracing::Dispatch;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -124,14 +127,49 @@ impl Telemetry {
     }
 }
 
-fn sampler(setting: SamplerSetting) -> Sampler {
-    match setting {
-        SamplerSetting::AlwaysOn => Sampler::AlwaysOn,
-        SamplerSetting::AlwaysOff => Sampler::AlwaysOff,
-        SamplerSetting::Ratio(ratio) => Sampler::TraceIdRatioBased(ratio),
-        SamplerSetting::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        SamplerSetting::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        SamplerSetting::ParentBasedRatio(ratio) => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
+/// The `tracestate` key that marks the stand-in parent of a trace known only by its BHIV id.
+const STAND_IN: &str = "bhiv";
+
+fn sampler(setting: SamplerSetting) -> CallerAware {
+    let root = match setting {
+        SamplerSetting::AlwaysOn | SamplerSetting::ParentBasedAlwaysOn => Sampler::AlwaysOn,
+        SamplerSetting::AlwaysOff | SamplerSetting::ParentBasedAlwaysOff => Sampler::AlwaysOff,
+        SamplerSetting::Ratio(ratio) | SamplerSetting::ParentBasedRatio(ratio) => Sampler::TraceIdRatioBased(ratio),
+    };
+    let parent_based = matches!(
+        setting,
+        SamplerSetting::ParentBasedAlwaysOn
+            | SamplerSetting::ParentBasedAlwaysOff
+            | SamplerSetting::ParentBasedRatio(_)
+    );
+    CallerAware { parent_based: parent_based.then(|| Sampler::ParentBased(Box::new(root.clone()))), root }
+}
+
+/// The configured sampler, except that a stand-in parent (no caller `traceparent`) counts as no
+/// parent: the root sampler decides, by trace id, so a request and its later deliveries agree.
+#[derive(Debug, Clone)]
+struct CallerAware {
+    parent_based: Option<Sampler>,
+    root: Sampler,
+}
+
+impl ShouldSample for CallerAware {
+    fn should_sample(
+        &self,
+        parent: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let stand_in = parent.is_some_and(|cx| cx.span().span_context().trace_state().get(STAND_IN).is_some());
+        match &self.parent_based {
+            Some(parent_based) if !stand_in => {
+                parent_based.should_sample(parent, trace_id, name, kind, attributes, links)
+            }
+            _ => self.root.should_sample(None, trace_id, name, kind, attributes, links),
+        }
     }
 }
 
@@ -199,7 +237,8 @@ fn derived_parent(trace_id: &str) -> SpanContext {
     if id == [0; 8] {
         id[7] = 1;
     }
-    SpanContext::new(trace, SpanId::from_bytes(id), TraceFlags::SAMPLED, true, TraceState::default())
+    let state = TraceState::from_key_value([(STAND_IN, "derived")]).unwrap_or_default();
+    SpanContext::new(trace, SpanId::from_bytes(id), TraceFlags::SAMPLED, true, state)
 }
 
 /// A valid W3C `traceparent` (version 00) as a remote span context.
@@ -224,6 +263,8 @@ fn parse_traceparent(value: &str) -> Option<SpanContext> {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry_sdk::trace::SamplingDecision;
+
     use super::*;
 
     #[test]
@@ -243,6 +284,26 @@ mod tests {
         ] {
             assert!(parse_traceparent(invalid).is_none(), "{invalid}");
         }
+    }
+
+    #[test]
+    fn a_stand_in_parent_leaves_the_decision_to_the_root_sampler_and_a_caller_s_parent_is_followed() {
+        let decide = |setting, parent: SpanContext| {
+            let cx = Context::new().with_remote_span_context(parent.clone());
+            sampler(setting)
+                .should_sample(Some(&cx), parent.trace_id(), "workflow", &SpanKind::Server, &[], &[])
+                .decision
+        };
+        let caller = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").expect("valid");
+        let unsampled_caller =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").expect("valid");
+        let stand_in = derived_parent("order-7");
+        assert_eq!(decide(SamplerSetting::ParentBasedRatio(0.0), stand_in.clone()), SamplingDecision::Drop);
+        assert_eq!(decide(SamplerSetting::ParentBasedRatio(1.0), stand_in.clone()), SamplingDecision::RecordAndSample);
+        assert_eq!(decide(SamplerSetting::ParentBasedRatio(0.0), caller), SamplingDecision::RecordAndSample);
+        assert_eq!(decide(SamplerSetting::ParentBasedAlwaysOn, unsampled_caller), SamplingDecision::Drop);
+        assert_eq!(decide(SamplerSetting::ParentBasedAlwaysOn, stand_in.clone()), SamplingDecision::RecordAndSample);
+        assert_eq!(decide(SamplerSetting::AlwaysOff, stand_in), SamplingDecision::Drop);
     }
 
     #[test]
