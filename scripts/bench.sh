@@ -5,6 +5,8 @@
 #                               # bench-results/bench-<timestamp>.md
 #   DURATION=5 scripts/bench.sh # shorter phases
 #
+# The cost of OpenTelemetry span export has its own script: scripts/bench-otel.sh.
+#
 # What runs (all on loopback, every loop bounded in time):
 #   1. baseline: a minimal axum handler that parses the same JSON body and answers a constant
 #      (`pillar-sim baseline`), loaded closed-loop at CONNS connections: the ceiling;
