@@ -6,8 +6,9 @@
 //!   and stops cleanly on Ctrl-C or SIGTERM. Bucket reads `WORKFLOW_EVENTS_ENABLED`, Karma
 //!   `WORKFLOW_BEHAVIORAL_TRACKING`, Core `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
 //!   and `WORKFLOW_TIMEOUT`; the executor gets the fakes' URLs plus any `EXECUTOR_*`,
-//!   `WORKFLOW_TIMEOUT`, `*_TIMEOUT`, `WHATSAPP_API_VERSION`, `AI_MODEL`, `SMTP_USERNAME` and
-//!   `SMTP_PASSWORD` from the environment.
+//!   `WORKFLOW_TIMEOUT`, `*_TIMEOUT`, `WHATSAPP_API_VERSION`, `AI_MODEL`, `SMTP_USERNAME`,
+//!   `SMTP_PASSWORD` and `OTEL_*` from the environment (its spans go to the control port's OTLP
+//!   receiver unless `OTEL_EXPORTER_OTLP_ENDPOINT` says otherwise; empty turns export off).
 //! - `pillar-sim fault <pillar> <kind> [--status N] [--probability P] [--retry-after S]
 //!   [--ms N | --dist D --min-ms/--max-ms/--mean-ms/--stddev-ms/--p50-ms/--p99-ms]
 //!   [--bytes-per-sec N] [--for 30s] [--count N] [--route /path] [--method POST] [--id ID]`
@@ -629,6 +630,7 @@ fn env_flag(name: &str) -> Result<Option<bool>, CliError> {
 /// Whether an environment variable is passed to the executor by `up`.
 fn executor_passthrough(name: &str) -> bool {
     name.starts_with("EXECUTOR_")
+        || name.starts_with("OTEL_")
         || name.ends_with("_TIMEOUT")
         || matches!(name, "WHATSAPP_API_VERSION" | "AI_MODEL" | "SMTP_USERNAME" | "SMTP_PASSWORD")
 }
@@ -678,7 +680,9 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         );
     }
     println!("  {:<10} {:<28} plain SMTP (SMTP_TLS=none)", "smtp", stack.url(Pillar::Smtp));
-    println!("  {:<10} {:<28} PILLAR_SIM_CONTROL", "control", stack.control_url().unwrap_or_default());
+    let control = stack.control_url().unwrap_or_default();
+    println!("  {:<10} {:<28} PILLAR_SIM_CONTROL; OTLP/HTTP receiver at /v1/traces", "control", control);
+    println!("  {:<10} {:<28} the live dashboard", "dashboard", format!("{control}/ui"));
     println!("Ctrl-C to stop.");
     shutdown_signal().await;
     println!("stopping…");

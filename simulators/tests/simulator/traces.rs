@@ -122,3 +122,27 @@ async fn the_dashboard_state_shows_a_refused_bucket_as_down_and_the_fault_on_the
     .await;
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_without_an_endpoint_exports_nothing() {
+    let stack = Stack::builder()
+        .executor(true)
+        .executor_env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        .start()
+        .await
+        .expect("stack starts");
+    let trace = "no-export-1";
+    let (status, _) =
+        post(format!("{}/api/workflow/execute", stack.executor_url().unwrap()), &execute_body(trace)).await;
+    assert_eq!(status, StatusCode::OK);
+    // The execution happened (its event reached Bucket), and stopping the executor would flush
+    // any span it had queued.
+    stack
+        .journal()
+        .wait_for(WAIT, |e| e.pillar == pillar_sim::Pillar::Bucket && e.trace_id.as_deref() == Some(trace))
+        .await
+        .expect("the event reached Bucket");
+    stack.stop_executor().await.expect("stops");
+    assert_eq!(stack.traces().stats()["spans_received"], 0, "{}", stack.traces().stats());
+    stack.stop().await;
+}
