@@ -83,7 +83,6 @@ impl Application {
     /// Builds the executor on a listener the caller bound.
     pub async fn build_with_listener(settings: Settings, listener: TcpListener) -> Result<Self, StartError> {
         let metrics = Metrics::new();
-        let telemetry = Telemetry::build(&settings.telemetry)?;
         let bound = |s: &crate::config::SinkSettings| OutboxBound {
             max_events: s.max_events,
             max_bytes: s.max_bytes,
@@ -117,6 +116,8 @@ impl Application {
         if queued > 0 {
             tracing::info!(queued, "resuming delivery of events queued before the last stop");
         }
+        // Last, so that nothing can fail once the exporter and its thread exist.
+        let telemetry = Telemetry::build(&settings.telemetry)?;
         let state = Arc::new(AppState {
             load: Arc::new(Semaphore::new(settings.limits.max_concurrent)),
             settings: Arc::new(settings),

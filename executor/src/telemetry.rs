@@ -117,8 +117,8 @@ impl Telemetry {
     /// Exports what is queued and stops the exporter (off the runtime's threads: the flush
     /// blocks until the batch thread's last export, which runs on the runtime).
     pub async fn shutdown(self) {
-        EXPORTING.fetch_sub(1, Ordering::Relaxed);
-        let provider = self.provider;
+        let provider = self.provider.clone();
+        drop(self);
         match tokio::task::spawn_blocking(move || provider.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "span export did not flush cleanly"),
@@ -129,6 +129,12 @@ impl Telemetry {
 
 /// The `tracestate` key that marks the stand-in parent of a trace known only by its BHIV id.
 const STAND_IN: &str = "bhiv";
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        EXPORTING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 fn sampler(setting: SamplerSetting) -> CallerAware {
     let root = match setting {

@@ -5,8 +5,8 @@
 //!
 //! `/ui/state` gathers what the page shows in one answer: each service's state (`down` while a
 //! whole-pillar `refuse`, `blackhole` or `reset` rule is active, `degraded` while any other rule
-//! is, else `up`; the executor's from its `/api/integration/status`), request counts (the page
-//! turns them into rates), the executor's outboxes and circuits, the fault rules, the journal's
+//! is, else `up`; the executor's from its `/api/integration/status`), request counts (the
+//! executor's: executions, from its `/metrics`; the page turns them into rates), the executor's outboxes and circuits, the fault rules, the journal's
 //! tail with the faults each request met, and the latest traces. Nothing here probes the fakes,
 //! so watching never adds to the journal.
 
@@ -85,6 +85,7 @@ pub(crate) async fn state(State(shared): State<Arc<Shared>>) -> Response {
                     "name": "executor",
                     "url": format!("http://{addr}"),
                     "state": if status["store"]["state"] == "ok" { "up" } else { "degraded" },
+                    "requests": executions(addr).await,
                     "status": status,
                 }),
                 None => json!({"name": "executor", "url": format!("http://{addr}"), "state": "down"}),
@@ -121,4 +122,15 @@ pub(crate) async fn state(State(shared): State<Arc<Shared>>) -> Response {
             "trace_stats": shared.sim.traces.stats(),
         }),
     )
+}
+
+/// The executor's executions so far (the sum of `workflow_executions_total`), for its rate.
+async fn executions(addr: std::net::SocketAddr) -> Option<u64> {
+    let text = CLIENT.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
+    let total = text
+        .lines()
+        .filter(|line| line.starts_with("workflow_executions_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    Some(total as u64)
 }
