@@ -86,3 +86,48 @@ Feature: As-built compatibility — the documented integration against the pilla
     Then eventually every workflow reaches Bucket at least once
     And eventually the integration status reports 6 Karma events dead-lettered
     And the integration status reports 0 Bucket events dead-lettered
+
+  Scenario Outline: With EXECUTOR_KARMA_ENCODING=as-built, a successful workflow changes the user's karma in Karma's <profile> profile
+    Given Karma runs the <profile> profile
+    And the executor setting EXECUTOR_KARMA_ENCODING is "as-built"
+    And a new user
+    When I execute a successful task workflow
+    Then eventually Karma receives a "completing_lessons" life event for the trace
+    And the Karma event says:
+      | field     | value              |
+      | type      | life_event         |
+      | data.role | learner            |
+      | data.note | Workflow execution: task |
+    And eventually Karma answered the trace's event 200
+    And eventually Karma has applied 1 event for the user
+    And the user has 5 DharmaPoints and the role "learner"
+    And the integration status reports 0 Karma events dead-lettered
+
+    Examples:
+      | profile  |
+      | spec     |
+      | as-built |
+
+  Scenario: With EXECUTOR_KARMA_ENCODING=as-built, a failed workflow sends Karma nothing and is counted as skipped
+    Given Karma runs the as-built profile
+    And the executor setting EXECUTOR_KARMA_ENCODING is "as-built"
+    And a new user
+    When I execute a failing task workflow
+    Then eventually Bucket holds exactly one event for the trace
+    And Karma was sent the trace's event 0 times in all
+    And Karma has no record of the user
+    And the metric 'workflow_events_skipped_total{sink="karma"}' reads 1
+    And the integration status reports 0 Karma events dead-lettered
+
+  Scenario: As built, Core answers the README's example through its stock edumentor_agent with an error and dispatches nothing
+    Given Core runs the as-built profile
+    When a user asks Core's "edumentor_agent" agent "Create a task: call the bank"
+    Then Core answers with status "error"
+    And nothing reaches Bucket, Karma or a provider for Core's task id
+
+  Scenario: As built, Core dispatches for workflow_probe_agent without X-Trace-Id or traceparent
+    Given Core runs the as-built profile
+    And Core's WORKFLOW_EXECUTOR_URL points at the providers' server
+    When a user asks Core "Remind me: call the bank at 10"
+    Then Core reports the workflow as dispatched
+    And the providers' server received Core's dispatch for the task, with the task id in its body and no trace headers

@@ -19,11 +19,15 @@ Feature: Phase 1 — Core hands workflows to the executor, fire-and-forget
     Examples:
       | action   | request                                                    |
       | task     | Remind me: call the bank at 10                             |
+
+    @simulator-only @agent_rules
+    Examples:
+      | action   | request                                                    |
       | whatsapp | Send a WhatsApp to +919876543210: the class starts at 5    |
       | email    | Email alice@example.com about the launch: we go live at 10 |
       | ai       | Please summarize: the Gita, chapter 2                      |
 
-  @external
+  @external @simulator-only @agent_rules
   Scenario: A question that needs no action is answered without a workflow
     When a user asks Core "What is dharma?"
     Then Core decided that no workflow is needed

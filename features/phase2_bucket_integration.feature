@@ -81,7 +81,7 @@ Feature: Phase 2 — every execution is recorded in Bucket, the append-only audi
       | POST   | /core/update-event  | 404    |
       | POST   | /core/delete-event  | 404    |
 
-  @external
+  @external @simulator-only @hash_chain
   Scenario: The hash chain over the audit trail verifies
     When I execute 5 task workflows
     Then eventually Bucket holds exactly one event for each trace

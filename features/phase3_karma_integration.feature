@@ -15,7 +15,7 @@ Feature: Phase 3 — behavioural events reach Karma and move the user's karma as
     Given a BHIV stack
     And a new user
 
-  @external
+  @external @simulator-only @journal
   Scenario Outline: A <outcome> workflow sends Karma a "<karma action>" life event
     When I execute a <outcome> task workflow
     Then eventually Karma receives a "<karma action>" life event for the trace
@@ -35,6 +35,12 @@ Feature: Phase 3 — behavioural events reach Karma and move the user's karma as
       | successful | workflow_success |
       | failing    | workflow_failure |
 
+  @external
+  Scenario: A successful workflow changes the user's karma, read through Karma's own stats
+    When I execute a successful task workflow
+    Then eventually Karma has applied 1 event for the user
+    And the user has 5 DharmaPoints and the role "learner"
+
   Scenario Outline: The rule, worked through for a new user: <sequence>
     When the user's workflows end as follows: "<sequence>"
     Then eventually Karma has applied <events> events for the user
@@ -50,7 +56,7 @@ Feature: Phase 3 — behavioural events reach Karma and move the user's karma as
       | success, failure          | 2      | 5      | 0.75      | 0.10125    |
       | success, success, failure | 3      | 10     | 1.48875   | 0.20098125 |
 
-  @external
+  @external @simulator-only @qtable
   Scenario Outline: Karma's Q-value moves as the rule says for a <outcome> workflow
     Given I note the user's karma and Karma's Q-table
     When the user's workflows end as follows: "<sequence>"

@@ -9,7 +9,7 @@ Feature: Trace propagation — one trace id from Core through the executor, the 
   Background:
     Given a BHIV stack
 
-  @external
+  @external @simulator-only @journal
   Scenario Outline: Core's task id follows a <action> workflow everywhere
     When a user asks Core "<request>"
     Then eventually Bucket holds exactly one event for Core's task id
@@ -31,7 +31,7 @@ Feature: Trace propagation — one trace id from Core through the executor, the 
     When a user asks Core "Remind me: call the bank at 10"
     Then the providers' server received Core's dispatch for the task, with the task id in its body and headers
 
-  @external
+  @external @simulator-only @journal
   Scenario Outline: A caller's own trace id (not a UUID) is kept verbatim through a <action> workflow
     When I execute a <action> workflow with trace id "order-42:retry_1"
     Then the execution succeeded

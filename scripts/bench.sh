@@ -4,6 +4,7 @@
 #   scripts/bench.sh            # full run (about 6 minutes), table printed and written to
 #                               # bench-results/bench-<timestamp>.md
 #   DURATION=5 scripts/bench.sh # shorter phases
+#   KEEP=1 scripts/bench.sh     # keep the logs and data directories (the path is printed)
 #
 # The cost of OpenTelemetry span export has its own script: scripts/bench-otel.sh.
 #
@@ -21,7 +22,13 @@
 #   5. the simulator itself: Bucket write throughput, and the accuracy of an injected 50 ms latency
 #      at 1,000 req/s;
 #   6. peak RSS of the executor (over the whole run, and during the open-loop phases at RATE) and
-#      of the simulator.
+#      of the simulator;
+#   7. the PostgreSQL store (when PostgreSQL is installed; PG=0 skips it, PG_ONLY=1 runs only the
+#      baseline, the simulator and this phase): one executor, then three replicas, on a throwaway
+#      local server with its default durability (fsync and synchronous commit on), task adapter,
+#      telemetry on. Throughput with wrk against the wrk baseline (three wrk at once, one per
+#      replica, summed); p99 open-loop at PG_RATE req/s in all; CPU time per request of the
+#      executors and of PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +38,9 @@ RATE=${RATE:-2000}                # open-loop rate for the latency phases
 OUTAGE=${OUTAGE:-30}              # seconds of Bucket outage in the recovery phase
 RECOVERY_RATE=${RECOVERY_RATE:-500}
 WRK_ROUNDS=${WRK_ROUNDS:-7}       # interleaved baseline/executor rounds of the wrk comparison
+PG=${PG:-1}                       # the PostgreSQL phase (7)
+PG_ONLY=${PG_ONLY:-0}
+PG_RATE=${PG_RATE:-1000}          # open-loop rate of the PostgreSQL phase
 BASELINE_ADDR=${BASELINE_ADDR:-127.0.0.1:8099}
 OUT_DIR=${OUT_DIR:-bench-results}
 export PILLAR_SIM_CONTROL=${PILLAR_SIM_CONTROL:-http://127.0.0.1:8090}
@@ -50,10 +60,12 @@ done
 
 WORK=$(mktemp -d)
 PIDS=()
+PG_DATA=""
 cleanup() {
+  [ -n "$PG_DATA" ] && as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate stop > /dev/null 2>&1 || true
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ "${KEEP:-0}" = 1 ]; then echo "logs and data kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -92,11 +104,7 @@ ROWS=()
 row() { ROWS+=("$1"); }
 
 if command -v wrk > /dev/null; then
-  # The baseline comparison with wrk, a lighter load tool (more of the machine left to the
-  # server), before anything else runs. The machine's speed drifts between runs (the same binary
-  # ranges over about 10%), so each of WRK_ROUNDS rounds measures the baseline right before a
-  # fresh executor (empty data directory), and the median round ratio is reported.
-  echo "==> 1b. wrk: baseline and executor (task, telemetry off), $WRK_ROUNDS interleaved rounds"
+  # Unique bodies (a replay would be cheaper than an execution).
   cat > "$WORK/post.lua" <<'LUA'
 local threads = 0
 function setup(thread) threads = threads + 1; thread:set("tid", threads) end
@@ -108,6 +116,14 @@ request = function()
 end
 LUA
   wrk_rate() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+fi
+
+if command -v wrk > /dev/null && [ "$PG_ONLY" != 1 ]; then
+  # The baseline comparison with wrk, a lighter load tool (more of the machine left to the
+  # server), before anything else runs. The machine's speed drifts between runs (the same binary
+  # ranges over about 10%), so each of WRK_ROUNDS rounds measures the baseline right before a
+  # fresh executor (empty data directory), and the median round ratio is reported.
+  echo "==> 1b. wrk: baseline and executor (task, telemetry off), $WRK_ROUNDS interleaved rounds"
   WRK_RATIOS=()
   for round in $(seq 1 "$WRK_ROUNDS"); do
     wbase=$(wrk_rate "http://$BASELINE_ADDR/")
@@ -138,6 +154,7 @@ EXE_PID=$!
 PIDS+=($EXE_PID)
 wait_http "$EXECUTOR/healthz" executor
 
+if [ "$PG_ONLY" != 1 ]; then
 echo "==> 2a. executor without telemetry (sinks disabled), task adapter"
 EXECUTOR_BIND=127.0.0.1:8004 EXECUTOR_BUCKET_ENABLED=false EXECUTOR_KARMA_ENABLED=false \
   EXECUTOR_DATA_DIR="$WORK/executor-solo" RUST_LOG=warn "$EXE" > "$WORK/executor-solo.log" 2>&1 &
@@ -217,6 +234,96 @@ row "| simulator: injected fixed 50 ms at 1,000 req/s | p50 $(printf %.2f "$(fie
 
 echo "==> 6. memory"
 row "| peak RSS | executor at $RATE req/s (phase 3) $PEAK_AT_RATE MiB; over the closed-loop phases $PEAK_BEFORE_OPEN_LOOP MiB | | simulator $(peak_rss_mib "$SIM_PID") MiB | outbox on disk: $(du -sh "$WORK/executor" | cut -f1) |"
+
+fi
+
+# ----- 7. the PostgreSQL store -----
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cpu_ticks() { # pids... -> utime+stime summed, in clock ticks
+  local total=0 pid
+  for pid in "$@"; do
+    [ -r "/proc/$pid/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+pg_pids() { pgrep -f "postgres.*$PG_DATA" 2>/dev/null; pgrep -P "$(head -1 "$PG_DATA/postmaster.pid")" 2>/dev/null; }
+start_pg() { # a fresh cluster in $WORK/<name>; sets PG_DATA and PG_URL
+  PG_DATA="$WORK/$1"
+  mkdir -p "$PG_DATA"
+  if [ "$(id -u)" = 0 ]; then chmod 711 "$WORK"; chown postgres: "$PG_DATA"; fi
+  as_pg "$PG_BIN/initdb" -A trust -U postgres -E UTF8 --no-instructions -D "$PG_DATA" > /dev/null
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/log" -w \
+    -o "-p $port -k $PG_DATA -c listen_addresses=127.0.0.1 -c max_connections=100" start > /dev/null
+  PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+stop_pg() { as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast stop > /dev/null; PG_DATA=""; }
+start_pg_executor() { # port, log name; its pid in PG_EXE_PID
+  EXECUTOR_BIND=127.0.0.1:$1 EXECUTOR_STORE_URL="$PG_URL" EXECUTOR_DATA_DIR="$WORK/unused-$1" \
+    EXECUTOR_DRAIN_DELAY=0 RUST_LOG=warn "$EXE" > "$WORK/$2.log" 2>&1 &
+  PG_EXE_PID=$!
+  PIDS+=("$PG_EXE_PID")
+  wait_http "http://127.0.0.1:$1/healthz" "executor on PostgreSQL (:$1)"
+}
+
+PG_BIN=$( (command -v initdb > /dev/null && dirname "$(command -v initdb)") || (ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) || true)
+if [ "$PG" = 1 ] && [ -n "$PG_BIN" ] && command -v wrk > /dev/null; then
+  echo "==> 7. the PostgreSQL store: one executor, then three replicas (task, telemetry on)"
+  wrk_pg() { # connections, url -> req/s
+    wrk -t1 -c"$1" -d"${DURATION}s" -s "$WORK/post.lua" "$2" | awk '/Requests\/sec/ {print $2}'
+  }
+  pg_base=$(wrk_rate "http://$BASELINE_ADDR/")
+  row "| (wrk) baseline handler before the PostgreSQL phase, c=$CONNS | $(printf %.0f "$pg_base") req/s | 1.000 | | |"
+
+  start_pg pg-one
+  start_pg_executor 8005 pg-one
+  one=$PG_EXE_PID
+  pg_cpu0=$(cpu_ticks $(pg_pids)); exe_cpu0=$(cpu_ticks "$one")
+  tput=$(wrk_pg "$CONNS" http://127.0.0.1:8005/)
+  pg_cpu=$(( $(cpu_ticks $(pg_pids)) - pg_cpu0 )); exe_cpu=$(( $(cpu_ticks "$one") - exe_cpu0 ))
+  per=$(python3 -c "n=$tput*$DURATION; t=$(getconf CLK_TCK); print(f'executor {$exe_cpu/t/n*1e6:.0f} µs, PostgreSQL {$pg_cpu/t/n*1e6:.0f} µs of CPU per request')")
+  row "| (wrk) executor on PostgreSQL, task, telemetry on, c=$CONNS | $(printf %.0f "$tput") req/s | **$(python3 -c "print(f'{$tput/$pg_base:.3f}')")** | | $per |"
+  drive pg-one-open --target http://127.0.0.1:8005 --rate "$PG_RATE" --duration "${DURATION}s" --mix task --check
+  row "| executor on PostgreSQL, open loop $PG_RATE req/s | p50 $(printf %.2f "$(field "$WORK/pg-one-open.json" report.latency_ms.p50)") ms | | p99 $(printf %.2f "$(field "$WORK/pg-one-open.json" report.latency_ms.p99)") ms | lost $(field "$WORK/pg-one-open.json" check.lost_total), duplicated $(field "$WORK/pg-one-open.json" check.duplicated_total) |"
+  kill "$one"; wait "$one" 2>/dev/null || true
+  stop_pg
+
+  start_pg pg-three
+  REPLICAS=()
+  for port in 8005 8006 8007; do
+    start_pg_executor "$port" "pg-replica-$port"
+    REPLICAS+=("$PG_EXE_PID")
+  done
+  pg_cpu0=$(cpu_ticks $(pg_pids)); exe_cpu0=$(cpu_ticks "${REPLICAS[@]}")
+  per_conn=$(( (CONNS + 2) / 3 ))
+  LOADS=()
+  for port in 8005 8006 8007; do
+    wrk_pg "$per_conn" "http://127.0.0.1:$port/" > "$WORK/wrk-$port.txt" &
+    LOADS+=($!)
+  done
+  wait "${LOADS[@]}"
+  tput=$(cat "$WORK"/wrk-800[567].txt | python3 -c "import sys; print(sum(float(x) for x in sys.stdin.read().split()))")
+  pg_cpu=$(( $(cpu_ticks $(pg_pids)) - pg_cpu0 )); exe_cpu=$(( $(cpu_ticks "${REPLICAS[@]}") - exe_cpu0 ))
+  per=$(python3 -c "n=$tput*$DURATION; t=$(getconf CLK_TCK); print(f'executors {$exe_cpu/t/n*1e6:.0f} µs, PostgreSQL {$pg_cpu/t/n*1e6:.0f} µs of CPU per request')")
+  row "| (wrk) three replicas on one PostgreSQL, task, telemetry on, $per_conn connections each | $(printf %.0f "$tput") req/s in all | **$(python3 -c "print(f'{$tput/$pg_base:.3f}')")** | | $per |"
+  third=$(( PG_RATE / 3 ))
+  LOADS=()
+  for port in 8005 8006 8007; do
+    "$SIM" drive --json "$WORK/pg-three-$port.json" --target "http://127.0.0.1:$port" --rate "$third" \
+      --duration "${DURATION}s" --mix task --check > "$WORK/pg-three-$port.txt" &
+    LOADS+=($!)
+  done
+  wait "${LOADS[@]}"
+  worst=$(python3 -c "import json; print(max(json.load(open(f'$WORK/pg-three-{p}.json'))['report']['latency_ms']['p99'] for p in (8005, 8006, 8007)))")
+  lost=$(python3 -c "import json; print(sum(json.load(open(f'$WORK/pg-three-{p}.json')).get('check', {}).get('lost_total', 0) for p in (8005, 8006, 8007)))")
+  row "| three replicas on one PostgreSQL, open loop $((third * 3)) req/s in all ($third each) | | | worst replica p99 $(printf %.2f "$worst") ms | lost $lost |"
+  for pid in "${REPLICAS[@]}"; do kill "$pid"; done
+  wait "${REPLICAS[@]}" 2>/dev/null || true
+  stop_pg
+elif [ "$PG" = 1 ]; then
+  echo "==> 7. skipped: PostgreSQL (initdb) or wrk not found"
+fi
 
 mkdir -p "$OUT_DIR"
 report="$OUT_DIR/bench-$(date -u +%Y%m%dT%H%M%SZ).md"

@@ -57,6 +57,17 @@ if { [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null; } \
   fi
 fi
 
+# The TLS test of the PostgreSQL store makes its certificates with openssl.
+if ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "==> installing openssl for the store's TLS test"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "openssl not found: install it (the PostgreSQL TLS test makes its certificates with it)" >&2
+    exit 1
+  fi
+fi
+
 refs=$(mktemp)
 trap 'rm -f "$refs"' EXIT
 if [ -n "${CI:-}" ] && [ "${CI}" != "false" ]; then

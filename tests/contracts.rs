@@ -7,6 +7,7 @@
 //!
 //! - [`adapters`]: success per adapter — the execute answer, the provider request, the Bucket
 //!   and Karma events (with their contract headers) — the skipped answer and a replay.
+//! - [`as_built`]: the `as-built` Karma encoding and the as-built pillars' measured answers.
 //! - [`failures`]: every validation failure code, and the provider failure codes made with
 //!   the simulator's faults.
 //! - [`rejections`]: 400, 401, 403, 404, 405, 409, 413, 415, 422 and 503 with their error bodies.
@@ -23,6 +24,8 @@
 
 #[path = "contracts/adapters.rs"]
 mod adapters;
+#[path = "contracts/as_built.rs"]
+mod as_built;
 #[path = "contracts/failures.rs"]
 mod failures;
 #[path = "contracts/ops.rs"]

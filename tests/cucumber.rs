@@ -11,7 +11,10 @@
 //! errors. With `CUCUMBER_JUNIT=path` a JUnit XML report is written there too.
 //!
 //! With `BHIV_EXTERNAL=1` only `@external` scenarios run, against already-running services
-//! (see `features/README.md`), one at a time.
+//! (see `features/README.md`), one at a time; when Karma, Bucket or Core are not the simulator's,
+//! `@simulator-only` scenarios are skipped with their reason printed. Selection (`--name`,
+//! `--tags`, external mode) is done here, so `--name` and `--tags` combine (Cucumber's own CLI
+//! refuses both at once).
 
 mod steps;
 
@@ -22,8 +25,10 @@ use std::sync::{Arc, Mutex};
 
 use cucumber::cli::{self, Parser as _};
 use cucumber::event::{self, Source};
+use cucumber::gherkin::tagexpr::TagOperation;
+use cucumber::tag::Ext as _;
 use cucumber::{World as _, WriterExt as _, parser, writer};
-use steps::{BhivWorld, external_mode};
+use steps::{BhivWorld, Simulated, detect_simulated, external_mode};
 
 /// Scenarios run at once in-process: each runs a whole stack, and the machine has 2 cores.
 const CONCURRENCY: usize = 6;
@@ -100,9 +105,10 @@ const LIBTEST_FLAGS: [(&str, bool); 14] = [
     ("--report-time", false),
 ];
 
-/// Cucumber's arguments: libtest's dropped, a bare word turned into `--name`, and in external
-/// mode the tag filter narrowed to `@external`.
-fn cucumber_args(external: bool) -> Vec<String> {
+/// Cucumber's arguments (libtest's dropped, a bare word turned into `--name`) and the tag
+/// expression (`--tags`, else `CUCUMBER_FILTER_TAGS`), which is applied by [`select`] instead of
+/// Cucumber's CLI.
+fn cucumber_args() -> (Vec<String>, Option<String>) {
     let mut raw = std::env::args();
     let mut args = vec![raw.next().unwrap_or_else(|| "cucumber".into())];
     let mut tags = std::env::var("CUCUMBER_FILTER_TAGS").ok().filter(|t| !t.trim().is_empty());
@@ -127,16 +133,50 @@ fn cucumber_args(external: bool) -> Vec<String> {
         }
         args.push(arg);
     }
-    let tags = match (external, tags) {
-        (true, Some(t)) => Some(format!("@external and ({t})")),
-        (true, None) => Some("@external".to_owned()),
-        (false, t) => t,
-    };
-    if let Some(tags) = tags {
-        args.push("--tags".into());
-        args.push(tags);
+    (args, tags)
+}
+
+/// Why a `@simulator-only` scenario cannot run against real services, from its other tags.
+fn simulator_only_reason(tags: &[&String]) -> &'static str {
+    let has = |t: &str| tags.iter().any(|tag| *tag == t);
+    if has("journal") {
+        "it reads what a pillar received from the simulator's journal; the real Karma and Core cannot be asked what they were sent"
+    } else if has("qtable") {
+        "it reads Karma's Q-table through /v1/qtable, a simulator route"
+    } else if has("hash_chain") {
+        "it checks Bucket's hash chain through /core/verify-chain; the real Bucket keeps no chain"
+    } else if has("agent_rules") {
+        "it relies on the simulator's Core agent rules; the real Core's probe agent only asks for task or whatsapp workflows"
+    } else {
+        "it needs the simulator's pillars"
     }
-    args
+}
+
+/// Whether a scenario runs: its name matches `--name`, its tags (feature, rule and scenario)
+/// satisfy `--tags`, and in external mode it is `@external` and, unless every pillar is the
+/// simulator's, not `@simulator-only` (printed with its reason).
+fn select(
+    name_ok: impl Fn(&str) -> bool,
+    tags: Option<&TagOperation>,
+    external: Option<Simulated>,
+    feature: &cucumber::gherkin::Feature,
+    rule: Option<&cucumber::gherkin::Rule>,
+    scenario: &cucumber::gherkin::Scenario,
+) -> bool {
+    let all: Vec<&String> =
+        feature.tags.iter().chain(rule.iter().flat_map(|r| &r.tags)).chain(scenario.tags.iter()).collect();
+    if !name_ok(&scenario.name) || tags.is_some_and(|t| !t.eval(all.iter())) {
+        return false;
+    }
+    let Some(simulated) = external else { return true };
+    if !all.iter().any(|t| *t == "external") {
+        return false;
+    }
+    if all.iter().any(|t| *t == "simulator-only") && !simulated.all() {
+        println!("skipped in external mode: \"{}\": {}", scenario.name, simulator_only_reason(&all));
+        return false;
+    }
+    true
 }
 
 fn main() -> ExitCode {
@@ -168,7 +208,8 @@ async fn run() -> ExitCode {
         .max_concurrent_scenarios(if external { 1 } else { CONCURRENCY })
         .with_writer(writer)
         .fail_on_skipped();
-    let opts = match cli::Opts::<_, _, _, cli::Empty>::try_parse_from(cucumber_args(external)) {
+    let (args, tags) = cucumber_args();
+    let mut opts = match cli::Opts::<_, _, _, cli::Empty>::try_parse_from(args) {
         Ok(opts) => opts,
         Err(error) => {
             let _ = error.print();
@@ -176,7 +217,28 @@ async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let written = cucumber.with_cli(opts).run(features).await;
+    let tags = match tags.as_deref().map(str::parse::<TagOperation>).transpose() {
+        Ok(tags) => tags,
+        Err(error) => {
+            eprintln!("invalid tag expression {tags:?}: {error}");
+            println!("0 passed, 0 failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name = opts.re_filter.take();
+    let external = if external { Some(detect_simulated().await) } else { None };
+    if let Some(simulated) = external.filter(|s| !s.all()) {
+        println!(
+            "external mode against real services (simulated: {simulated:?}): @simulator-only scenarios are skipped"
+        );
+    }
+    let filter = move |feature: &cucumber::gherkin::Feature,
+                       rule: Option<&cucumber::gherkin::Rule>,
+                       scenario: &cucumber::gherkin::Scenario| {
+        let name_ok = |n: &str| name.as_ref().is_none_or(|re| re.is_match(n));
+        select(name_ok, tags.as_ref(), external, feature, rule, scenario)
+    };
+    let written = cucumber.with_cli(opts).filter_run(features, filter).await;
     drop(written);
     let tally = tally.lock().expect("tally lock");
     let failed = tally.failed + tally.errors;

@@ -25,7 +25,7 @@ use crate::execution::Engine;
 use crate::metrics::Metrics;
 use crate::outbox::delivery::{Deliverer, SinkState};
 use crate::store::embedded::{Embedded, OpenError};
-use crate::store::postgres::{ConnectError, Postgres};
+use crate::store::postgres::{ConnectError, Postgres, Target};
 use crate::store::{OutboxBound, SharedStore, Sink, StoreError};
 use crate::telemetry::{Telemetry, TelemetryError};
 
@@ -92,8 +92,14 @@ impl Application {
         let store_metrics = metrics.clone();
         let store: SharedStore = match &settings.store.url {
             Some(url) => {
-                let (pool, lease) = (settings.store.pool_size, settings.store.lease);
-                Postgres::connect(url.expose(), pool, lease, bounds, store_metrics).await?
+                let target = Target {
+                    variable: settings.store.url_variable,
+                    url: url.expose(),
+                    ca_file: settings.store.ca_file.as_deref(),
+                    pool_size: settings.store.pool_size,
+                    lease: settings.store.lease,
+                };
+                Postgres::connect(target, bounds, store_metrics).await?
             }
             None => {
                 let dir = settings.data_dir.clone();

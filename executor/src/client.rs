@@ -25,6 +25,9 @@ pub struct ClientSettings {
     pub timeout: Duration,
     /// `WORKFLOW_EXECUTOR_TOKEN`: sent as `Authorization: Bearer` when set.
     pub token: Secret,
+    /// Send `X-Trace-Id` and `traceparent` (true; not an environment setting: the simulator's
+    /// as-built Core turns it off, as the real Core's client sends neither).
+    pub trace_headers: bool,
 }
 
 impl ClientSettings {
@@ -60,7 +63,7 @@ impl ClientSettings {
                 })?,
         };
         let token = Secret::new(lookup("WORKFLOW_EXECUTOR_TOKEN").unwrap_or_default());
-        Ok(Self { enabled, base_url, timeout, token })
+        Ok(Self { enabled, base_url, timeout, token, trace_headers: true })
     }
 }
 
@@ -176,7 +179,10 @@ impl WorkflowClient {
 
     async fn post(&self, trace_id: &str, body: &Value) -> Result<ExecuteAnswer, ClientError> {
         let url = self.settings.base_url.join("/api/workflow/execute").expect("static path joins");
-        let mut request = self.http.post(url).headers(trace_headers(trace_id)).json(body);
+        let mut request = self.http.post(url).json(body);
+        if self.settings.trace_headers {
+            request = request.headers(trace_headers(trace_id));
+        }
         if !self.settings.token.is_empty() {
             request = request.bearer_auth(self.settings.token.expose());
         }

@@ -107,6 +107,30 @@ impl SinkSettings {
     }
 }
 
+/// The roles the deployed Karma accepts (karma_chain_v2 `ROLE_SEQUENCE`).
+pub const KARMA_ROLES: [&str; 4] = ["learner", "volunteer", "seva", "guru"];
+/// The actions the deployed Karma accepts (karma_chain_v2 `ACTIONS`).
+pub const KARMA_ACTIONS: [&str; 5] =
+    ["completing_lessons", "helping_peers", "solving_doubts", "selfless_service", "cheat"];
+
+/// How behavioural events are shaped for Karma (`EXECUTOR_KARMA_ENCODING`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KarmaEncoding {
+    /// The integration document's event: role `user`, action `workflow_success|workflow_failure`,
+    /// `context` an object. The deployed Karma rejects it (500).
+    Spec,
+    /// What the deployed Karma accepts: `context` as a JSON string, a configured role, and the
+    /// outcome mapped to one of Karma's five actions (or to nothing: no event is sent).
+    AsBuilt {
+        /// `EXECUTOR_KARMA_ROLE`.
+        role: String,
+        /// The action for a successful workflow (`None`: send nothing).
+        on_success: Option<String>,
+        /// The action for a failed workflow (`None`: send nothing).
+        on_failure: Option<String>,
+    },
+}
+
 /// How the background deliverers retry.
 #[derive(Debug, Clone)]
 pub struct DeliverySettings {
@@ -218,6 +242,9 @@ pub struct StoreSettings {
     /// (`EXECUTOR_STORE_LEASE`); its in-flight executions are reported as `outcome_unknown` after
     /// it.
     pub lease: Duration,
+    /// Certificates (PEM) trusted for the database's TLS certificate besides the Mozilla roots
+    /// (`EXECUTOR_STORE_CA_FILE`); used with `sslmode=require` in the URL.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The executor's whole configuration.
@@ -240,6 +267,8 @@ pub struct Settings {
     pub bucket: SinkSettings,
     /// Karma sink.
     pub karma: SinkSettings,
+    /// The shape of Karma events.
+    pub karma_encoding: KarmaEncoding,
     /// Retry policy shared by both sinks.
     pub delivery: DeliverySettings,
     /// How long a stored result answers replays.
@@ -376,6 +405,7 @@ impl Settings {
             })?,
             bucket,
             karma,
+            karma_encoding: karma_encoding(&env)?,
             delivery,
             idempotency_retention: env.parse(
                 "EXECUTOR_IDEMPOTENCY_RETENTION",
@@ -546,6 +576,58 @@ fn telemetry_settings<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result
     })
 }
 
+/// `EXECUTOR_KARMA_ENCODING`, `EXECUTOR_KARMA_ROLE` and `EXECUTOR_KARMA_ACTIONS`, validated even
+/// when the encoding is `spec`, so a typo is caught before it is switched on.
+fn karma_encoding<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<KarmaEncoding, ConfigError> {
+    let as_built = env.parse("EXECUTOR_KARMA_ENCODING", false, |v| match v {
+        "spec" => Ok(false),
+        "as-built" => Ok(true),
+        _ => Err("expected `spec` or `as-built`".into()),
+    })?;
+    let role = env.parse("EXECUTOR_KARMA_ROLE", "learner".to_owned(), |v| {
+        if KARMA_ROLES.contains(&v) {
+            Ok(v.to_owned())
+        } else {
+            Err(format!("`{v}` is not a role Karma accepts; expected one of {}", KARMA_ROLES.join(", ")))
+        }
+    })?;
+    let (on_success, on_failure) =
+        env.parse("EXECUTOR_KARMA_ACTIONS", (Some("completing_lessons".to_owned()), None), parse_action_table)?;
+    Ok(if as_built { KarmaEncoding::AsBuilt { role, on_success, on_failure } } else { KarmaEncoding::Spec })
+}
+
+/// `success=ACTION,failed=ACTION` where ACTION is one of Karma's five or `none` (send nothing);
+/// an outcome left out sends nothing.
+fn parse_action_table(value: &str) -> Result<(Option<String>, Option<String>), String> {
+    let (mut success, mut failed) = (None, None);
+    let mut seen = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((outcome, action)) = entry.split_once('=').map(|(o, a)| (o.trim(), a.trim())) else {
+            return Err(format!("`{entry}` is not OUTCOME=ACTION (e.g. success=completing_lessons,failed=none)"));
+        };
+        if seen.contains(&outcome) {
+            return Err(format!("`{outcome}` is mapped twice"));
+        }
+        seen.push(outcome);
+        let action = match action {
+            "none" => None,
+            a if KARMA_ACTIONS.contains(&a) => Some(a.to_owned()),
+            a => {
+                return Err(format!(
+                    "`{a}` is not an action Karma accepts; expected one of {} or none",
+                    KARMA_ACTIONS.join(", ")
+                ));
+            }
+        };
+        match outcome {
+            "success" => success = action,
+            "failed" | "failure" => failed = action,
+            other => return Err(format!("unknown outcome `{other}`; expected success or failed")),
+        }
+    }
+    Ok((success, failed))
+}
+
 /// The store selection: `EXECUTOR_STORE_URL`, else `DATABASE_URL`, else the embedded store.
 fn store_settings<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<StoreSettings, ConfigError> {
     let mut url = None;
@@ -566,6 +648,7 @@ fn store_settings<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<Sto
         url_variable,
         pool_size: env.parse("EXECUTOR_STORE_POOL_SIZE", 8, parse_positive)?,
         lease: env.parse("EXECUTOR_STORE_LEASE", Duration::from_secs(10), parse_seconds)?,
+        ca_file: (env.0)("EXECUTOR_STORE_CA_FILE").filter(|v| !v.trim().is_empty()).map(PathBuf::from),
     })
 }
 
@@ -799,6 +882,51 @@ mod tests {
         assert!(settings(&[("EXECUTOR_MAX_BODY_BYTES", "16777216")]).is_ok());
         let err = settings(&[("EXECUTOR_MAX_BODY_BYTES", "16777217")]).expect_err("too large");
         assert_eq!(err.variable, "EXECUTOR_MAX_BODY_BYTES");
+    }
+
+    #[test]
+    fn the_karma_encoding_defaults_to_spec_and_as_built_maps_only_success() {
+        assert_eq!(settings(&[]).expect("valid").karma_encoding, KarmaEncoding::Spec);
+        let s = settings(&[("EXECUTOR_KARMA_ENCODING", "as-built")]).expect("valid");
+        assert_eq!(
+            s.karma_encoding,
+            KarmaEncoding::AsBuilt {
+                role: "learner".into(),
+                on_success: Some("completing_lessons".into()),
+                on_failure: None
+            }
+        );
+        let s = settings(&[
+            ("EXECUTOR_KARMA_ENCODING", "as-built"),
+            ("EXECUTOR_KARMA_ROLE", "seva"),
+            ("EXECUTOR_KARMA_ACTIONS", "success=helping_peers, failed=cheat"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            s.karma_encoding,
+            KarmaEncoding::AsBuilt {
+                role: "seva".into(),
+                on_success: Some("helping_peers".into()),
+                on_failure: Some("cheat".into())
+            }
+        );
+    }
+
+    #[test]
+    fn bad_karma_settings_name_their_variable() {
+        for (variable, value) in [
+            ("EXECUTOR_KARMA_ENCODING", "legacy"),
+            ("EXECUTOR_KARMA_ROLE", "user"),
+            ("EXECUTOR_KARMA_ACTIONS", "success=workflow_success"),
+            ("EXECUTOR_KARMA_ACTIONS", "succeeded=completing_lessons"),
+            ("EXECUTOR_KARMA_ACTIONS", "success"),
+            ("EXECUTOR_KARMA_ACTIONS", "success=none,success=cheat"),
+        ] {
+            let err = settings(&[(variable, value)]).expect_err(value);
+            assert_eq!(err.variable, variable, "{err}");
+        }
+        let err = settings(&[("EXECUTOR_KARMA_ROLE", "user")]).expect_err("invalid");
+        assert!(err.to_string().contains("learner, volunteer, seva, guru"), "{err}");
     }
 
     #[test]

@@ -240,18 +240,20 @@ pub struct KarmaEvent {
 pub struct KarmaEventData {
     /// The user (`system` when the caller named none).
     pub user_id: String,
-    /// `workflow_success` or `workflow_failure`.
+    /// `workflow_success` or `workflow_failure` (`as-built`: the mapped Karma action).
     pub action: String,
-    /// Always `user`.
+    /// Always `user` (`as-built`: `EXECUTOR_KARMA_ROLE`).
     pub role: String,
     /// `Workflow execution: <action_type>`.
     pub note: String,
-    /// Where the event comes from.
+    /// Where the event comes from (`as-built` encoding: this object plus `status`, serialized
+    /// to a JSON string, as the deployed Karma requires).
     pub context: KarmaContext,
 }
 
-/// The `context` of a Karma life event.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+/// The `context` of a Karma life event (`as-built` encoding: this object as a JSON string, plus
+/// `status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct KarmaContext {
     /// The caller's trace id.
     pub trace_id: String,

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub events_dead_lettered: IntCounterVec,
     /// Events discarded by a full outbox (drop-oldest policy).
     pub events_dropped: IntCounterVec,
+    /// Events not produced because the encoding maps the outcome to nothing (as-built Karma).
+    pub events_skipped: IntCounterVec,
     /// Events waiting in each outbox.
     pub outbox_depth: IntGaugeVec,
     /// Bytes waiting in each outbox.
@@ -122,6 +124,11 @@ impl Metrics {
                 &["sink"],
             ),
             events_dropped: counter("workflow_events_dropped_total", "Events dropped by a full outbox.", &["sink"]),
+            events_skipped: counter(
+                "workflow_events_skipped_total",
+                "Events not sent because the Karma encoding maps the outcome to no action.",
+                &["sink"],
+            ),
             outbox_depth: gauge("workflow_outbox_depth", "Events waiting in the outbox.", &["sink"]),
             outbox_bytes: gauge("workflow_outbox_bytes", "Bytes waiting in the outbox.", &["sink"]),
             outbox_oldest_age: {
@@ -144,6 +151,8 @@ impl Metrics {
             .expect("valid metric");
         metrics.registry.register(Box::new(build.clone())).expect("unique metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Shown at 0 from the start, so a dashboard can tell "none skipped" from "not exported".
+        metrics.events_skipped.with_label_values(&["karma"]);
         // CPU, memory and descriptors of this process (`process_*`), as dashboards expect. Every
         // instance reads the same process; tests running several executors see the same values.
         #[cfg(target_os = "linux")]

@@ -76,10 +76,30 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8099")]
         bind: std::net::SocketAddr,
     },
+    /// List, stop or start the executor replicas of `up --replicas N`.
+    #[command(subcommand)]
+    Replica(ReplicaCommand),
     /// Clear faults, scenarios, the journal and every fake's state.
     Reset,
     /// Show what runs where.
     Status,
+}
+
+/// `pillar-sim replica …`.
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCommand {
+    /// Where each replica listens, whether it runs and what it served through the front.
+    List,
+    /// Stop replica N gracefully; the others take its traffic.
+    Stop {
+        /// The replica's number (from 0).
+        index: usize,
+    },
+    /// Start replica N again.
+    Start {
+        /// The replica's number (from 0).
+        index: usize,
+    },
 }
 
 /// `pillar-sim up`.
@@ -97,6 +117,14 @@ pub struct UpArgs {
     /// The executor's data directory.
     #[arg(long, default_value = "./data/executor")]
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL for the executor's store (the embedded store in `--data-dir` otherwise);
+    /// the same as `EXECUTOR_STORE_URL`.
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
+    /// How many executor replicas to run behind a round-robin front on :8003 (more than one
+    /// needs `--store-url`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub replicas: u16,
     /// The address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub ip: std::net::IpAddr,
@@ -413,6 +441,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             });
             crate::drive::serve_baseline(listener, stop).await.map_err(|e| CliError::Usage(e.to_string()))
         }
+        Command::Replica(command) => {
+            let (method, path) = match command {
+                ReplicaCommand::List => (reqwest::Method::GET, "/executor/replicas".to_owned()),
+                ReplicaCommand::Stop { index } => (reqwest::Method::POST, format!("/executor/replicas/{index}/stop")),
+                ReplicaCommand::Start { index } => (reqwest::Method::POST, format!("/executor/replicas/{index}/start")),
+            };
+            let answer = control.call(method, &path, None).await?;
+            for replica in answer["replicas"].as_array().into_iter().flatten() {
+                let state = if replica["running"] == true { "running" } else { "stopped" };
+                let served = replica["served"].as_u64().map(|n| format!("served {n}")).unwrap_or_default();
+                println!(
+                    "replica {}  {:<28} {state:<8} {served}",
+                    replica["index"],
+                    replica["url"].as_str().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
         Command::Reset => {
             control.call(reqwest::Method::POST, "/reset", None).await?;
             println!("reset");
@@ -632,7 +678,7 @@ fn executor_passthrough(name: &str) -> bool {
     name.starts_with("EXECUTOR_")
         || name.starts_with("OTEL_")
         || name.ends_with("_TIMEOUT")
-        || matches!(name, "WHATSAPP_API_VERSION" | "AI_MODEL" | "SMTP_USERNAME" | "SMTP_PASSWORD")
+        || matches!(name, "WHATSAPP_API_VERSION" | "AI_MODEL" | "SMTP_USERNAME" | "SMTP_PASSWORD" | "DATABASE_URL")
 }
 
 async fn up(args: UpArgs) -> Result<(), CliError> {
@@ -641,6 +687,7 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         .ip(args.ip)
         .ports(Ports::standard())
         .executor(!args.no_executor)
+        .executor_replicas(args.replicas.into())
         .executor_data_dir(args.data_dir.clone());
     for (pillar, profile) in parse_profiles(&args.profiles)? {
         builder = builder.profile(pillar, profile);
@@ -659,13 +706,31 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
     for (name, value) in std::env::vars().filter(|(n, _)| executor_passthrough(n)) {
         builder = builder.executor_env(name, value);
     }
+    if let Some(url) = &args.store_url {
+        builder = builder.executor_env("EXECUTOR_STORE_URL", url);
+    }
     let stack = builder.start().await?;
     println!("pillar-sim is up (seed {})", stack.seed());
     for pillar in [Pillar::Karma, Pillar::Bucket, Pillar::Core] {
         println!("  {:<10} {:<28} profile {}", pillar.as_str(), stack.url(pillar), stack.profile(pillar));
     }
+    let store = match &args.store_url {
+        Some(_) => "store PostgreSQL (--store-url)".to_owned(),
+        None => format!("data {}", args.data_dir.display()),
+    };
     match stack.executor_url() {
-        Some(url) => println!("  {:<10} {url:<28} data {}", "executor", args.data_dir.display()),
+        Some(url) if args.replicas > 1 => {
+            println!("  {:<10} {url:<28} round-robin front, {store}", "executor");
+            for replica in stack.replicas().await {
+                println!(
+                    "  {:<10} {:<28} pillar-sim replica stop {}",
+                    format!("replica {}", replica.index),
+                    replica.url,
+                    replica.index
+                );
+            }
+        }
+        Some(url) => println!("  {:<10} {url:<28} {store}", "executor"),
         None => println!("  {:<10} {:<28} (not started: --no-executor)", "executor", "-"),
     }
     println!(

@@ -20,6 +20,8 @@
 //! | `GET /bucket/events`, `GET /bucket/verify` | | Bucket's stored events / chain report |
 //! | `GET /karma/users/{id}`, `GET /karma/qtable`, `GET /karma/events` | | a Karma user (404 when unknown) / the Q-table / the life events applied (`{event_id, trace_id, user_id, action, reward_value}`) |
 //! | `GET /smtp/messages`, `GET /providers/whatsapp`, `GET /providers/chat` | | what the sinks received |
+//! | `GET /executor/replicas` | | `{"replicas": [{index, url, running, served}]}` |
+//! | `POST /executor/replicas/{n}/stop`, `…/start` | | stops (gracefully) or starts replica `n`; the replicas |
 //! | `GET /metrics` | | Prometheus text |
 //! | `POST /v1/traces` | OTLP `ExportTraceServiceRequest`, protobuf | 200 (the OTLP/HTTP receiver; [`crate::traces`]) |
 //! | `GET /traces?limit` | | `{"traces": [TraceSummary], "stats"}`, most recent first |
@@ -46,7 +48,7 @@ use crate::journal::JournalQuery;
 use crate::pillar::{Pillar, Profile};
 use crate::scenario::Scenario;
 use crate::schema::{Fields, SpecError};
-use crate::stack::Shared;
+use crate::stack::{Shared, StackError};
 use crate::wire;
 
 type Control = State<Arc<Shared>>;
@@ -79,6 +81,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/providers/chat",
             get(|State(s): Control| async move { ok(&json!({"requests": s.providers.chat_requests()})) }),
         )
+        .route(
+            "/executor/replicas",
+            get(|State(s): Control| async move { ok(&json!({"replicas": s.replicas().await})) }),
+        )
+        .route("/executor/replicas/{index}/{action}", post(replica_action))
         .route("/metrics", get(metrics))
         .route("/ui", get(crate::dashboard::page))
         .route("/ui/state", get(crate::dashboard::state))
@@ -133,6 +140,24 @@ async fn info(State(shared): Control) -> Response {
         "executor": shared.executor_addr().map(|a| format!("http://{a}")),
         "toggles": toggles_json(&shared),
     }))
+}
+
+async fn replica_action(State(shared): Control, Path((index, action)): Path<(String, String)>) -> Response {
+    let Ok(index) = index.parse::<usize>() else {
+        return rejected(StatusCode::NOT_FOUND, &SpecError::new("index", "a replica number (0, 1, …)"));
+    };
+    let done = match action.as_str() {
+        "stop" => shared.stop_replica(index).await,
+        "start" => shared.start_replica(index).await,
+        _ => return rejected(StatusCode::NOT_FOUND, &SpecError::new("action", "stop or start")),
+    };
+    match done {
+        Ok(()) => ok(&json!({"replicas": shared.replicas().await})),
+        Err(error @ (StackError::NoReplica(_) | StackError::NoExecutor)) => {
+            rejected(StatusCode::NOT_FOUND, &SpecError::new("index", error.to_string()))
+        }
+        Err(error) => rejected(StatusCode::INTERNAL_SERVER_ERROR, &SpecError::new("executor", error.to_string())),
+    }
 }
 
 async fn list_faults(State(shared): Control) -> Response {

@@ -22,9 +22,16 @@
 //! `workflow_payload` and `workflow_dispatched` (whether the client accepted the dispatch).
 //!
 //! **Profiles.** `spec` builds the client from `ENABLE_WORKFLOW_EXECUTION`,
-//! `WORKFLOW_EXECUTOR_URL`, `WORKFLOW_TIMEOUT` and `WORKFLOW_EXECUTOR_TOKEN`. `as-built` reads
-//! none of them but the URL (the real Core hard-codes `http://localhost:8003`, which an
-//! in-process stack cannot use): it always dispatches, with the default 2 s timeout.
+//! `WORKFLOW_EXECUTOR_URL`, `WORKFLOW_TIMEOUT` and `WORKFLOW_EXECUTOR_TOKEN`, and every agent
+//! name gets the rule agent. `as-built` is CORE8 with its stock agent configuration: it reads
+//! none of the settings but the URL (the real Core hard-codes `http://localhost:8003`, which an
+//! in-process stack cannot use), always dispatches with the default 2 s timeout and without
+//! `X-Trace-Id` or `traceparent`; its stock agents `edumentor_agent`, `vedas_agent` and
+//! `wellness_agent` are HTTP agents configured on Bucket's port, which answers 404, so Core
+//! answers `status: "error"` and dispatches nothing; its Python-module agents answer without a
+//! workflow; an unknown agent is an error; and `workflow_probe_agent` (the agent the real-pillar
+//! scripts register, since no stock agent ever asks for a workflow) decides by the rules above
+//! and dispatches.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -46,6 +53,14 @@ use crate::wire::{self, Expect, TraceId};
 
 /// The agents Core lists as available.
 const AGENTS: [&str; 3] = ["edumentor_agent", "vedas_agent", "wellness_agent"];
+/// The as-built Core's stock HTTP agents and the Bucket routes their configuration points at.
+const STOCK_HTTP_AGENTS: [(&str, &str); 3] =
+    [("edumentor_agent", "/edumentor"), ("vedas_agent", "/ask-vedas"), ("wellness_agent", "/wellness")];
+/// The as-built Core's stock Python-module agents (they never ask for a workflow).
+const STOCK_MODULE_AGENTS: [&str; 6] =
+    ["archive_agent", "image_agent", "audio_agent", "text_agent", "stream_transformer_agent", "knowledge_agent"];
+/// The agent that asks the as-built Core for workflows.
+pub const PROBE_AGENT: &str = "workflow_probe_agent";
 
 /// What the agent decided about a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,9 +170,10 @@ impl Core {
     /// `WORKFLOW_EXECUTOR_URL`, `WORKFLOW_TIMEOUT`, `WORKFLOW_EXECUTOR_TOKEN`).
     pub fn configure(&self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         let spec = ClientSettings::from_lookup(|name| env.get(name).cloned())?;
-        let as_built = ClientSettings::from_lookup(|name| {
+        let mut as_built = ClientSettings::from_lookup(|name| {
             (name == "WORKFLOW_EXECUTOR_URL").then(|| env.get(name).cloned()).flatten()
         })?;
+        as_built.trace_headers = false;
         *self.clients.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((WorkflowClient::new(spec), WorkflowClient::new(as_built)));
         Ok(())
@@ -240,6 +256,10 @@ async fn handle_task(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     }
     let text = |name: &str| task.get(name).and_then(Value::as_str);
     let task_id = uuid::Uuid::new_v4().to_string();
+    let agent = text("agent").unwrap_or_default();
+    if core.profile() == Profile::AsBuilt && agent != PROBE_AGENT {
+        return stock_agent(&core, agent, task_id);
+    }
     let decision = decide(text("input").unwrap_or_default());
     let user_id = text("user_id").unwrap_or("system");
     let mut payload = decision.payload;
@@ -266,6 +286,39 @@ async fn handle_task(State(core): State<Arc<Core>>, body: Bytes) -> Response {
     let mut response = wire::json_response(
         StatusCode::OK,
         &json!({"task_id": task_id, "agent_output": agent_output, "status": "success"}),
+    );
+    response.extensions_mut().insert(TraceId(task_id));
+    response
+}
+
+/// The as-built Core's answer for an agent other than [`PROBE_AGENT`]: its stock HTTP agents fail
+/// (their endpoints are Bucket routes that do not exist), its module agents need no workflow, and
+/// an unknown agent is an error. Nothing is dispatched.
+fn stock_agent(core: &Core, agent: &str, task_id: String) -> Response {
+    let failure = if let Some((_, route)) = STOCK_HTTP_AGENTS.iter().find(|(name, _)| *name == agent) {
+        Some(format!("404 Client Error: Not Found for url: http://localhost:8001{route}"))
+    } else if STOCK_MODULE_AGENTS.contains(&agent) {
+        None
+    } else {
+        Some(format!("404: Agent {agent} not found"))
+    };
+    let (status, agent_output) = match failure {
+        Some(error) => {
+            core.counters.failed.fetch_add(1, Ordering::Relaxed);
+            ("error", json!({"error": format!("Task processing failed: {error}"), "status": 500}))
+        }
+        None => {
+            core.counters.ok.fetch_add(1, Ordering::Relaxed);
+            (
+                "success",
+                json!({"agent": agent, "response": "Processed by the agent. No action is needed.",
+                "status": 200, "requires_workflow": false, "workflow_dispatched": false}),
+            )
+        }
+    };
+    let mut response = wire::json_response(
+        StatusCode::OK,
+        &json!({"task_id": task_id, "agent_output": agent_output, "status": status}),
     );
     response.extensions_mut().insert(TraceId(task_id));
     response

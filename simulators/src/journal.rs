@@ -132,7 +132,8 @@ pub(crate) fn selected_headers(headers: &HeaderMap) -> BTreeMap<String, String> 
 }
 
 /// A trace id named in a JSON body: `trace_id`, `event_data.trace_id` (Bucket events) or
-/// `data.context.trace_id` (Karma events).
+/// `data.context.trace_id` (Karma events; `context` may be an object or, as the deployed Karma
+/// wants it, a JSON string).
 pub(crate) fn trace_from_body(body: &[u8]) -> Option<String> {
     if body.first() != Some(&b'{') {
         return None;
@@ -147,6 +148,11 @@ pub(crate) fn trace_from_value(value: &Value) -> Option<String> {
         .iter()
         .find_map(|p| value.pointer(p).and_then(Value::as_str))
         .map(str::to_owned)
+        .or_else(|| {
+            let context = value.pointer("/data/context")?.as_str()?;
+            let context: Value = serde_json::from_str(context).ok()?;
+            context.get("trace_id")?.as_str().map(str::to_owned)
+        })
 }
 
 /// Which entries to read.
@@ -346,6 +352,8 @@ mod tests {
     fn trace_ids_are_found_in_pillar_bodies() {
         assert_eq!(trace_from_body(br#"{"event_data":{"trace_id":"t-9"}}"#).as_deref(), Some("t-9"));
         assert_eq!(trace_from_body(br#"{"data":{"context":{"trace_id":"t-8"}}}"#).as_deref(), Some("t-8"));
+        let string_context = br#"{"data":{"context":"{\"trace_id\":\"t-7\"}"}}"#;
+        assert_eq!(trace_from_body(string_context).as_deref(), Some("t-7"));
         assert_eq!(trace_from_body(b"[1]"), None);
     }
 

@@ -31,10 +31,16 @@
 //! `Idempotency-Key` header (a duplicate gets the original answer with `"duplicate": true`); and
 //! while `WORKFLOW_BEHAVIORAL_TRACKING` is false it answers workflow events (a workflow action
 //! or `source: workflow_executor`) 200 `{"status": "skipped"}` and changes nothing — Karma is an
-//! observer, losing behavioural events is allowed. `as-built` is KC exactly: a non-string
-//! `context` → 500 "Error processing life_event: …"; a role outside the four → 500 "Internal
+//! observer, losing behavioural events is allowed. `as-built` is KC exactly: `data` that does
+//! not fit KC8's `LogActionRequest` (a non-string `user_id`, `note` or `context`, a non-object
+//! `metadata`) → 500 "Error processing life_event: …" with pydantic's message; a role outside the four → 500 "Internal
 //! server error: 400: Invalid role."; an action outside the five → 500 "… Invalid action."; no
-//! dedupe; the toggle is not read.
+//! dedupe; the toggle is not read; the success body's `data` has exactly KC8's fields
+//! (`current_role` is the role after the event, the fixed `action_flow` text, cheat offences
+//! named `first_offense` … `repeat_offender`); an unknown user's profile is KC8's stand-in (200,
+//! merit 100, Dharma 100, Seva 50, Punya 25: its 404 is swallowed by a catch-all), the answer's
+//! `timestamp` is the request's when it sent one, while
+//! `/v1/stats/user/{id}` still answers 404 for an unknown user.
 //!
 //! Not modelled: decay and expiry (negligible over a test's lifetime and they would make
 //! balances inexact), atonement/appeal/death events beyond their validation (acknowledged only),
@@ -80,6 +86,18 @@ const REAL_ACTIONS: usize = 5;
 /// Progressive cheat penalties within [`CHEAT_WINDOW`].
 const CHEAT_PENALTIES: [f64; 6] = [-2.0, -5.0, -10.0, -20.0, -40.0, -100.0];
 const CHEAT_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// KC8's `LogActionRequest`, the model a life event's `data` must fit (field order matters for
+/// its error message).
+const LOG_ACTION_FIELDS: [(&str, wire::PyField); 8] = [
+    ("user_id", wire::PyField::Str),
+    ("action", wire::PyField::Str),
+    ("role", wire::PyField::Str),
+    ("note", wire::PyField::OptStr),
+    ("context", wire::PyField::OptStr),
+    ("metadata", wire::PyField::OptDict),
+    ("affected_user_id", wire::PyField::OptStr),
+    ("relationship_description", wire::PyField::OptStr),
+];
 const EVENT_TYPES: [&str; 5] = ["life_event", "atonement", "appeal", "death_event", "stats_request"];
 
 /// A user's token balances.
@@ -384,8 +402,13 @@ impl Karma {
         data: &'a serde_json::Map<String, Value>,
     ) -> Result<LifeEvent<'a>, Refusal> {
         let field = |name: &str| data.get(name).unwrap_or(&Value::Null);
+        if profile == Profile::AsBuilt
+            && let Some(errors) = wire::pydantic_type_errors("LogActionRequest", &LOG_ACTION_FIELDS, data)
+        {
+            return Err(Refusal(StatusCode::INTERNAL_SERVER_ERROR, format!("Error processing life_event: {errors}")));
+        }
         let user_id = match field("user_id") {
-            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::String(s) if !s.is_empty() || profile == Profile::AsBuilt => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => return Err(Refusal(StatusCode::BAD_REQUEST, "user_id must be a non-empty string".into())),
         };
@@ -401,12 +424,6 @@ impl Karma {
         let known_actions = if profile == Profile::Spec { &ACTIONS[..] } else { &ACTIONS[..REAL_ACTIONS] };
         match profile {
             Profile::AsBuilt => {
-                if !context_ok {
-                    return Err(Refusal(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "Error processing life_event: 1 validation error for LogActionRequest\ncontext\n  Input should be a valid string".into(),
-                    ));
-                }
                 if !known_roles.contains(&role_name) {
                     return Err(Refusal(
                         StatusCode::INTERNAL_SERVER_ERROR,
@@ -449,7 +466,13 @@ impl Karma {
     /// Applies a validated life event once per dedupe key (`None`: no dedupe), in one lock
     /// section so that concurrent duplicates (a retry racing a slow first attempt) apply once.
     /// Returns the answer and whether it is a duplicate's.
-    fn apply_once(&self, event: &LifeEvent<'_>, key: Option<String>, trace_id: Option<String>) -> (Value, bool) {
+    fn apply_once(
+        &self,
+        event: &LifeEvent<'_>,
+        key: Option<String>,
+        trace_id: Option<String>,
+        as_built: bool,
+    ) -> (Value, bool) {
         let mut ledger = self.lock();
         if let Some(original) = key.as_ref().and_then(|k| ledger.applied.get(k)) {
             return (original.clone(), true);
@@ -462,6 +485,15 @@ impl Karma {
             action: ACTIONS[event.action].to_owned(),
             reward_value: data["reward_value"].as_f64().unwrap_or_default(),
         });
+        let data = if as_built {
+            as_built_data(data)
+        } else {
+            let mut data = data;
+            if let Some(map) = data.as_object_mut() {
+                map.remove("new_role");
+            }
+            data
+        };
         let mut answer = success("life_event", "Life event logged successfully", data, "/v1/karma/log-action/");
         if let Some(key) = key {
             answer["event_id"] = json!(key);
@@ -520,12 +552,41 @@ fn apply(ledger: &mut Ledger, event: &LifeEvent<'_>) -> Value {
         "action_flow": format!("{} --{action}--> {}", ROLES[s], ROLES[next_state]),
         "note": event.note,
         "q_value": q_value,
+        "new_role": user.role,
     });
     if let Some(Value::Object(extra)) = cheat_fields
         && let Value::Object(map) = &mut data
     {
         map.extend(extra);
     }
+    data
+}
+
+/// The life event's `data` as KC8's `log_action` returns it: no reward value or Q-value,
+/// `current_role` the role after the event, its fixed `action_flow` texts and offence names.
+fn as_built_data(mut data: Value) -> Value {
+    let Some(map) = data.as_object_mut() else { return data };
+    map.remove("reward_value");
+    map.remove("q_value");
+    let role = map.get("new_role").cloned().unwrap_or(Value::Null);
+    map.remove("new_role");
+    map.insert("current_role".into(), role);
+    let cheat = map.contains_key("penalty_value");
+    let flow = if cheat {
+        for key in ["reward_token", "reward_tier"] {
+            map.remove(key);
+        }
+        let level = map.get("penalty_level").and_then(Value::as_u64).unwrap_or(6) as usize;
+        let name = ["first_offense", "second_offense", "third_offense", "fourth_offense", "fifth_offense"]
+            .get(level.saturating_sub(1))
+            .copied()
+            .unwrap_or("repeat_offender");
+        map.insert("penalty_name".into(), json!(name));
+        "action -> intent -> penalty_level -> punishment -> role_adjustment"
+    } else {
+        "action -> intent -> merit -> reward_tier -> redemption"
+    };
+    map.insert("action_flow".into(), json!(flow));
     data
 }
 
@@ -610,7 +671,12 @@ fn handle_event(
         "appeal" => (&["user_id", "action"], "user_id and action"),
         _ => (&["user_id"], "user_id"),
     };
-    if required.iter().any(|k| data.get(*k).is_none_or(Value::is_null)) {
+    // KC checks presence only ("not in"): a null reaches its model, which refuses it (as-built).
+    let missing = |k: &&str| match profile {
+        Profile::AsBuilt => !data.contains_key(*k),
+        Profile::Spec => data.get(*k).is_none_or(Value::is_null),
+    };
+    if required.iter().any(missing) {
         return error(StatusCode::BAD_REQUEST, &format!("{event_type} requires {sentence} in data"));
     }
     let user_id = match &data.get("user_id") {
@@ -641,7 +707,12 @@ fn handle_event(
         Err(Refusal(status, message)) => return error(status, &message),
     };
     if profile == Profile::AsBuilt {
-        return wire::json_response(StatusCode::OK, &karma.apply_once(&event, None, trace_id).0);
+        let mut answer = karma.apply_once(&event, None, trace_id, true).0;
+        // KC8 answers with the request's own timestamp when it has one.
+        if let Some(stamp) = body.get("timestamp").filter(|t| t.is_string()) {
+            answer["timestamp"] = stamp.clone();
+        }
+        return wire::json_response(StatusCode::OK, &answer);
     }
     let workflow = ACTIONS[event.action].starts_with("workflow_") || body["source"] == "workflow_executor";
     if workflow && !karma.behavioral_tracking() {
@@ -656,7 +727,7 @@ fn handle_event(
         .or_else(|| data.get("context").and_then(|c| c.get("event_id")).and_then(Value::as_str))
         .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()))
         .map(str::to_owned);
-    let (mut answer, duplicate) = karma.apply_once(&event, key, trace_id);
+    let (mut answer, duplicate) = karma.apply_once(&event, key, trace_id, false);
     if duplicate {
         answer["duplicate"] = json!(true);
     }
@@ -666,8 +737,27 @@ fn handle_event(
 async fn get_profile(State(karma): State<Arc<Karma>>, Path(user_id): Path<String>, uri: Uri) -> Response {
     match karma.user(&user_id) {
         Some(user) => wire::json_response(StatusCode::OK, &user.profile_json()),
+        None if karma.profile() == Profile::AsBuilt => wire::json_response(StatusCode::OK, &stand_in_profile(&user_id)),
         None => wire::karma_error(StatusCode::NOT_FOUND, "User not found", uri.path(), None),
     }
+}
+
+/// KC8's answer for a user it does not know: its "User not found" is raised inside a catch-all
+/// meant for database failures, which answers with this fixed profile instead.
+fn stand_in_profile(user_id: &str) -> Value {
+    json!({
+        "user_id": user_id,
+        "role": "learner",
+        "merit_score": 100.0,
+        "paap_score": 0.0,
+        "net_karma": 100.0,
+        "weighted_karma_score": 100.0,
+        "balances": {"DharmaPoints": 100, "SevaPoints": 50, "PunyaTokens": 25},
+        "action_stats": {"total_actions": 0, "pending_atonements": 0, "completed_atonements": 0},
+        "corrective_guidance": [],
+        "module_scores": {"finance": 50.0, "insightflow": 75.0, "gurukul": 60.0, "game": 65.0},
+        "last_updated": wire::now_rfc3339(),
+    })
 }
 
 async fn get_stats(State(karma): State<Arc<Karma>>, Path(user_id): Path<String>, uri: Uri) -> Response {
@@ -688,7 +778,7 @@ mod tests {
     fn life(karma: &Karma, user: &str, role: &str, action: &str) -> Value {
         let data = json!({"user_id": user, "role": role, "action": action});
         let event = karma.validate(Profile::Spec, data.as_object().unwrap()).ok().expect("valid");
-        karma.apply_once(&event, None, None).0["data"].clone()
+        karma.apply_once(&event, None, None, false).0["data"].clone()
     }
 
     #[test]

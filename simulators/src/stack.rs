@@ -8,6 +8,12 @@
 //! temporary data directory (removed when the stack stops, unless one was given); it can be
 //! stopped and started again on the same port and data directory. Dropping a `Stack` stops
 //! everything; [`Stack::stop`] does the same and waits for it.
+//!
+//! **Replicas.** [`StackBuilder::executor_replicas`] runs several executors on one shared
+//! PostgreSQL store (`EXECUTOR_STORE_URL`, required then), each on its own loopback port, behind a
+//! round-robin front on the executor's port ([`crate::front`]); [`Stack::stop_replica`] and
+//! [`Stack::start_replica`] (and the control API's `/executor/replicas` routes) let a user watch
+//! the others take over.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -23,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bucket::Bucket;
 use crate::core::Core;
 use crate::fault::FaultRule;
+use crate::front::Front;
 use crate::injector::RuleStatus;
 use crate::journal::{DEFAULT_CAPACITY, Journal};
 use crate::karma::Karma;
@@ -70,6 +77,9 @@ pub enum StackError {
     /// The stack was built without an executor.
     #[error("this stack runs no executor")]
     NoExecutor,
+    /// No executor replica has this number.
+    #[error("no executor replica {0} (replicas are numbered from 0)")]
+    NoReplica(usize),
     /// The data directory could not be prepared.
     #[error("executor data directory {path}: {source}")]
     DataDir {
@@ -128,6 +138,7 @@ pub struct StackBuilder {
     seed: u64,
     profiles: BTreeMap<Pillar, Profile>,
     executor: bool,
+    executor_replicas: usize,
     executor_env: BTreeMap<String, String>,
     executor_data_dir: Option<PathBuf>,
     core_env: BTreeMap<String, String>,
@@ -147,6 +158,7 @@ impl Default for StackBuilder {
             seed: 0,
             profiles: BTreeMap::new(),
             executor: false,
+            executor_replicas: 1,
             executor_env: BTreeMap::new(),
             executor_data_dir: None,
             core_env: BTreeMap::new(),
@@ -189,6 +201,14 @@ impl StackBuilder {
         self
     }
 
+    /// How many executor replicas to run (default 1). More than one needs a shared store
+    /// (`EXECUTOR_STORE_URL` or `DATABASE_URL` in [`StackBuilder::executor_env`]); they listen on
+    /// ephemeral ports behind a round-robin front on the executor's port.
+    pub fn executor_replicas(mut self, replicas: usize) -> Self {
+        self.executor_replicas = replicas;
+        self
+    }
+
     /// An executor setting (environment variable name and value), over the stack's defaults.
     pub fn executor_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.executor_env.insert(name.into(), value.into());
@@ -202,7 +222,8 @@ impl StackBuilder {
     }
 
     /// A setting of Core's environment: `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
-    /// (default: the in-process executor, else `http://127.0.0.1:8003`), `WORKFLOW_TIMEOUT`,
+    /// (default: the in-process executor, else the executor's port on the stack's IP, 8003 for
+    /// ephemeral ports), `WORKFLOW_TIMEOUT`,
     /// `WORKFLOW_EXECUTOR_TOKEN`.
     pub fn core_env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.core_env.insert(name.into(), value.into());
@@ -265,11 +286,9 @@ impl StackBuilder {
     }
 }
 
-/// The running executor.
+/// One executor replica (the only one without replicas).
 struct ExecutorSlot {
     addr: SocketAddr,
-    data_dir: PathBuf,
-    temporary: bool,
     env: HashMap<String, String>,
     running: Option<(CancellationToken, JoinHandle<()>)>,
 }
@@ -285,7 +304,12 @@ pub(crate) struct Shared {
     pub scenarios: Scenarios,
     pub addrs: BTreeMap<Pillar, SocketAddr>,
     pub shutdown: CancellationToken,
-    executor: tokio::sync::Mutex<Option<ExecutorSlot>>,
+    executors: tokio::sync::Mutex<Vec<ExecutorSlot>>,
+    /// The executors' data directory (each replica's is a folder in it), and whether the stack
+    /// made it (and removes it).
+    executor_dir: Mutex<Option<(PathBuf, bool)>>,
+    /// The round-robin front, with several replicas.
+    front: Option<Arc<Front>>,
     executor_addr: Mutex<Option<SocketAddr>>,
     servers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -328,10 +352,101 @@ impl Shared {
         *self.executor_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    pub(crate) async fn start_replica(&self, index: usize) -> Result<(), StackError> {
+        let mut slots = self.executors.lock().await;
+        let replicas = slots.len();
+        let slot = slots.get_mut(index).ok_or(if replicas == 0 {
+            StackError::NoExecutor
+        } else {
+            StackError::NoReplica(index)
+        })?;
+        if slot.running.is_some() {
+            return Ok(());
+        }
+        let mut env = slot.env.clone();
+        env.insert("EXECUTOR_BIND".into(), slot.addr.to_string());
+        let settings = workflow_executor::Settings::from_lookup(|name| env.get(name).cloned())
+            .map_err(|e| StackError::Config(e.to_string()))?;
+        // The port may still be held by the previous run's last connections for a moment.
+        let deadline = tokio::time::Instant::now() + HEALTH_DEADLINE;
+        let app = loop {
+            match workflow_executor::Application::build(settings.clone()).await {
+                Ok(app) => break app,
+                Err(error) if tokio::time::Instant::now() < deadline && slot.addr.port() != 0 => {
+                    tracing::debug!(%error, "executor not bound yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(StackError::Executor(error.to_string())),
+            }
+        };
+        slot.addr = app.local_addr();
+        let token = self.shutdown.child_token();
+        let stop = token.clone();
+        let task = tokio::spawn(async move {
+            if let Err(error) = app.run_until_stopped(stop).await {
+                tracing::error!(%error, "executor stopped with an error");
+            }
+        });
+        slot.running = Some((token, task));
+        let addr = slot.addr;
+        wait_healthy(&local_client(), "executor", format!("http://{addr}/healthz")).await?;
+        match &self.front {
+            Some(front) => front.set(index, Some(addr)),
+            None => *self.executor_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr),
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn stop_replica(&self, index: usize) -> Result<(), StackError> {
+        let mut slots = self.executors.lock().await;
+        let replicas = slots.len();
+        let slot = slots.get_mut(index).ok_or(if replicas == 0 {
+            StackError::NoExecutor
+        } else {
+            StackError::NoReplica(index)
+        })?;
+        if let Some(front) = &self.front {
+            front.set(index, None);
+        }
+        if let Some((token, task)) = slot.running.take() {
+            token.cancel();
+            let _ = task.await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn replicas(&self) -> Vec<ReplicaStatus> {
+        let slots = self.executors.lock().await;
+        let served = |index| self.front.as_ref().map(|front| front.served(index));
+        slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| ReplicaStatus {
+                index,
+                url: format!("http://{}", slot.addr),
+                running: slot.running.is_some(),
+                served: served(index),
+            })
+            .collect()
+    }
+
     pub(crate) fn url(&self, pillar: Pillar) -> String {
         let addr = self.addrs[&pillar];
         if pillar.is_http() { format!("http://{addr}") } else { format!("smtp://{addr}") }
     }
+}
+
+/// One executor replica, as [`Stack::replicas`] and `GET /executor/replicas` report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaStatus {
+    /// Its number, from 0.
+    pub index: usize,
+    /// Where it listens (or last listened).
+    pub url: String,
+    /// Whether it runs.
+    pub running: bool,
+    /// Requests it answered through the front (`None` without replicas: there is no front).
+    pub served: Option<u64>,
 }
 
 /// A running stack. See the crate documentation for a tour.
@@ -429,6 +544,17 @@ impl Stack {
                 return Err(StackError::NoProfile(*pillar));
             }
         }
+        if b.executor && b.executor_replicas == 0 {
+            return Err(StackError::Config("executor replicas: at least 1".into()));
+        }
+        let shared_store = ["EXECUTOR_STORE_URL", "DATABASE_URL"].iter().any(|v| b.executor_env.contains_key(*v));
+        if b.executor && b.executor_replicas > 1 && !shared_store {
+            return Err(StackError::Config(format!(
+                "{} executor replicas need a shared store: set EXECUTOR_STORE_URL to a PostgreSQL URL \
+                 (pillar-sim up --store-url)",
+                b.executor_replicas
+            )));
+        }
         let profile = |p: Pillar| b.profiles.get(&p).copied().unwrap_or_default();
         let sim = Arc::new(Sim::new(b.seed, b.journal_capacity));
         let shutdown = CancellationToken::new();
@@ -485,7 +611,9 @@ impl Stack {
             scenarios: Scenarios::default(),
             addrs,
             shutdown: shutdown.clone(),
-            executor: tokio::sync::Mutex::new(None),
+            executors: tokio::sync::Mutex::new(Vec::new()),
+            executor_dir: Mutex::new(None),
+            front: (b.executor && b.executor_replicas > 1).then(|| Front::new(b.executor_replicas)),
             executor_addr: Mutex::new(None),
             servers: Mutex::new(servers),
         });
@@ -508,27 +636,15 @@ impl Stack {
         let control_addr = control_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         if b.executor {
-            let (data_dir, temporary) = match &b.executor_data_dir {
-                Some(dir) => (dir.clone(), false),
-                None => (std::env::temp_dir().join(format!("pillar-sim-executor-{}", uuid::Uuid::new_v4())), true),
-            };
-            std::fs::create_dir_all(&data_dir)
-                .map_err(|source| StackError::DataDir { path: data_dir.clone(), source })?;
-            let env = stack.executor_defaults(&b, &data_dir, control_addr);
-            let addr = b.executor_env.get("EXECUTOR_BIND").and_then(|a| a.parse().ok());
-            *shared.executor.lock().await = Some(ExecutorSlot {
-                addr: addr.unwrap_or(SocketAddr::new(b.ip, b.ports.executor)),
-                data_dir,
-                temporary,
-                env,
-                running: None,
-            });
-            stack.start_executor().await?;
+            stack.start_executors(&b, control_addr).await?;
         }
 
         let mut core_env: HashMap<String, String> = b.core_env.into_iter().collect();
-        let executor_url =
-            shared.executor_addr().map_or_else(|| "http://127.0.0.1:8003".to_owned(), |a| format!("http://{a}"));
+        // Without an executor of its own, Core dispatches to the executor's port on the stack's IP.
+        let own_port = if b.ports.executor == 0 { 8003 } else { b.ports.executor };
+        let executor_url = shared
+            .executor_addr()
+            .map_or_else(|| format!("http://{}", SocketAddr::new(b.ip, own_port)), |a| format!("http://{a}"));
         core_env.entry("WORKFLOW_EXECUTOR_URL".into()).or_insert(executor_url);
         shared.core.configure(&core_env).map_err(|e| StackError::Config(e.to_string()))?;
 
@@ -594,59 +710,105 @@ impl Stack {
         env
     }
 
-    /// Starts the executor again (on the same port and data directory) after
-    /// [`Stack::stop_executor`]; a no-op when it is running.
-    pub async fn start_executor(&self) -> Result<(), StackError> {
-        let mut slot = self.shared.executor.lock().await;
-        let slot = slot.as_mut().ok_or(StackError::NoExecutor)?;
-        if slot.running.is_some() {
-            return Ok(());
-        }
-        let mut env = slot.env.clone();
-        env.insert("EXECUTOR_BIND".into(), slot.addr.to_string());
-        let settings = workflow_executor::Settings::from_lookup(|name| env.get(name).cloned())
-            .map_err(|e| StackError::Config(e.to_string()))?;
-        // The port may still be held by the previous run's last connections for a moment.
-        let deadline = tokio::time::Instant::now() + HEALTH_DEADLINE;
-        let app = loop {
-            match workflow_executor::Application::build(settings.clone()).await {
-                Ok(app) => break app,
-                Err(error) if tokio::time::Instant::now() < deadline && slot.addr.port() != 0 => {
-                    tracing::debug!(%error, "executor not bound yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(error) => return Err(StackError::Executor(error.to_string())),
-            }
+    /// Creates the executors' data directory and slots, starts every replica and, with several,
+    /// the front on the executor's port.
+    async fn start_executors(&self, b: &StackBuilder, control: Option<SocketAddr>) -> Result<(), StackError> {
+        let (base, temporary) = match &b.executor_data_dir {
+            Some(dir) => (dir.clone(), false),
+            None => (std::env::temp_dir().join(format!("pillar-sim-executor-{}", uuid::Uuid::new_v4())), true),
         };
-        slot.addr = app.local_addr();
-        let token = self.shared.shutdown.child_token();
-        let stop = token.clone();
-        let task = tokio::spawn(async move {
-            if let Err(error) = app.run_until_stopped(stop).await {
-                tracing::error!(%error, "executor stopped with an error");
+        std::fs::create_dir_all(&base).map_err(|source| StackError::DataDir { path: base.clone(), source })?;
+        *self.shared.executor_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((base.clone(), temporary));
+        let wanted = b
+            .executor_env
+            .get("EXECUTOR_BIND")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(SocketAddr::new(b.ip, b.ports.executor));
+        let replicated = b.executor_replicas > 1;
+        let mut slots = Vec::new();
+        for index in 0..b.executor_replicas {
+            let data_dir = if replicated { base.join(format!("replica-{index}")) } else { base.clone() };
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|source| StackError::DataDir { path: data_dir.clone(), source })?;
+            let env = self.executor_defaults(b, &data_dir, control);
+            let addr = if replicated { SocketAddr::new(b.ip, 0) } else { wanted };
+            slots.push(ExecutorSlot { addr, env, running: None });
+        }
+        *self.shared.executors.lock().await = slots;
+        for index in 0..b.executor_replicas {
+            self.start_replica(index).await?;
+        }
+        let Some(front) = &self.shared.front else {
+            return Ok(());
+        };
+        let listener = TcpListener::bind(wanted).await.map_err(|source| StackError::Bind {
+            what: "executor front".into(),
+            addr: wanted,
+            source,
+        })?;
+        let addr = listener.local_addr().expect("bound");
+        let (router, token) = (front.clone().router(), self.shared.shutdown.clone());
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
+            if let Err(error) = serve.await {
+                tracing::warn!(%error, "executor front stopped");
             }
         });
-        slot.running = Some((token, task));
-        *self.shared.executor_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot.addr);
-        let client = local_client();
-        wait_healthy(&client, "executor", format!("http://{}/healthz", slot.addr)).await
+        self.shared.servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(server);
+        *self.shared.executor_addr.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(addr);
+        Ok(())
     }
 
-    /// Stops the executor gracefully (it finishes in-flight work and keeps its outbox on disk);
-    /// its port and data directory are kept for [`Stack::start_executor`].
-    pub async fn stop_executor(&self) -> Result<(), StackError> {
-        let mut slot = self.shared.executor.lock().await;
-        let slot = slot.as_mut().ok_or(StackError::NoExecutor)?;
-        if let Some((token, task)) = slot.running.take() {
-            token.cancel();
-            let _ = task.await;
+    /// Starts every executor replica again after [`Stack::stop_executor`]; a no-op for those
+    /// that run.
+    pub async fn start_executor(&self) -> Result<(), StackError> {
+        let replicas = self.shared.executors.lock().await.len();
+        if replicas == 0 {
+            return Err(StackError::NoExecutor);
+        }
+        for index in 0..replicas {
+            self.start_replica(index).await?;
         }
         Ok(())
     }
 
-    /// The executor's data directory, when it runs one.
+    /// Stops every executor replica gracefully (each finishes its in-flight work and keeps its
+    /// outbox); ports and data directories are kept for [`Stack::start_executor`].
+    pub async fn stop_executor(&self) -> Result<(), StackError> {
+        let replicas = self.shared.executors.lock().await.len();
+        if replicas == 0 {
+            return Err(StackError::NoExecutor);
+        }
+        for index in 0..replicas {
+            self.stop_replica(index).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts replica `index` (numbered from 0) on its port and data directory; a no-op when it
+    /// runs. The front sends it requests again once it is healthy.
+    pub async fn start_replica(&self, index: usize) -> Result<(), StackError> {
+        self.shared.start_replica(index).await
+    }
+
+    /// Stops replica `index` gracefully: the front sends it nothing new, it finishes what it
+    /// runs, and the other replicas take its traffic (and, with a shared store, its outbox).
+    pub async fn stop_replica(&self, index: usize) -> Result<(), StackError> {
+        self.shared.stop_replica(index).await
+    }
+
+    /// The executor replicas (one without replicas): where each listens, whether it runs and
+    /// how many requests it answered through the front.
+    pub async fn replicas(&self) -> Vec<ReplicaStatus> {
+        self.shared.replicas().await
+    }
+
+    /// The executors' data directory, when the stack runs executors (with replicas, each has a
+    /// `replica-<n>` folder in it).
     pub async fn executor_data_dir(&self) -> Option<PathBuf> {
-        self.shared.executor.lock().await.as_ref().map(|s| s.data_dir.clone())
+        let dir = self.shared.executor_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        dir.as_ref().map(|(dir, _)| dir.clone())
     }
 
     /// The seed of every random fault decision.
@@ -785,11 +947,9 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
-        if let Ok(slot) = self.shared.executor.try_lock()
-            && let Some(slot) = slot.as_ref()
-            && slot.temporary
-        {
-            let _ = std::fs::remove_dir_all(&slot.data_dir);
+        let dir = self.shared.executor_dir.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((dir, true)) = dir.as_ref() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

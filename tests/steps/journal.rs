@@ -125,6 +125,16 @@ async fn provider_called(w: &mut BhivWorld, times: String, which: TraceRef) {
     assert_eq!(calls.len(), n, "provider calls: {calls:?}");
 }
 
+#[then("the provider was called once for each workflow")]
+async fn provider_once_each(w: &mut BhivWorld) {
+    let traces: Vec<String> = w.executions.iter().map(|e| e.trace.clone()).collect();
+    assert!(!traces.is_empty(), "no workflow was executed");
+    for trace in traces {
+        let calls = provider_calls(w, &trace).await;
+        assert_eq!(calls.len(), 1, "provider calls for {trace}: {calls:?}");
+    }
+}
+
 #[then(expr = "every call for {trace} to Bucket and Karma carried it in X-Trace-Id and traceparent")]
 async fn pillar_calls_carry(w: &mut BhivWorld, which: TraceRef) {
     let trace = w.trace_of(which);

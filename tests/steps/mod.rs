@@ -11,6 +11,7 @@
 //! | [`bucket`] | what Bucket stores, its append-only routes, hash chain, read gates, product isolation |
 //! | [`karma`] | behavioural events, karma balances and the Q-learning rule |
 //! | [`journal`] | what the fakes saw: calls, answers, `X-Trace-Id` and `traceparent` headers |
+//! | [`replicas`] | several executors on one PostgreSQL database behind the stack's front; stopping and starting them |
 //! | [`health`] | health checks, `/healthz`, `/api/integration/status`, `/metrics` |
 //! | [`traces`] | the spans the executor exported, as the simulator's OTLP receiver holds them |
 //! | [`timing`] | load and latency percentiles against the integration document's budgets |
@@ -27,6 +28,7 @@ pub mod journal;
 pub mod karma;
 pub mod params;
 pub mod payloads;
+pub mod replicas;
 pub mod stack;
 pub mod stub;
 pub mod support;
@@ -34,4 +36,4 @@ pub mod timing;
 pub mod traces;
 pub mod world;
 
-pub use world::{BhivWorld, external_mode};
+pub use world::{BhivWorld, Simulated, detect_simulated, external_mode, simulated};

@@ -92,7 +92,7 @@ async fn users_ask_core(w: &mut BhivWorld, count: usize, action: Action, at_once
     let world = &*w;
     let replies: Vec<CoreReply> = futures_util::stream::iter(0..count)
         .map(|n| {
-            let task = json!({"agent": "edumentor_agent", "input": request_for(action, n), "user_id": user});
+            let task = json!({"agent": "workflow_probe_agent", "input": request_for(action, n), "user_id": user});
             let url = url.clone();
             async move {
                 let reply = world.request(world.http.post(url).json(&task)).await;

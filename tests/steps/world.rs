@@ -12,12 +12,18 @@
 //! read through HTTP: Karma's own routes, Bucket's `/core/verify-chain`, and the control API's
 //! `/journal`, `/bucket/events`, `/faults`, `/smtp/messages` and `/providers/*`.
 //!
+//! When Karma, Bucket or Core are not the simulator's (the control API does not serve the URL
+//! the run was given for them: real services), their state is read through their own APIs —
+//! Bucket's `GET /core/events`, Karma's `GET /v1/stats/user/{id}` — and the journal only covers
+//! what the simulator still serves (the providers, the SMTP sink). [`Simulated`] says which.
+//!
 //! The read methods here ([`BhivWorld::hits`], [`BhivWorld::bucket_events`],
 //! [`BhivWorld::karma_user`], ...) hide which of the two is in use.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use pillar_sim::{FaultRule, JournalQuery, Pillar, Stack, StackBuilder};
@@ -50,6 +56,59 @@ pub const FAST_EXECUTOR: [(&str, &str); 10] = [
     ("SMTP_TIMEOUT", "2"),
     ("EXECUTOR_LOG_FORMAT", "text"),
 ];
+
+/// Which of the external Karma, Bucket and Core are the simulator's (all of them in-process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Simulated {
+    /// Karma is the simulator's.
+    pub karma: bool,
+    /// Bucket is the simulator's.
+    pub bucket: bool,
+    /// Core is the simulator's.
+    pub core: bool,
+}
+
+impl Simulated {
+    /// Every pillar is the simulator's.
+    pub fn all(self) -> bool {
+        self.karma && self.bucket && self.core
+    }
+}
+
+static SIMULATED: OnceLock<Simulated> = OnceLock::new();
+
+/// Finds out (once per run) which external pillars the simulator serves: those whose URL the
+/// control API's `GET /` names. No control API: none.
+pub async fn detect_simulated() -> Simulated {
+    if let Some(known) = SIMULATED.get() {
+        return *known;
+    }
+    let endpoints = Endpoints::from_env();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("a plain client builds");
+    let info: Value = match http.get(format!("{}/", endpoints.control)).send().await {
+        Ok(answer) if answer.status().is_success() => answer.json().await.unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    // `localhost` and 127.0.0.1 name the same service.
+    let same = |url: &str| url.trim_end_matches('/').replace("://localhost", "://127.0.0.1");
+    let serves = |pillar: &str, url: &str| {
+        info.pointer(&format!("/pillars/{pillar}/url")).and_then(Value::as_str).map(same) == Some(same(url))
+    };
+    let found = Simulated {
+        karma: serves("karma", &endpoints.karma),
+        bucket: serves("bucket", &endpoints.bucket),
+        core: serves("core", &endpoints.core),
+    };
+    *SIMULATED.get_or_init(|| found)
+}
+
+/// What [`detect_simulated`] found (everything in-process, or before detection).
+pub fn simulated() -> Simulated {
+    if !external_mode() {
+        return Simulated { karma: true, bucket: true, core: true };
+    }
+    SIMULATED.get().copied().unwrap_or(Simulated { karma: true, bucket: true, core: true })
+}
 
 /// The addresses of already-running services.
 #[derive(Debug, Clone)]
@@ -594,7 +653,23 @@ impl BhivWorld {
 
     /// Every event Bucket stores, in chain order.
     pub async fn bucket_events(&self) -> Vec<StoredView> {
-        let events = if self.is_external() {
+        let events = if self.is_external() && !simulated().bucket {
+            // Bucket's own read route (open in the as-built Bucket): its newest 1,000 records,
+            // the event fields at the top level.
+            let reply = self.get(&format!("{}/core/events?limit=1000&requester_id=bhiv_core", self.bucket_url())).await;
+            assert_eq!(reply.status, 200, "Bucket's GET /core/events: {:?}", reply.body);
+            let records = reply.body["events"].as_array().cloned().unwrap_or_default();
+            return records
+                .into_iter()
+                .enumerate()
+                .map(|(i, record)| StoredView {
+                    sequence: i as u64 + 1,
+                    record,
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                })
+                .collect();
+        } else if self.is_external() {
             self.control_get("/bucket/events").await["events"].clone()
         } else {
             serde_json::to_value(self.stack().bucket().events()).expect("serializable")
@@ -627,11 +702,13 @@ impl BhivWorld {
                 total_actions: u.total_actions,
             });
         }
-        let reply = self.get(&format!("{}/api/v1/karma/{user}", self.karma_url())).await;
+        // The stats route, not the profile: the monorepo Karma answers an unknown user's profile
+        // with a stand-in (merit 100), its stats with 404.
+        let reply = self.get(&format!("{}/v1/stats/user/{user}", self.karma_url())).await;
         if reply.status == 404 {
             return None;
         }
-        assert_eq!(reply.status, 200, "Karma profile of {user}: {:?}", reply.body);
+        assert_eq!(reply.status, 200, "Karma stats of {user}: {:?}", reply.body);
         let b = &reply.body;
         Some(KarmaView {
             role: b["role"].as_str().unwrap_or_default().to_owned(),

@@ -1,7 +1,8 @@
 //! The AI adapter: an OpenAI-compatible chat-completions call.
 //!
 //! `POST {AI_API_URL}/v1/chat/completions` with `{model, messages: [{role: "user", content}]}`;
-//! the first choice's text becomes `response` and the completion id `request_id`.
+//! the first choice's text becomes `response` and the completion id `request_id`; the result also
+//! carries the reference's `health: "OK"` and the model that answered.
 
 use serde_json::{Value, json};
 
@@ -44,6 +45,8 @@ impl Ai {
                 ("prompt", json!(prompt)),
                 ("response", json!(text)),
                 ("model", answer.get("model").cloned().unwrap_or_else(|| json!(self.settings.model))),
+                // The reference adapter reports `health: "OK"`; its clients may read it.
+                ("health", json!("OK")),
                 ("requested_at", json!(requested_at)),
             ]),
             created: None,

@@ -76,6 +76,9 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
         let sink = sink_state.sink;
         let report = sink_state.report();
         let depth = state.store.depth(sink);
+        // Only Karma's encoding can map an outcome to no event.
+        let skipped =
+            if sink == Sink::Karma { state.metrics.events_skipped.with_label_values(&["karma"]).get() } else { 0 };
         if depth.dead_letters > 0 {
             alerts.push(json!({
                 "pillar": sink.name(),
@@ -103,6 +106,7 @@ pub async fn integration_status(State(state): State<Arc<AppState>>) -> impl Into
                 "delivered": report.delivered,
                 "failed_attempts": report.failed_attempts,
                 "dead_lettered": depth.dead_letters,
+                "skipped": skipped,
                 "last_dead_letter_reason": report.last_dead_letter_reason,
                 "last_success": report.last_success,
                 "last_error_at": report.last_error_at,

@@ -29,7 +29,7 @@ use tracing::Instrument;
 use super::{Answer, ExecutionError, Request};
 use crate::adapters::{Adapters, Failure, Performed};
 use crate::clock::{now_ms, now_rfc3339};
-use crate::config::{FullPolicy, Settings, SinkSettings};
+use crate::config::{FullPolicy, KarmaEncoding, Settings, SinkSettings};
 use crate::contract::{ExecuteResponse, ExecutionResult, ExecutionStatus};
 use crate::metrics::Metrics;
 use crate::outbox::events::{ExecutionFacts, bucket_event, karma_event};
@@ -44,6 +44,7 @@ pub struct Engine {
     metrics: Metrics,
     sinks: Vec<(Sink, SinkSettings)>,
     mask_recipients: bool,
+    karma_encoding: KarmaEncoding,
     full: [AtomicBool; 2],
     /// Outbox slots promised to admitted executions whose events are not committed yet, per
     /// sink: without them, concurrent requests all pass the fail-closed check before any of
@@ -81,6 +82,7 @@ impl Engine {
             metrics,
             sinks,
             mask_recipients: settings.mask_recipients,
+            karma_encoding: settings.karma_encoding.clone(),
             full: [AtomicBool::new(false), AtomicBool::new(false)],
             reserved: Arc::default(),
         }
@@ -237,13 +239,25 @@ impl Engine {
     fn events(&self, facts: &ExecutionFacts<'_>) -> Vec<NewEvent> {
         self.sinks
             .iter()
-            .map(|(sink, _)| {
+            .filter_map(|(sink, _)| {
                 let event_id = crate::clock::new_id().to_string();
                 let body = match sink {
                     Sink::Bucket => serde_json::to_vec(&bucket_event(facts, &event_id, self.mask_recipients)),
-                    Sink::Karma => serde_json::to_vec(&karma_event(facts, &event_id)),
+                    Sink::Karma => match karma_event(facts, &event_id, &self.karma_encoding) {
+                        Some(body) => serde_json::to_vec(&body),
+                        None => {
+                            // The encoding maps this outcome to no Karma action: nothing to send.
+                            self.metrics.events_skipped.with_label_values(&[sink.name()]).inc();
+                            return None;
+                        }
+                    },
                 };
-                NewEvent { sink: *sink, event_id, trace_id: facts.trace_id.to_owned(), body: body.unwrap_or_default() }
+                Some(NewEvent {
+                    sink: *sink,
+                    event_id,
+                    trace_id: facts.trace_id.to_owned(),
+                    body: body.unwrap_or_default(),
+                })
             })
             .collect()
     }

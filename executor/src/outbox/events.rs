@@ -3,10 +3,13 @@
 //! Audit events carry what happened, never the content: the caller's `metadata` object rides
 //! along, but not the payload, and the execution result loses message bodies, prompts and model
 //! answers; recipients are masked unless configured otherwise (Bucket's own governance refuses
-//! personal data, and the as-built fork leaked it).
+//! personal data, and the as-built fork leaked it). Karma events take the configured encoding:
+//! the documented one, or what the deployed Karma accepts (`context` as a JSON string, one of its
+//! roles, the outcome mapped to one of its actions, or no event at all).
 
 use serde_json::{Map, Value, json};
 
+use crate::config::KarmaEncoding;
 use crate::contract::{BucketEvent, BucketEventData, ExecutionStatus, KarmaContext, KarmaEvent, KarmaEventData};
 
 /// What one execution produced, as the event builders need it.
@@ -55,30 +58,50 @@ pub fn bucket_event(facts: &ExecutionFacts<'_>, event_id: &str, mask_recipients:
     }
 }
 
-/// The body for `POST {KARMA_URL}/v1/event/`.
-pub fn karma_event(facts: &ExecutionFacts<'_>, event_id: &str) -> KarmaEvent {
-    let action = match facts.status {
-        ExecutionStatus::Success => "workflow_success",
-        ExecutionStatus::Failed => "workflow_failure",
+/// The body for `POST {KARMA_URL}/v1/event/` in the given encoding; `None` when the encoding
+/// maps this outcome to nothing (the event is skipped, not sent).
+pub fn karma_event(facts: &ExecutionFacts<'_>, event_id: &str, encoding: &KarmaEncoding) -> Option<Value> {
+    let context = KarmaContext {
+        trace_id: facts.trace_id.into(),
+        action_type: facts.action_type.into(),
+        source: REQUESTER_ID.into(),
+        event_id: event_id.into(),
     };
-    KarmaEvent {
+    let (action, role, context) = match encoding {
+        KarmaEncoding::Spec => {
+            let action = match facts.status {
+                ExecutionStatus::Success => "workflow_success",
+                ExecutionStatus::Failed => "workflow_failure",
+            };
+            (action.to_owned(), "user".to_owned(), serde_json::to_value(context).ok()?)
+        }
+        KarmaEncoding::AsBuilt { role, on_success, on_failure } => {
+            let action = match facts.status {
+                ExecutionStatus::Success => on_success.as_ref()?,
+                ExecutionStatus::Failed => on_failure.as_ref()?,
+            };
+            // The deployed Karma's model types `context` as an optional string.
+            let mut context = serde_json::to_value(context).ok()?;
+            context["status"] = json!(facts.status);
+            (action.clone(), role.clone(), Value::String(context.to_string()))
+        }
+    };
+    let event = KarmaEvent {
         kind: "life_event".into(),
         event_id: event_id.into(),
         timestamp: facts.timestamp.into(),
         data: KarmaEventData {
             user_id: facts.user_id.unwrap_or("system").into(),
-            action: action.into(),
-            role: "user".into(),
+            action,
+            role,
             note: format!("Workflow execution: {}", facts.action_type),
-            context: KarmaContext {
-                trace_id: facts.trace_id.into(),
-                action_type: facts.action_type.into(),
-                source: REQUESTER_ID.into(),
-                event_id: event_id.into(),
-            },
+            context: KarmaContext::default(),
         },
         source: REQUESTER_ID.into(),
-    }
+    };
+    let mut body = serde_json::to_value(event).ok()?;
+    body["data"]["context"] = context;
+    Some(body)
 }
 
 /// Content fields never written to the audit trail: message bodies, prompts, answers, and the
@@ -127,6 +150,57 @@ pub fn mask_recipient(recipient: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts(status: ExecutionStatus) -> (Map<String, Value>, ExecutionStatus) {
+        (Map::new(), status)
+    }
+
+    fn karma(status: ExecutionStatus, encoding: &KarmaEncoding) -> Option<Value> {
+        let (result, status) = facts(status);
+        let facts = ExecutionFacts {
+            trace_id: "t-1",
+            action_type: "task",
+            status,
+            result: &result,
+            user_id: Some("u-1"),
+            product: None,
+            metadata: None,
+            duration_ms: 3,
+            timestamp: "2026-12-06T07:00:00Z",
+        };
+        karma_event(&facts, "e-1", encoding)
+    }
+
+    #[test]
+    fn the_spec_karma_event_is_the_documented_one() {
+        let body = karma(ExecutionStatus::Failed, &KarmaEncoding::Spec).expect("sent");
+        assert_eq!(body["data"]["action"], "workflow_failure");
+        assert_eq!(body["data"]["role"], "user");
+        assert_eq!(
+            body["data"]["context"],
+            json!({"trace_id": "t-1", "action_type": "task", "source": "workflow_executor", "event_id": "e-1"})
+        );
+    }
+
+    #[test]
+    fn the_as_built_karma_event_has_a_string_context_and_a_mapped_action() {
+        let encoding = KarmaEncoding::AsBuilt {
+            role: "learner".into(),
+            on_success: Some("completing_lessons".into()),
+            on_failure: None,
+        };
+        let body = karma(ExecutionStatus::Success, &encoding).expect("sent");
+        assert_eq!(
+            (body["data"]["action"].as_str(), body["data"]["role"].as_str()),
+            (Some("completing_lessons"), Some("learner"))
+        );
+        let context: Value = serde_json::from_str(body["data"]["context"].as_str().expect("a string")).expect("JSON");
+        assert_eq!(
+            context,
+            json!({"trace_id": "t-1", "action_type": "task", "source": "workflow_executor", "event_id": "e-1", "status": "success"})
+        );
+        assert_eq!(karma(ExecutionStatus::Failed, &encoding), None, "failures send nothing by default");
+    }
 
     #[test]
     fn recipients_are_masked() {

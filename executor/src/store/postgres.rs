@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -57,27 +57,86 @@ mod schema {
 const RETRY: Duration = Duration::from_secs(1);
 /// How often depths are recounted (and other replicas' events noticed).
 const RECOUNT: Duration = Duration::from_millis(100);
+/// Makes the current transaction wait for the database's disk at commit. Two writes are synced:
+/// the in-flight marker before a provider call (an interrupted call becomes `outcome_unknown`,
+/// never a second call) and the outcome with its events. Sessions otherwise run with
+/// `synchronous_commit=off`, and PostgreSQL writes its log in order, so every earlier write is
+/// durable once a later synced commit is. What a crash of the database can lose: leases and
+/// settlements of deliveries (an event is sent again; sinks drop duplicates by event id), lease
+/// renewals, and claims of executions that have called nothing yet (a task whose claim is lost
+/// may run again for a duplicate that arrives while the database recovers; the first outcome is
+/// the one recorded).
+const DURABLE: &str = "SELECT set_config('synchronous_commit', 'on', true)";
 /// Advisory lock key held while migrating ("bhivexec").
 const MIGRATION_LOCK: i64 = 0x6268_6976_6578_6563;
 /// Recount rounds skipped because of local changes before one is applied anyway.
 const MAX_SKIPPED_RECOUNTS: u32 = 10;
 
-/// Why the PostgreSQL store could not be opened; every message names `EXECUTOR_STORE_URL`, and
-/// none contains its password.
+/// Why the PostgreSQL store could not be opened; every message names the variable the URL came
+/// from (`EXECUTOR_STORE_URL` or `DATABASE_URL`), and none contains its password.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL does not parse.
-    #[error("EXECUTOR_STORE_URL={0}: not a PostgreSQL connection URL (postgres://user:password@host:port/database)")]
+    #[error("{0}: not a PostgreSQL connection URL (postgres://user:password@host:port/database)")]
     Url(String),
     /// The pool cannot be built (for example a pool size of 0).
-    #[error("EXECUTOR_STORE_URL={0}: cannot build the connection pool: {1}")]
+    #[error("{0}: cannot build the connection pool: {1}")]
     Pool(String, String),
     /// The database cannot be reached or refused the connection.
-    #[error("EXECUTOR_STORE_URL={0}: cannot connect to the database: {1}")]
+    #[error("{0}: cannot connect to the database: {1}")]
     Connect(String, String),
     /// The schema cannot be created or migrated.
-    #[error("EXECUTOR_STORE_URL={0}: migrating the store's schema failed: {1}")]
+    #[error("{0}: migrating the store's schema failed: {1}")]
     Migrate(String, String),
+    /// `EXECUTOR_STORE_CA_FILE` cannot be read or holds no PEM certificate.
+    #[error("EXECUTOR_STORE_CA_FILE={0}: {1}")]
+    CaFile(String, String),
+}
+
+/// Where the PostgreSQL store is and how to reach it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The variable the URL came from (named in errors).
+    pub variable: &'a str,
+    /// `postgres://…`; `sslmode=require` asks for TLS, verified against the Mozilla roots and
+    /// `ca_file`.
+    pub url: &'a str,
+    /// More trusted certificates (PEM).
+    pub ca_file: Option<&'a std::path::Path>,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// How long this instance's claims and in-flight markers outlive it (renewed while it lives).
+    pub lease: Duration,
+}
+
+/// The TLS connector for `sslmode=require`: rustls on ring, trusting the Mozilla roots and the
+/// certificates in `ca_file`.
+pub(crate) fn tls(ca_file: Option<&std::path::Path>) -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConnectError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let shown = path.display().to_string();
+        let refused = |message: String| ConnectError::CaFile(shown.clone(), message);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| refused(format!("cannot read it: {e}")))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| refused(format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(refused("no PEM certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| refused(format!("a certificate in it is not usable: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::CaFile("-".into(), e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// One sink's cached depth and its bell.
@@ -133,19 +192,26 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Connects to the database at `url` (creating or migrating the schema) with a pool of
-    /// `pool_size` connections; claims and in-flight markers of this instance are leased for
-    /// `lease` (renewed while it lives). Must be called within a tokio runtime.
+    /// Connects to the database of `target`, creating or migrating the schema. Plain TCP unless
+    /// the URL says `sslmode=require` (then TLS with a verified certificate, or no connection).
+    /// Must be called within a tokio runtime.
     pub async fn connect(
-        url: &str,
-        pool_size: usize,
-        lease: Duration,
+        target: Target<'_>,
         bounds: [OutboxBound; 2],
         metrics: Metrics,
     ) -> Result<Arc<Postgres>, ConnectError> {
-        let shown = redact(url);
-        let config = tokio_postgres::Config::from_str(url).map_err(|_| ConnectError::Url(shown.clone()))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let Target { variable, url, ca_file, pool_size, lease } = target;
+        let shown = format!("{variable}={}", redact(url));
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|_| ConnectError::Url(shown.clone()))?;
+        // Only the writes that must survive a crash of the database wait for its disk (see
+        // `DURABLE`); everything else is durable with the next synced commit.
+        let options = config.get_options().map_or_else(String::new, |o| format!("{o} "));
+        config.options(format!("{options}-c synchronous_commit=off"));
+        let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => Manager::from_config(config, tls(ca_file)?, recycling),
+            _ => Manager::from_config(config, NoTls, recycling),
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -222,6 +288,16 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Deletes the delivered events `seqs` in one statement; how many were there, and their bytes.
+async fn delete_delivered(client: &impl GenericClient, seqs: &[i64]) -> Result<(i64, i64), StoreError> {
+    if seqs.is_empty() {
+        return Ok((0, 0));
+    }
+    let delete = client.prepare_cached("DELETE FROM outbox WHERE seq = ANY($1) RETURNING length(body)").await?;
+    let gone = client.query(&delete, &[&seqs]).await?;
+    Ok((gone.len() as i64, gone.iter().map(|row| i64::from(row.get::<_, i32>(0))).sum()))
 }
 
 /// `url` with its password replaced by `***`.
@@ -451,46 +527,69 @@ impl Inner {
     }
 
     /// Writes one outcome in one transaction. A retry of a commit that reached the database
-    /// finds its answer and changes nothing.
+    /// finds its answer and changes nothing. The statements are pipelined (sent together, answered
+    /// in order: tokio-postgres sends a request when its future is first polled), so a commit costs
+    /// three round trips (begin, the statements, commit) whatever it holds.
     async fn write(&self, claim: &ClaimGuard, outcome: &Outcome) -> Result<(), StoreError> {
+        use tokio_postgres::types::ToSql;
         let started = Instant::now();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO answers (key, fingerprint, answer, created_ms) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (key) DO NOTHING",
-                &[&claim.key(), &claim.fingerprint(), &&outcome.answer[..], &(outcome.created_ms as i64)],
-            )
-            .await?;
+        let answer = tx.prepare_cached(
+            "INSERT INTO answers (key, fingerprint, answer, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key) DO NOTHING",
+        );
+        let task = tx.prepare_cached(
+            "INSERT INTO tasks (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+        );
+        let event = tx.prepare_cached(
+            "INSERT INTO outbox (sink, event_id, trace_id, body, enqueued_ms) VALUES ($1, $2, $3, $4, $5)",
+        );
+        let unmark = tx.prepare_cached("DELETE FROM in_flight WHERE key = $1");
+        let unclaim = tx.prepare_cached("DELETE FROM claims WHERE key = $1");
+        let durable = tx.prepare_cached(DURABLE);
+        let (answer, task, event, unmark, unclaim, durable) =
+            tokio::try_join!(answer, task, event, unmark, unclaim, durable)?;
+
+        let (key, fingerprint, created) = (claim.key(), claim.fingerprint(), outcome.created_ms as i64);
+        let answer_params: [&(dyn ToSql + Sync); 4] = [&key, &fingerprint, &&outcome.answer[..], &created];
+        let task_params: Vec<[&(dyn ToSql + Sync); 2]> =
+            outcome.writes.iter().map(|Write::Task { id, record }| [id as _, record as _]).collect();
+        let enqueued = now_ms() as i64;
+        let sinks: Vec<i16> = outcome.events.iter().map(|e| sink_of(e.sink)).collect();
+        let event_params: Vec<[&(dyn ToSql + Sync); 5]> = outcome
+            .events
+            .iter()
+            .zip(&sinks)
+            .map(|(e, sink)| [sink as _, &e.event_id as _, &e.trace_id as _, &e.body as _, &enqueued as _])
+            .collect();
+        let key_params: [&(dyn ToSql + Sync); 1] = [&key];
+        let (_, inserted, _, _, _, _) = tokio::try_join!(
+            tx.execute(&durable, &[]),
+            tx.execute(&answer, &answer_params),
+            futures_util::future::try_join_all(task_params.iter().map(|p| tx.execute(&task, p))),
+            futures_util::future::try_join_all(event_params.iter().map(|p| tx.execute(&event, p))),
+            tx.execute(&unmark, &key_params),
+            tx.execute(&unclaim, &key_params),
+        )?;
         if inserted == 0 {
             tx.rollback().await?;
             return Ok(());
         }
-        for Write::Task { id, record } in &outcome.writes {
-            tx.execute(
-                "INSERT INTO tasks (id, record) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-                &[id, record],
-            )
-            .await?;
-        }
-        let enqueued = now_ms() as i64;
         let mut added = [(0i64, 0i64); 2];
         for event in &outcome.events {
-            tx.execute(
-                "INSERT INTO outbox (sink, event_id, trace_id, body, enqueued_ms) VALUES ($1, $2, $3, $4, $5)",
-                &[&sink_of(event.sink), &event.event_id, &event.trace_id, &event.body, &enqueued],
-            )
-            .await?;
             added[event.sink.index()].0 += 1;
             added[event.sink.index()].1 += event.body.len() as i64;
         }
-        tx.execute("DELETE FROM in_flight WHERE key = $1", &[&claim.key()]).await?;
-        tx.execute("DELETE FROM claims WHERE key = $1", &[&claim.key()]).await?;
         let mut dropped = [(0i64, 0i64); 2];
         for sink in Sink::ALL {
             let bound = self.bounds[sink.index()];
-            if !bound.drop_oldest || added[sink.index()].0 == 0 {
+            // Trimming scans the sink's outbox: only when the depth (exact for this instance's
+            // writes, other replicas' as of the last recount) would pass the bound.
+            let (side, (events, bytes)) = (&self.sinks[sink.index()], added[sink.index()]);
+            let over = side.events.load(Ordering::SeqCst) + events as u64 > bound.max_events
+                || side.bytes.load(Ordering::SeqCst) + bytes as u64 > bound.max_bytes;
+            if !bound.drop_oldest || events == 0 || !over {
                 continue;
             }
             let rows = tx
@@ -523,25 +622,18 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes `key` for this instance in the database, unless another live instance holds it or
-    /// an in-flight marker waits on it. Returns whether it was taken.
-    async fn take(&self, client: &Object, key: &str, fingerprint: &str, token: &str) -> Result<bool, StoreError> {
-        // A row of this owner that this instance no longer holds (its key is not in `held`, which
-        // the caller checked) is a released claim whose delete has not run yet.
-        let taken = client
-            .query_opt(
-                "INSERT INTO claims (key, fingerprint, owner, token, lease_until) \
-                 SELECT $1, $2, $3::text::uuid, $4::text::uuid, now() + $5 * interval '1 second' \
-                 WHERE NOT EXISTS (SELECT 1 FROM in_flight WHERE key = $1) \
-                 ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, \
-                 token = excluded.token, lease_until = excluded.lease_until \
-                 WHERE claims.lease_until < now() OR claims.owner = excluded.owner \
-                 RETURNING key",
-                &[&key, &fingerprint, &self.owner, &token, &lease_secs(self.lease)],
-            )
-            .await?;
-        Ok(taken.is_some())
-    }
+    /// The statement that takes a key for this instance, unless another live instance holds it,
+    /// an in-flight marker waits on it or it is answered; it returns the key when taken. A row of
+    /// this owner that this instance no longer holds (its key is not in `held`, which the caller
+    /// checked) is a released claim whose delete has not run yet.
+    const TAKE: &str = "INSERT INTO claims (key, fingerprint, owner, token, lease_until) \
+         SELECT $1, $2, $3::text::uuid, $4::text::uuid, now() + $5 * interval '1 second' \
+         WHERE NOT EXISTS (SELECT 1 FROM in_flight WHERE key = $1) \
+         AND NOT EXISTS (SELECT 1 FROM answers WHERE key = $1) \
+         ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, owner = excluded.owner, \
+         token = excluded.token, lease_until = excluded.lease_until \
+         WHERE claims.lease_until < now() OR claims.owner = excluded.owner \
+         RETURNING key";
 }
 
 impl Store for Postgres {
@@ -568,41 +660,42 @@ impl Store for Postgres {
                     Claim::Mismatch
                 }
             };
-            let answer_query = "SELECT fingerprint, answer FROM answers WHERE key = $1";
-            // Until the claim is taken, the guard has no row to delete.
-            let untaken = || inner.settled.lock().expect("settled lock").insert(key.to_owned());
-            untaken();
-            if let Some(row) = client.query_opt(answer_query, &[&key]).await? {
-                return Ok(answered(row));
-            }
+            let answer_query = client.prepare_cached("SELECT fingerprint, answer FROM answers WHERE key = $1").await?;
+            let take = client.prepare_cached(Inner::TAKE).await?;
+            let holder_query = client
+                .prepare_cached(
+                    "SELECT fingerprint FROM claims WHERE key = $1 \
+                     UNION ALL SELECT fingerprint FROM in_flight WHERE key = $1 LIMIT 1",
+                )
+                .await?;
+            let take_params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&key, &fingerprint, &inner.owner, &token, &lease_secs(inner.lease)];
+            let key_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&key];
             for _ in 0..3 {
-                inner.settled.lock().expect("settled lock").remove(key);
-                let taken = inner.take(&client, key, fingerprint, &token).await;
-                if !matches!(taken, Ok(true)) {
-                    untaken();
+                // Until the claim is taken, the guard has no row to delete.
+                inner.settled.lock().expect("settled lock").insert(key.to_owned());
+                // One round trip: PostgreSQL runs the three in order, each on a fresh snapshot,
+                // so the last look-up sees an answer another replica committed while we took
+                // the key (the take itself refuses a key answered before it started).
+                let (before, taken, after) = tokio::try_join!(
+                    client.query_opt(&answer_query, &key_param),
+                    client.query_opt(&take, &take_params),
+                    client.query_opt(&answer_query, &key_param),
+                )?;
+                if taken.is_some() {
+                    inner.settled.lock().expect("settled lock").remove(key);
                 }
-                if taken? {
-                    // A replica may have committed between the look-up and the claim.
-                    if let Some(row) = client.query_opt(answer_query, &[&key]).await? {
-                        return Ok(answered(row));
-                    }
+                if let Some(row) = before.or(after) {
+                    return Ok(answered(row));
+                }
+                if taken.is_some() {
                     return Ok(Claim::Fresh(guard));
                 }
-                let holder = client
-                    .query_opt(
-                        "SELECT fingerprint FROM claims WHERE key = $1 \
-                         UNION ALL SELECT fingerprint FROM in_flight WHERE key = $1 LIMIT 1",
-                        &[&key],
-                    )
-                    .await?;
-                if let Some(holder) = holder {
+                if let Some(holder) = client.query_opt(&holder_query, &key_param).await? {
                     let same = holder.get::<_, &str>(0) == fingerprint;
                     return Ok(if same { Claim::InProgress } else { Claim::Mismatch });
                 }
-                if let Some(row) = client.query_opt(answer_query, &[&key]).await? {
-                    return Ok(answered(row));
-                }
-                // The holder let go between the two statements: try again.
+                // The holder let go between the statements: try again.
             }
             Ok(Claim::InProgress)
         })
@@ -615,15 +708,21 @@ impl Store for Postgres {
             let value = serde_json::to_vec(marker).unwrap_or_default();
             claim.in_flight.store(true, Ordering::SeqCst);
             inner.in_flight.lock().expect("in-flight lock").insert(claim.key().to_owned());
-            client
-                .execute(
+            let mut client = client;
+            let tx = client.transaction().await?;
+            let record = tx
+                .prepare_cached(
                     "INSERT INTO in_flight (key, fingerprint, marker, owner, lease_until) \
                      VALUES ($1, $2, $3, $4::text::uuid, now() + $5 * interval '1 second') \
                      ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, marker = excluded.marker, \
                      owner = excluded.owner, lease_until = excluded.lease_until",
-                    &[&claim.key(), &claim.fingerprint(), &value, &inner.owner, &lease_secs(inner.lease)],
                 )
                 .await?;
+            let durable = tx.prepare_cached(DURABLE).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&claim.key(), &claim.fingerprint(), &value, &inner.owner, &lease_secs(inner.lease)];
+            tokio::try_join!(tx.execute(&durable, &[]), tx.execute(&record, &params))?;
+            tx.commit().await?;
             Ok(())
         })
     }
@@ -695,15 +794,15 @@ impl Store for Postgres {
     fn lease(&self, sink: Sink, limit: usize, lease_for: Duration) -> StoreFuture<'_, Vec<LeasedEvent>> {
         Box::pin(async move {
             let client = self.inner.client().await?;
-            let rows = client
-                .query(
+            let lease = client
+                .prepare_cached(
                     "UPDATE outbox SET leased_until = now() + $3 * interval '1 second' WHERE seq IN (\
                      SELECT seq FROM outbox WHERE sink = $1 AND (leased_until IS NULL OR leased_until < now()) \
                      ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
                      RETURNING seq, enqueued_ms, event_id, trace_id, body, attempts",
-                    &[&sink_of(sink), &(limit as i64), &lease_secs(lease_for)],
                 )
                 .await?;
+            let rows = client.query(&lease, &[&sink_of(sink), &(limit as i64), &lease_secs(lease_for)]).await?;
             let mut out: Vec<LeasedEvent> = rows
                 .into_iter()
                 .map(|row| LeasedEvent {
@@ -724,19 +823,27 @@ impl Store for Postgres {
         Box::pin(async move {
             let inner = &self.inner;
             let mut client = inner.client().await?;
+            let (delivered, others): (Vec<Settlement>, Vec<Settlement>) =
+                settlements.into_iter().partition(|s| matches!(s, Settlement::Delivered(_)));
+            let delivered: Vec<i64> = delivered
+                .iter()
+                .filter_map(|s| if let Settlement::Delivered(seq) = s { Some(*seq as i64) } else { None })
+                .collect();
+            // The common case, deliveries only, is one statement (one round trip, atomic).
+            if others.is_empty() {
+                let (events, bytes) = delete_delivered(&client, &delivered).await?;
+                if events != 0 {
+                    inner.adjust(sink, -events, -bytes, 0);
+                }
+                return Ok(());
+            }
             let tx = client.transaction().await?;
-            let (mut events, mut bytes, mut dead) = (0i64, 0i64, 0i64);
-            for settlement in settlements {
+            let (gone, gone_bytes) = delete_delivered(&tx, &delivered).await?;
+            let (mut events, mut bytes, mut dead) = (-gone, -gone_bytes, 0i64);
+            for settlement in others {
                 match settlement {
-                    Settlement::Delivered(seq) => {
-                        let gone = tx
-                            .query_opt("DELETE FROM outbox WHERE seq = $1 RETURNING length(body)", &[&(seq as i64)])
-                            .await?;
-                        if let Some(row) = gone {
-                            events -= 1;
-                            bytes -= i64::from(row.get::<_, i32>(0));
-                        }
-                    }
+                    // Settled above.
+                    Settlement::Delivered(_) => {}
                     Settlement::Failed(seq) => {
                         tx.execute(
                             "UPDATE outbox SET attempts = attempts + 1, leased_until = NULL WHERE seq = $1",

@@ -354,6 +354,9 @@ async fn configuration_errors_exit_2_naming_their_variable() {
         ("EXECUTOR_MAX_BODY_BYTES", "17000000"),
         ("EXECUTOR_MAX_CONNECTIONS", "0"),
         ("EXECUTOR_HEADER_READ_TIMEOUT", "soon"),
+        ("EXECUTOR_KARMA_ENCODING", "legacy"),
+        ("EXECUTOR_KARMA_ROLE", "user"),
+        ("EXECUTOR_KARMA_ACTIONS", "success=workflow_success"),
     ];
     for (variable, value) in cases {
         let data_dir = TempDir::new().expect("a temp dir");

@@ -154,6 +154,7 @@ async fn an_ai_request_returns_the_model_text() {
     assert_eq!(result["request_id"], "chatcmpl-test-1");
     assert_eq!(result["response"], "Three short tips: sleep, water, walk.");
     assert_eq!(result["prompt"], "Give me three health tips");
+    assert_eq!(result["health"], "OK", "the reference adapter's field");
     assert_rfc3339(&result["requested_at"]);
     assert!(!response.text.contains(AI_KEY));
 

@@ -108,21 +108,7 @@ pub async fn received(server: &MockServer) -> Vec<Request> {
     server.received_requests().await.unwrap_or_default()
 }
 
-/// Polls `probe` until it yields a value, failing the test with `what` after `deadline`.
-pub async fn eventually<T>(deadline: Duration, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if started.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting until {what}");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
+pub use test_support::eventually;
 
 /// A port that refuses connections until [`ReservedPort::listen`] is called: the socket is bound
 /// (so nobody else gets the port) but not listening.

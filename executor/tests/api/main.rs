@@ -6,6 +6,8 @@
 //! - [`hostile`]: a table of malformed and hostile requests; the service keeps serving.
 //! - [`telemetry`]: Bucket and Karma event shapes and headers, outages, dead letters, full
 //!   outboxes, `/healthz`, `/api/integration/status` and `/metrics`.
+//! - [`karma_encoding`]: the `spec` and `as-built` Karma events; outcomes mapped to nothing are
+//!   skipped and counted.
 //! - [`idempotency`]: replays, 409 for a concurrent duplicate, 422 for a reused key.
 //! - [`crash`]: the real binary killed with SIGKILL and restarted on the same data directory.
 //! - [`store_faults`]: damaged store files, a journal cut short, a full disk, repeated SIGKILLs.
@@ -15,6 +17,8 @@
 //!   prompt recovery of a sink.
 //! - [`spans`]: OpenTelemetry export: the spans of every adapter, a continued `traceparent`,
 //!   delivery spans after an outage, nothing exported when export is off.
+//! - [`replicas`]: three processes on one PostgreSQL database: racing duplicates, a replica
+//!   killed under load, a Bucket outage.
 //! - [`client`]: the caller's client (what Core uses), awaited, fire-and-forget and health check.
 
 mod client;
@@ -24,7 +28,9 @@ mod execute;
 mod helpers;
 mod hostile;
 mod idempotency;
+mod karma_encoding;
 mod rejections;
+mod replicas;
 mod shutdown;
 mod spans;
 mod store_faults;

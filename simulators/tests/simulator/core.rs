@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use pillar_sim::{Pillar, Profile, Stack};
+use pillar_sim::{Pillar, Ports, Profile, Stack};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -16,8 +16,14 @@ use crate::support::{eventually, get, post as post_json};
 
 type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
 
-/// An executor stand-in that records `(X-Trace-Id, body)` of each execute call.
+/// An executor stand-in that records `(X-Trace-Id, body)` of each execute call (`traceparent`
+/// when there is no `X-Trace-Id`; `None` when neither was sent).
 async fn recording_executor() -> (String, Seen) {
+    recording_executor_on("127.0.0.1").await
+}
+
+/// [`recording_executor`] on another loopback address.
+async fn recording_executor_on(ip: &str) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let record = seen.clone();
     let app = Router::new().route(
@@ -25,13 +31,15 @@ async fn recording_executor() -> (String, Seen) {
         post(move |headers: HeaderMap, axum::Json(body): axum::Json<Value>| {
             let record = record.clone();
             async move {
-                let trace = headers.get("x-trace-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let trace = ["x-trace-id", "traceparent"]
+                    .iter()
+                    .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(str::to_owned));
                 record.lock().unwrap().push((trace, body));
                 axum::Json(json!({"status": "success"}))
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, seen)
@@ -114,11 +122,45 @@ async fn disabled_execution_is_honoured_in_spec_and_ignored_as_built() {
     assert_eq!(health["workflow_executor"]["dispatch_enabled"], false);
 
     stack.set_profile(Pillar::Core, Profile::AsBuilt).unwrap();
-    let (_, answer) = post_json(&url, &task("Ask AI: what is karma?")).await;
+    let mut probe = task("Ask AI: what is karma?");
+    probe["agent"] = json!("workflow_probe_agent");
+    let (_, answer) = post_json(&url, &probe).await;
     assert_eq!(answer["agent_output"]["workflow_dispatched"], true, "the real Core reads no such variable");
     let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
     assert_eq!(sent.1["data"]["payload"]["prompt"], "what is karma?");
+    assert_eq!(sent.0, None, "the real Core's client sends neither X-Trace-Id nor traceparent");
     assert_eq!(seen.lock().unwrap().len(), 1, "only the as-built request reached the executor");
+}
+
+#[tokio::test]
+async fn as_built_stock_agents_answer_an_error_or_no_workflow_and_dispatch_nothing() {
+    let (executor, seen) = recording_executor().await;
+    let stack = core_with(&executor, &[], Profile::AsBuilt).await;
+    let url = format!("{}/handle_task", stack.core_url());
+    // The README's example: the stock edumentor_agent is configured on Bucket's port (404).
+    let (status, answer) = post_json(&url, &task("Create a task: call the bank")).await;
+    assert_eq!((status, answer["status"].as_str()), (StatusCode::OK, Some("error")), "{answer}");
+    assert_eq!(
+        answer["agent_output"]["error"],
+        "Task processing failed: 404 Client Error: Not Found for url: http://localhost:8001/edumentor"
+    );
+    let mut other = task("Remind me: call the bank");
+    other["agent"] = json!("text_agent");
+    let (_, answer) = post_json(&url, &other).await;
+    assert_eq!(
+        (answer["status"].as_str(), answer["agent_output"]["requires_workflow"].as_bool()),
+        (Some("success"), Some(false))
+    );
+    other["agent"] = json!("no_such_agent");
+    let (_, answer) = post_json(&url, &other).await;
+    assert_eq!(answer["agent_output"]["error"], "Task processing failed: 404: Agent no_such_agent not found");
+    // A control request through the probe agent does reach the executor, so nothing above did.
+    other["agent"] = json!("workflow_probe_agent");
+    let (_, answer) = post_json(&url, &other).await;
+    let task_id = answer["task_id"].as_str().unwrap().to_owned();
+    let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    assert_eq!(sent.1["trace_id"], task_id.as_str());
+    assert_eq!(seen.lock().unwrap().len(), 1, "the stock agents dispatched nothing");
 }
 
 #[tokio::test]
@@ -153,4 +195,19 @@ async fn malformed_tasks_get_fastapis_422() {
         (health["metrics"]["total_requests"].as_u64(), health["metrics"]["failed_requests"].as_u64()),
         (Some(1), Some(1))
     );
+}
+
+#[tokio::test]
+async fn without_an_executor_core_dispatches_to_the_executor_port_on_the_stacks_ip() {
+    // `up --no-executor --ip X`: Core's dispatch goes to X, not to 127.0.0.1.
+    let (executor, seen) = recording_executor_on("127.0.0.3").await;
+    let port: u16 = executor.rsplit(':').next().unwrap().parse().unwrap();
+    let ports = Ports { executor: port, ..Ports::ephemeral() };
+    let ip = "127.0.0.3".parse().unwrap();
+    let stack = Stack::builder().ip(ip).ports(ports).executor(false).start().await.unwrap();
+    let (_, answer) =
+        post_json(format!("{}/handle_task", stack.core_url()), &task("Remind me: water the plants")).await;
+    assert_eq!(answer["agent_output"]["workflow_dispatched"], true, "{answer}");
+    let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    assert_eq!(sent.1["trace_id"], answer["task_id"]);
 }

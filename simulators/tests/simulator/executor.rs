@@ -104,3 +104,29 @@ async fn the_as_built_karma_refuses_the_executors_event_and_bucket_still_gets_it
     assert_eq!(delivered(&stack, Pillar::Bucket, &trace).await.status, Some(200));
     assert!(stack.karma().user("learner-9").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_as_built_encoding_every_pillar_as_built_tracks_the_users_karma() {
+    let stack = Stack::builder()
+        .executor(true)
+        .executor_env("EXECUTOR_KARMA_ENCODING", "as-built")
+        .profile_all(Profile::AsBuilt)
+        .start()
+        .await
+        .unwrap();
+    // The as-built Core dispatches only for the probe agent (its stock agents fail).
+    let (_, answer) = post(
+        format!("{}/handle_task", stack.core_url()),
+        &json!({"agent": "workflow_probe_agent", "input": "Remind me: stretch", "user_id": "learner-10"}),
+    )
+    .await;
+    let trace = answer["task_id"].as_str().expect("a task id").to_owned();
+    let karma = delivered(&stack, Pillar::Karma, &trace).await;
+    assert_eq!(karma.status, Some(200), "{karma:#?}");
+    assert_eq!(karma.body["data"]["action"], "completing_lessons");
+    assert!(karma.headers.contains_key("x-trace-id"), "the executor's own calls keep their trace headers");
+    let user = eventually(WAIT, || async { stack.karma().user("learner-10") }).await;
+    assert_eq!((user.balances.dharma_points, user.total_actions), (5.0, 1));
+    let (_, status) = get(format!("{}/api/integration/status", stack.executor_url().unwrap())).await;
+    assert_eq!(status["pillars"]["karma"]["dead_lettered"], 0, "{status}");
+}

@@ -186,3 +186,67 @@ async fn concurrent_duplicates_are_applied_once_and_listed_with_their_trace() {
     let (_, listed) = get(format!("{}/karma/events", stack.control_url().unwrap())).await;
     assert_eq!(listed["events"][0]["reward_value"], 5.0);
 }
+
+#[tokio::test]
+async fn as_built_answers_like_the_monorepo_karma_success_body_and_unknown_users() {
+    let stack = Stack::builder().profile(Pillar::Karma, Profile::AsBuilt).start().await.unwrap();
+    let base = stack.karma_url();
+    // The monorepo Karma swallows its own 404: an unknown user gets a fixed stand-in profile.
+    let (status, profile) = get(format!("{base}/api/v1/karma/nobody")).await;
+    assert_eq!(status, StatusCode::OK, "{profile}");
+    assert_eq!((profile["merit_score"].as_f64(), profile["role"].as_str()), (Some(100.0), Some("learner")));
+    assert_eq!(profile["balances"], json!({"DharmaPoints": 100, "SevaPoints": 50, "PunyaTokens": 25}));
+    assert!(stack.karma().user("nobody").is_none(), "reading creates no user");
+    let (status, _) = get(format!("{base}/v1/stats/user/nobody")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the stats route still says 404");
+    // What the executor's as-built encoding sends is accepted, with log_action's own fields.
+    let event = json!({"type": "life_event", "timestamp": "2026-01-01T00:00:00Z", "source": "workflow_executor",
+        "data": {"user_id": "u6", "action": "completing_lessons", "role": "learner", "note": "Workflow execution: task",
+            "context": "{\"trace_id\":\"t-6\",\"status\":\"success\"}"}});
+    let (status, body) = post(format!("{base}/v1/event/"), &event).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fields: Vec<&str> = body["data"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        fields,
+        [
+            "action",
+            "action_flow",
+            "current_role",
+            "merit_score",
+            "note",
+            "predicted_next_role",
+            "reward_tier",
+            "reward_token",
+            "user_id"
+        ]
+    );
+    assert_eq!(body["data"]["action_flow"], "action -> intent -> merit -> reward_tier -> redemption");
+    assert_eq!(body["timestamp"], "2026-01-01T00:00:00Z", "the request's own timestamp, as KC8 answers");
+    assert_eq!(body["data"]["reward_tier"], "low");
+    assert_eq!(stack.karma().user("u6").unwrap().balances.dharma_points, 5.0);
+    let (status, stats) = get(format!("{base}/v1/stats/user/u6")).await;
+    assert_eq!((status, stats["balances"]["DharmaPoints"].as_f64()), (StatusCode::OK, Some(5.0)));
+    // Data that does not fit log_action's model: pydantic's message, as measured on the real one.
+    let mut bad = event.clone();
+    bad["data"]["user_id"] = json!(7);
+    bad["data"]["context"] = json!({"a": 1});
+    let (status, body) = post(format!("{base}/v1/event/"), &bad).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        body["error"]["message"],
+        "Error processing life_event: 2 validation errors for LogActionRequest\nuser_id\n  Input should be a valid string \
+         [type=string_type, input_value=7, input_type=int]\n    For further information visit \
+         https://errors.pydantic.dev/2.14/v/string_type\ncontext\n  Input should be a valid string [type=string_type, \
+         input_value={'a': 1}, input_type=dict]\n    For further information visit https://errors.pydantic.dev/2.14/v/string_type"
+    );
+    // A cheat names its offence as log_action does.
+    let mut cheat = event.clone();
+    cheat["data"]["action"] = json!("cheat");
+    let (_, body) = post(format!("{base}/v1/event/"), &cheat).await;
+    assert_eq!(
+        (body["data"]["penalty_name"].as_str(), body["data"]["penalty_value"].as_f64()),
+        (Some("first_offense"), Some(-2.0))
+    );
+    assert_eq!(body["data"]["action_flow"], "action -> intent -> penalty_level -> punishment -> role_adjustment");
+    assert!(body["data"].get("reward_token").is_none(), "{body}");
+}

@@ -11,6 +11,7 @@ mod faults;
 mod journal;
 mod karma;
 mod providers;
+mod replicas;
 mod smtp;
 mod support;
 mod traces;
