@@ -6,6 +6,8 @@
 #   DURATION=5 scripts/bench.sh # shorter phases
 #   KEEP=1 scripts/bench.sh     # keep the logs and data directories (the path is printed)
 #
+# The cost of OpenTelemetry span export has its own script: scripts/bench-otel.sh.
+#
 # What runs (all on loopback, every loop bounded in time):
 #   1. baseline: a minimal axum handler that parses the same JSON body and answers a constant
 #      (`pillar-sim baseline`), loaded closed-loop at CONNS connections: the ceiling;

@@ -41,6 +41,22 @@ if [ -z "${EXECUTOR_TEST_DATABASE_URL:-}" ] && ! command -v initdb >/dev/null \
   fi
 fi
 
+# The dashboard's browser test drives Debian's Chromium headless through chromedriver
+# (CHROMIUM / CHROMEDRIVER name other binaries); install both where they are missing and we may.
+if { [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null; } \
+  || { [ -z "${CHROMEDRIVER:-}" ] && ! command -v chromedriver >/dev/null; }; then
+  if { [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; } && command -v apt-get >/dev/null; then
+    echo "==> installing Chromium and chromedriver for the dashboard's browser test"
+    sudo_if_needed=""
+    [ "$(id -u)" = 0 ] || sudo_if_needed="sudo"
+    $sudo_if_needed apt-get update -qq \
+      && $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "Chromium not found: install chromium and chromium-driver, or set CHROMIUM and CHROMEDRIVER" >&2
+    exit 1
+  fi
+fi
+
 # The TLS test of the PostgreSQL store makes its certificates with openssl.
 if ! command -v openssl >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber;
 
 use crate::adapters::Adapters;
 use crate::api::{AppState, router};
@@ -26,6 +27,7 @@ use crate::outbox::delivery::{Deliverer, SinkState};
 use crate::store::embedded::{Embedded, OpenError};
 use crate::store::postgres::{ConnectError, Postgres, Target};
 use crate::store::{OutboxBound, SharedStore, Sink, StoreError};
+use crate::telemetry::{Telemetry, TelemetryError};
 
 /// Why the executor could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +57,16 @@ pub enum StartError {
     /// The store could not record the recovery of interrupted executions.
     #[error("recovering executions interrupted by the last stop: {0}")]
     Store(#[from] StoreError),
+    /// Span export is configured but cannot be set up.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// A built executor, bound and ready to serve.
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
+    telemetry: Option<Telemetry>,
 }
 
 impl Application {
@@ -116,6 +122,8 @@ impl Application {
         if queued > 0 {
             tracing::info!(queued, "resuming delivery of events queued before the last stop");
         }
+        // Last, so that nothing can fail once the exporter and its thread exist.
+        let telemetry = Telemetry::build(&settings.telemetry)?;
         let state = Arc::new(AppState {
             load: Arc::new(Semaphore::new(settings.limits.max_concurrent)),
             settings: Arc::new(settings),
@@ -124,8 +132,9 @@ impl Application {
             store,
             sinks,
             draining: CancellationToken::new(),
+            exporting: telemetry.is_some(),
         });
-        Ok(Self { listener, state })
+        Ok(Self { listener, state, telemetry })
     }
 
     /// The address the executor listens on.
@@ -135,7 +144,21 @@ impl Application {
 
     /// Serves until `shutdown` fires, then shuts down gracefully.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        let Application { listener, state } = self;
+        let telemetry = self.telemetry;
+        let run = Self::run(self.listener, self.state, shutdown);
+        let result = match &telemetry {
+            // Everything the executor does (connections, executions, deliveries) runs under the
+            // exporting dispatch; spawned tasks inherit it.
+            Some(telemetry) => run.with_subscriber(telemetry.dispatch().clone()).await,
+            None => run.await,
+        };
+        if let Some(telemetry) = telemetry {
+            telemetry.shutdown().await;
+        }
+        result
+    }
+
+    async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) -> Result<(), StartError> {
         let settings = state.settings.clone();
         let background = CancellationToken::new();
         let http = reqwest::Client::builder()
@@ -154,7 +177,7 @@ impl Application {
                 settings.delivery.clone(),
                 state.metrics.clone(),
             );
-            tasks.spawn(deliverer.run(background.clone(), settings.shutdown_grace));
+            tasks.spawn(deliverer.run(background.clone(), settings.shutdown_grace).with_current_subscriber());
         }
         tasks.spawn(expire_old_executions(state.store.clone(), settings.idempotency_retention, background.clone()));
         if settings.store.url.is_some() {

@@ -287,6 +287,44 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     /// AI provider.
     pub ai: AiSettings,
+    /// OpenTelemetry span export (the standard `OTEL_*` variables).
+    pub telemetry: TelemetrySettings,
+}
+
+/// Span export: OTLP over HTTP (protobuf) to `endpoint`, off when no endpoint is set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySettings {
+    /// The traces URL: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as given, else
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` plus `/v1/traces`; `None` (export off) when neither is set
+    /// or `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+    pub endpoint: Option<Url>,
+    /// `OTEL_SERVICE_NAME` (default `workflow-executor`).
+    pub service_name: String,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`).
+    pub sampler: SamplerSetting,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds, default 10000): the bound on one export.
+    pub timeout: Duration,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (milliseconds, default 5000): how often queued spans are sent.
+    pub schedule_delay: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): spans beyond it are dropped, never waited for.
+    pub max_queue: usize,
+}
+
+/// The standard samplers (`OTEL_TRACES_SAMPLER`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerSetting {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio` with `OTEL_TRACES_SAMPLER_ARG`.
+    Ratio(f64),
+    /// `parentbased_always_on` (the default).
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio` with `OTEL_TRACES_SAMPLER_ARG`.
+    ParentBasedRatio(f64),
 }
 
 impl Settings {
@@ -421,6 +459,7 @@ impl Settings {
                 model: env.parse("AI_MODEL", "gpt-4o-mini".into(), |v| non_empty(v).map(str::to_owned))?,
                 timeout: env.parse("AI_TIMEOUT", Duration::from_secs(20), parse_seconds)?,
             },
+            telemetry: telemetry_settings(&env)?,
         };
         Ok(settings)
     }
@@ -477,6 +516,64 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
     fn secret(&self, variable: &'static str) -> Secret {
         Secret::new((self.0)(variable).unwrap_or_default().trim())
     }
+}
+
+/// The `OTEL_*` variables of the OpenTelemetry specification that the executor honours.
+fn telemetry_settings<F: Fn(&str) -> Option<String>>(env: &Env<'_, F>) -> Result<TelemetrySettings, ConfigError> {
+    let set = |variable: &str| (env.0)(variable).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let disabled = env.parse("OTEL_SDK_DISABLED", false, |v| if v.is_empty() { Ok(false) } else { parse_bool(v) })?
+        || env.parse("OTEL_TRACES_EXPORTER", false, |v| match v {
+            "otlp" | "" => Ok(false),
+            "none" => Ok(true),
+            _ => Err("expected `otlp` or `none` (only OTLP over HTTP is built in)".into()),
+        })?;
+    let otlp_url = |v: &str| {
+        let url = parse_url(v)?;
+        if url.scheme() == "http" || url.scheme() == "https" {
+            Ok(url)
+        } else {
+            Err("expected an http:// or https:// URL, e.g. http://127.0.0.1:4318".to_owned())
+        }
+    };
+    let endpoint = if disabled {
+        None
+    } else if set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some() {
+        Some(env.parse("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url("http://127.0.0.1:4318/v1/traces"), otlp_url)?)
+    } else if set("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        Some(env.parse("OTEL_EXPORTER_OTLP_ENDPOINT", url("http://127.0.0.1:4318"), |v| {
+            otlp_url(&format!("{}/v1/traces", v.trim_end_matches('/')))
+        })?)
+    } else {
+        None
+    };
+    let ratio = env.parse("OTEL_TRACES_SAMPLER_ARG", 1.0, |v| match v.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("expected a sampling ratio between 0 and 1, e.g. 0.25".into()),
+    })?;
+    let sampler = env.parse("OTEL_TRACES_SAMPLER", SamplerSetting::ParentBasedAlwaysOn, |v| match v {
+        "always_on" => Ok(SamplerSetting::AlwaysOn),
+        "always_off" => Ok(SamplerSetting::AlwaysOff),
+        "traceidratio" => Ok(SamplerSetting::Ratio(ratio)),
+        "parentbased_always_on" => Ok(SamplerSetting::ParentBasedAlwaysOn),
+        "parentbased_always_off" => Ok(SamplerSetting::ParentBasedAlwaysOff),
+        "parentbased_traceidratio" => Ok(SamplerSetting::ParentBasedRatio(ratio)),
+        _ => Err("expected always_on, always_off, traceidratio, parentbased_always_on, \
+                  parentbased_always_off or parentbased_traceidratio"
+            .into()),
+    })?;
+    let millis = |v: &str| match v.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err("expected a positive number of milliseconds".to_owned()),
+    };
+    Ok(TelemetrySettings {
+        endpoint,
+        service_name: env
+            .parse("OTEL_SERVICE_NAME", "workflow-executor".into(), |v| non_empty(v).map(str::to_owned))?,
+        sampler,
+        timeout: env.parse("OTEL_EXPORTER_OTLP_TIMEOUT", Duration::from_secs(10), millis)?,
+        schedule_delay: env.parse("OTEL_BSP_SCHEDULE_DELAY", Duration::from_secs(5), millis)?,
+        max_queue: env.parse("OTEL_BSP_MAX_QUEUE_SIZE", 2048, parse_positive)?,
+    })
 }
 
 /// `EXECUTOR_KARMA_ENCODING`, `EXECUTOR_KARMA_ROLE` and `EXECUTOR_KARMA_ACTIONS`, validated even
@@ -641,6 +738,51 @@ mod tests {
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn span_export_is_off_without_an_endpoint_and_follows_the_otel_variables() {
+        let off = settings(&[("OTEL_SERVICE_NAME", "x"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).expect("valid");
+        assert_eq!(off.telemetry.endpoint, None);
+        let on = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .expect("valid")
+        .telemetry;
+        assert_eq!(on.endpoint.expect("on").as_str(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(on.sampler, SamplerSetting::ParentBasedRatio(0.25));
+        assert_eq!(on.service_name, "workflow-executor");
+        let traces = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:4318/custom"),
+        ])
+        .expect("valid");
+        assert_eq!(traces.telemetry.endpoint.expect("on").as_str(), "http://b:4318/custom");
+        for off in [("OTEL_SDK_DISABLED", "true"), ("OTEL_TRACES_EXPORTER", "none")] {
+            let settings = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), off]).expect("valid");
+            assert_eq!(settings.telemetry.endpoint, None, "{off:?}");
+        }
+    }
+
+    #[test]
+    fn bad_otel_settings_name_their_variable() {
+        for (variable, value) in [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x/v1/traces"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            ("OTEL_TRACES_EXPORTER", "jaeger"),
+            ("OTEL_SDK_DISABLED", "maybe"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+            ("OTEL_SERVICE_NAME", ""),
+        ] {
+            let error = settings(&[(variable, value)]).expect_err(value);
+            assert_eq!(error.variable, variable, "{value}: {error}");
+        }
     }
 
     #[test]

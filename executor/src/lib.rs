@@ -19,7 +19,7 @@
 //! - [`store`]: the store boundary ([`store::Store`]) and its backends.
 //! - Leaves: [`config`], [`metrics`], [`contract`] (the wire contract as types), [`trace`]
 //!   (trace headers), [`clock`] (time and ids), [`client`] (what Core uses to dispatch),
-//!   [`logging`].
+//!   [`logging`], [`telemetry`] (OpenTelemetry span export, off unless configured).
 
 pub mod adapters;
 pub mod api;
@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod trace;
 
 pub use app::{Application, StartError};

@@ -6,8 +6,10 @@
 //! are written only to a terminal and never with `NO_COLOR`, so redirected logs stay plain text.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{ConfigError, LogFormat};
 
@@ -27,16 +29,60 @@ pub fn colour(no_color: Option<&str>, is_terminal: bool) -> bool {
     is_terminal && no_color.is_none_or(str::is_empty)
 }
 
+/// The process's log set-up, for applications that run under a dispatch of their own (span
+/// export, see [`crate::telemetry`]): their lines must still reach the log.
+#[derive(Debug, Clone)]
+struct LogSetup {
+    format: LogFormat,
+    ansi: bool,
+    /// The filter when `RUST_LOG` is unset.
+    default_filter: &'static str,
+    stderr: bool,
+}
+
+static LOG_SETUP: OnceLock<LogSetup> = OnceLock::new();
+
 /// Installs the global subscriber, writing to stdout; a second call (tests) is a no-op.
 pub fn init(format: LogFormat) -> Result<(), ConfigError> {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref())?;
     let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stdout().is_terminal());
+    let _ = LOG_SETUP.set(LogSetup { format, ansi, default_filter: "info", stderr: false });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
     };
     Ok(())
+}
+
+/// For executors embedded in another program (the simulator) that logs to stderr with
+/// `default_filter` unless `RUST_LOG` says otherwise: while they export spans, their lines are
+/// written the same way (they bypass the program's own subscriber then).
+pub fn log_embedded(default_filter: &'static str) {
+    let ansi = colour(std::env::var("NO_COLOR").ok().as_deref(), std::io::stderr().is_terminal());
+    let _ = LOG_SETUP.set(LogSetup { format: LogFormat::Text, ansi, default_filter, stderr: true });
+}
+
+/// The log layer of [`init`] (or [`log_embedded`]) for a scoped dispatch; `None` when the
+/// process set up no logging (tests).
+pub fn scoped_layer<S>() -> Option<Box<dyn Layer<S> + Send + Sync>>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+{
+    let setup = LOG_SETUP.get()?;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::builder().parse(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(setup.default_filter));
+    let layer = tracing_subscriber::fmt::layer().with_ansi(setup.ansi);
+    Some(match (setup.format, setup.stderr) {
+        (LogFormat::Text, true) => layer.with_writer(std::io::stderr).with_filter(filter).boxed(),
+        (LogFormat::Text, false) => layer.with_target(false).with_filter(filter).boxed(),
+        (LogFormat::Json, _) => {
+            layer.with_target(false).json().flatten_event(true).with_current_span(true).with_filter(filter).boxed()
+        }
+    })
 }
 
 #[cfg(test)]

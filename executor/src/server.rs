@@ -259,11 +259,17 @@ pub async fn serve(listener: TcpListener, router: Router, settings: ConnectionSe
         let router = router.clone();
         let settings = settings.clone();
         let closing = closing.clone();
-        tracker.spawn(async move {
+        let connection = async move {
             serve_connection(stream, activity, router, &settings, closing).await;
             connections.remove(id);
             drop(permit);
-        });
+        };
+        if crate::telemetry::active() {
+            // Keeps the exporting application's dispatch (see `telemetry`).
+            tracker.spawn(tracing::instrument::WithSubscriber::with_current_subscriber(connection));
+        } else {
+            tracker.spawn(connection);
+        }
     }
     drop(listener);
     closing.cancel();

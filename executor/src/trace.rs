@@ -4,7 +4,8 @@
 //! `traceparent`. W3C trace ids are 32 lowercase hex digits; Core mints UUIDs, so a UUID trace id
 //! maps to its own hex digits and a downstream tracer shows the same id. Any other trace id is
 //! hashed (SHA-256, first 16 bytes) so the mapping stays stable for the whole trace. The span id
-//! is fresh for every outbound call.
+//! is fresh for every outbound call, or, when spans are exported, the current span's (so the
+//! provider or pillar sees the span that called it as parent).
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
@@ -48,7 +49,10 @@ pub fn trace_headers(trace_id: &str) -> HeaderMap {
     if let Ok(value) = HeaderValue::from_str(trace_id) {
         headers.insert(HeaderName::from_static(TRACE_ID_HEADER), value);
     }
-    if let Ok(value) = HeaderValue::from_str(&traceparent(trace_id)) {
+    // With span export on, the current span (the provider call, the delivery attempt) is the
+    // parent downstream services see.
+    let parent = crate::telemetry::current_traceparent().unwrap_or_else(|| traceparent(trace_id));
+    if let Ok(value) = HeaderValue::from_str(&parent) {
         headers.insert(HeaderName::from_static(TRACEPARENT_HEADER), value);
     }
     headers

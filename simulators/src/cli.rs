@@ -7,14 +7,17 @@
 //!   and stops cleanly on Ctrl-C or SIGTERM. Bucket reads `WORKFLOW_EVENTS_ENABLED`, Karma
 //!   `WORKFLOW_BEHAVIORAL_TRACKING`, Core `ENABLE_WORKFLOW_EXECUTION`, `WORKFLOW_EXECUTOR_URL`
 //!   and `WORKFLOW_TIMEOUT`; the executor gets the fakes' URLs plus any `EXECUTOR_*`,
-//!   `WORKFLOW_TIMEOUT`, `*_TIMEOUT`, `WHATSAPP_API_VERSION`, `AI_MODEL`, `SMTP_USERNAME` and
-//!   `SMTP_PASSWORD` from the environment.
+//!   `WORKFLOW_TIMEOUT`, `*_TIMEOUT`, `WHATSAPP_API_VERSION`, `AI_MODEL`, `SMTP_USERNAME`,
+//!   `SMTP_PASSWORD` and `OTEL_*` from the environment (its spans go to the control port's OTLP
+//!   receiver unless `OTEL_EXPORTER_OTLP_ENDPOINT` says otherwise; empty turns export off).
 //! - `pillar-sim fault <pillar> <kind> [--status N] [--probability P] [--retry-after S]
 //!   [--ms N | --dist D --min-ms/--max-ms/--mean-ms/--stddev-ms/--p50-ms/--p99-ms]
 //!   [--bytes-per-sec N] [--for 30s] [--count N] [--route /path] [--method POST] [--id ID]`
 //!   sets a rule; `pillar-sim fault list`, `pillar-sim fault clear [ID]`.
 //! - `pillar-sim scenario run FILE [--wait]`, `scenario list`, `scenario cancel ID`.
 //! - `pillar-sim journal [--pillar P] [--trace ID] [--limit N] [--json]`.
+//! - `pillar-sim trace <TRACE_ID> [--json]`: the spans the executor exported for a trace, as a
+//!   waterfall in the terminal (the trace id as the execution has it, or its W3C form).
 //! - `pillar-sim reset`, `pillar-sim status`.
 //!
 //! Every command but `up` talks to the control API at `--control` / `PILLAR_SIM_CONTROL`
@@ -58,6 +61,14 @@ pub enum Command {
     Scenario(ScenarioCommand),
     /// Read the request journal.
     Journal(JournalArgs),
+    /// Show the spans received for a trace as a waterfall.
+    Trace {
+        /// The execution's trace id (or the W3C trace id).
+        trace_id: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the executor (or Bucket) open- or closed-loop and report latency, throughput and loss.
     Drive(DriveArgs),
     /// Serve the baseline: a minimal axum handler that parses the request JSON and answers a constant.
@@ -450,6 +461,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Fault(args) => fault(&control, *args).await,
         Command::Scenario(command) => scenario(&control, command).await,
         Command::Journal(args) => journal(&control, args).await,
+        Command::Trace { trace_id, json } => {
+            if !trace_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')) {
+                return Err(CliError::Usage(format!("`{trace_id}` is not a trace id")));
+            }
+            let trace = control.call(reqwest::Method::GET, &format!("/traces/{trace_id}"), None).await?;
+            if json {
+                print_json(&trace);
+            } else {
+                print!("{}", crate::traces::waterfall(&trace, 40));
+            }
+            Ok(())
+        }
         Command::Drive(args) => drive(args).await,
         Command::Baseline { bind } => {
             let listener = tokio::net::TcpListener::bind(bind)
@@ -757,6 +780,7 @@ fn env_flag(name: &str) -> Result<Option<bool>, CliError> {
 /// Whether an environment variable is passed to the executor by `up`.
 fn executor_passthrough(name: &str) -> bool {
     name.starts_with("EXECUTOR_")
+        || name.starts_with("OTEL_")
         || name.ends_with("_TIMEOUT")
         || matches!(name, "WHATSAPP_API_VERSION" | "AI_MODEL" | "SMTP_USERNAME" | "SMTP_PASSWORD" | "DATABASE_URL")
 }
@@ -826,7 +850,9 @@ async fn up(args: UpArgs) -> Result<(), CliError> {
         );
     }
     println!("  {:<10} {:<28} plain SMTP (SMTP_TLS=none)", "smtp", stack.url(Pillar::Smtp));
-    println!("  {:<10} {:<28} PILLAR_SIM_CONTROL", "control", stack.control_url().unwrap_or_default());
+    let control = stack.control_url().unwrap_or_default();
+    println!("  {:<10} {:<28} PILLAR_SIM_CONTROL; OTLP/HTTP receiver at /v1/traces", "control", control);
+    println!("  {:<10} {:<28} the live dashboard", "dashboard", format!("{control}/ui"));
     println!("For the CLI and the Cucumber suite's external mode (BHIV_EXTERNAL=1), in another shell:");
     for line in exports(&stack) {
         println!("  {line}");

@@ -23,6 +23,10 @@
 //! | `GET /executor/replicas` | | `{"replicas": [{index, url, running, served}]}` |
 //! | `POST /executor/replicas/{n}/stop`, `…/start` | | stops (gracefully) or starts replica `n`; the replicas |
 //! | `GET /metrics` | | Prometheus text |
+//! | `POST /v1/traces` | OTLP `ExportTraceServiceRequest`, protobuf | 200 (the OTLP/HTTP receiver; [`crate::traces`]) |
+//! | `GET /traces?limit` | | `{"traces": [TraceSummary], "stats"}`, most recent first |
+//! | `GET /ui`, `GET /ui/state` | | the live dashboard ([`crate::dashboard`]) and what it polls |
+//! | `GET /traces/{trace_id}` | | `{trace_id, spans: [SpanRecord], dropped_spans}` by W3C or BHIV id; 404 when unknown |
 //!
 //! **Paging.** Every list route answers one page: at most `limit` entries (default
 //! [`DEFAULT_PAGE`], at most [`MAX_PAGE`]; more is a 422), oldest first, after the cursor `after`
@@ -88,6 +92,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/executor/replicas/{index}/{action}", post(replica_action))
         .route("/metrics", get(metrics))
+        .route("/ui", get(crate::dashboard::page))
+        .route("/ui/state", get(crate::dashboard::state))
+        .route("/v1/traces", post(receive_traces))
+        .route("/traces", get(list_traces))
+        .route("/traces/{trace_id}", get(get_trace))
         .fallback(|| async { rejected(StatusCode::NOT_FOUND, &SpecError::new("path", "no such control route")) })
         .method_not_allowed_fallback(|| async {
             rejected(StatusCode::METHOD_NOT_ALLOWED, &SpecError::new("method", "this route does not take that method"))
@@ -475,6 +484,40 @@ async fn karma_user(State(shared): Control, Path(id): Path<String>) -> Response 
     match shared.karma.user(&id) {
         Some(user) => ok(&json!(user)),
         None => rejected(StatusCode::NOT_FOUND, &SpecError::new("id", format!("Karma has no user `{id}`"))),
+    }
+}
+
+async fn receive_traces(State(shared): Control, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/x-protobuf") {
+        let error = SpecError::new("content-type", "OTLP/HTTP in protobuf only (application/x-protobuf)");
+        return rejected(StatusCode::UNSUPPORTED_MEDIA_TYPE, &error);
+    }
+    match shared.sim.traces.receive_protobuf(&body) {
+        // An empty ExportTraceServiceResponse: everything was accepted.
+        Ok(_) => ([(header::CONTENT_TYPE, "application/x-protobuf")], Bytes::new()).into_response(),
+        Err(error) => rejected(StatusCode::BAD_REQUEST, &SpecError::new("body", error.to_string())),
+    }
+}
+
+async fn list_traces(State(shared): Control, Query(query): Query<HashMap<String, String>>) -> Response {
+    let limit = match query.get("limit").map(|raw| raw.parse::<usize>()) {
+        None => 50,
+        Some(Ok(limit)) => limit,
+        Some(Err(_)) => {
+            return rejected(StatusCode::UNPROCESSABLE_ENTITY, &SpecError::new("limit", "expected a whole number"));
+        }
+    };
+    ok(&json!({"traces": shared.sim.traces.list(limit), "stats": shared.sim.traces.stats()}))
+}
+
+async fn get_trace(State(shared): Control, Path(trace_id): Path<String>) -> Response {
+    match shared.sim.traces.get(&trace_id) {
+        Some(trace) => ok(&json!(trace)),
+        None => rejected(
+            StatusCode::NOT_FOUND,
+            &SpecError::new("trace_id", format!("no spans received for trace `{trace_id}`")),
+        ),
     }
 }
 

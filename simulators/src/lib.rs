@@ -67,8 +67,10 @@
 //! - [`bucket`], [`karma`], [`core`], [`providers`], [`smtp`]: the fakes (each module documents
 //!   its routes, rules and profile differences).
 //! - [`journal`]: the bounded request journal; [`bounded`]: the bounded log behind it and every
-//!   fake's store ([`StoreLimits`], [`Page`]); `metrics`: the Prometheus registry.
-//! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes).
+//!   fake's store ([`StoreLimits`], [`Page`]); `metrics`: the Prometheus registry; [`traces`]:
+//!   the OTLP/HTTP receiver's bounded span store and the terminal waterfall.
+//! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes);
+//!   `dashboard`: the live page at `/ui` on the control port.
 //! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
 //!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
 //! - [`drive`]: the load driver and the baseline handler the benchmarks compare with.
@@ -78,6 +80,7 @@ pub mod bucket;
 pub mod cli;
 pub mod control;
 pub mod core;
+mod dashboard;
 pub mod drive;
 pub mod fault;
 mod front;
@@ -95,6 +98,7 @@ pub mod schema;
 mod sim;
 pub mod smtp;
 pub mod stack;
+pub mod traces;
 mod wire;
 
 pub use bounded::{Limits, Page, StoreLimits};
@@ -105,3 +109,4 @@ pub use pillar::{Pillar, Profile};
 pub use scenario::{Scenario, ScenarioStatus};
 pub use schema::SpecError;
 pub use stack::{Faults, Ports, ReplicaStatus, Stack, StackBuilder, StackError};
+pub use traces::{SpanRecord, TraceView, Traces};

@@ -73,6 +73,19 @@ impl Metrics {
         counter.inc_by(total.saturating_sub(counter.get()));
     }
 
+    /// Requests received so far, per pillar (for the dashboard's rates).
+    pub(crate) fn requests_by_pillar(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.registry.gather().iter().filter(|f| f.name() == "pillar_sim_requests_total") {
+            for metric in family.get_metric() {
+                if let Some(pillar) = metric.get_label().iter().find(|l| l.name() == "pillar") {
+                    *out.entry(pillar.value().to_owned()).or_insert(0) += metric.get_counter().get_value() as u64;
+                }
+            }
+        }
+        out
+    }
+
     /// The text exposition format.
     pub(crate) fn render(&self) -> String {
         TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()

@@ -1,4 +1,5 @@
-//! What every fake of one stack shares: the seed, the fault set, the journal and the metrics.
+//! What every fake of one stack shares: the seed, the fault set, the journal, the metrics and the
+//! received traces.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -7,6 +8,7 @@ use crate::injector::FaultSet;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::rng;
+use crate::traces::Traces;
 
 /// The shared state of one stack (held in an `Arc` by every server).
 #[derive(Debug)]
@@ -15,6 +17,7 @@ pub(crate) struct Sim {
     pub faults: FaultSet,
     pub journal: Journal,
     pub metrics: Metrics,
+    pub traces: Traces,
     ids: AtomicU64,
 }
 
@@ -25,6 +28,7 @@ impl Sim {
             faults: FaultSet::new(seed),
             journal: Journal::new(journal),
             metrics: Metrics::new(),
+            traces: Traces::default(),
             ids: AtomicU64::new(0),
         }
     }

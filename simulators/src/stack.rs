@@ -354,6 +354,7 @@ impl Shared {
         self.scenarios.reset(&self.sim);
         self.sim.faults.reset();
         self.sim.journal.clear();
+        self.sim.traces.clear();
         self.bucket.clear();
         self.karma.clear();
         self.providers.clear();
@@ -648,8 +649,22 @@ impl Stack {
         // From here on, dropping `stack` (an early return) stops everything.
         let mut stack = Stack { shared: shared.clone(), control_addr: None };
 
+        // The control port is bound before the executor starts: it receives the executor's spans.
+        let control_listener = if b.control {
+            let wanted = SocketAddr::new(b.ip, b.ports.control);
+            let listener = TcpListener::bind(wanted).await.map_err(|source| StackError::Bind {
+                what: "control".into(),
+                addr: wanted,
+                source,
+            })?;
+            Some(listener)
+        } else {
+            None
+        };
+        let control_addr = control_listener.as_ref().and_then(|l| l.local_addr().ok());
+
         if b.executor {
-            stack.start_executors(&b).await?;
+            stack.start_executors(&b, control_addr).await?;
         }
 
         let mut core_env: HashMap<String, String> = b.core_env.into_iter().collect();
@@ -661,13 +676,7 @@ impl Stack {
         core_env.entry("WORKFLOW_EXECUTOR_URL".into()).or_insert(executor_url);
         shared.core.configure(&core_env).map_err(|e| StackError::Config(e.to_string()))?;
 
-        stack.control_addr = if b.control {
-            let wanted = SocketAddr::new(b.ip, b.ports.control);
-            let listener = TcpListener::bind(wanted).await.map_err(|source| StackError::Bind {
-                what: "control".into(),
-                addr: wanted,
-                source,
-            })?;
+        stack.control_addr = if let Some(listener) = control_listener {
             let addr = listener.local_addr().expect("bound");
             let router = crate::control::router(shared.clone());
             let token = shutdown.clone();
@@ -688,7 +697,12 @@ impl Stack {
         Ok(stack)
     }
 
-    fn executor_defaults(&self, b: &StackBuilder, data_dir: &std::path::Path) -> HashMap<String, String> {
+    fn executor_defaults(
+        &self,
+        b: &StackBuilder,
+        data_dir: &std::path::Path,
+        control: Option<SocketAddr>,
+    ) -> HashMap<String, String> {
         let providers = self.providers_url();
         let smtp = self.smtp_addr();
         let mut env: HashMap<String, String> = [
@@ -709,6 +723,11 @@ impl Stack {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if let Some(control) = control {
+            // Spans go to the control port's OTLP receiver, a fifth of a second after they end.
+            env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{control}"));
+            env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into());
+        }
         if let Some(token) = &b.whatsapp_token {
             env.insert("WHATSAPP_ACCESS_TOKEN".into(), token.clone());
         }
@@ -721,7 +740,7 @@ impl Stack {
 
     /// Creates the executors' data directory and slots, starts every replica and, with several,
     /// the front on the executor's port.
-    async fn start_executors(&self, b: &StackBuilder) -> Result<(), StackError> {
+    async fn start_executors(&self, b: &StackBuilder, control: Option<SocketAddr>) -> Result<(), StackError> {
         let (base, temporary) = match &b.executor_data_dir {
             Some(dir) => (dir.clone(), false),
             None => (std::env::temp_dir().join(format!("pillar-sim-executor-{}", uuid::Uuid::new_v4())), true),
@@ -740,7 +759,7 @@ impl Stack {
             let data_dir = if replicated { base.join(format!("replica-{index}")) } else { base.clone() };
             std::fs::create_dir_all(&data_dir)
                 .map_err(|source| StackError::DataDir { path: data_dir.clone(), source })?;
-            let env = self.executor_defaults(b, &data_dir);
+            let env = self.executor_defaults(b, &data_dir, control);
             let addr = if replicated { SocketAddr::new(b.ip, 0) } else { wanted };
             slots.push(ExecutorSlot { addr, env, running: None });
         }
@@ -878,6 +897,11 @@ impl Stack {
     /// The request journal.
     pub fn journal(&self) -> &Journal {
         &self.shared.sim.journal
+    }
+
+    /// The spans the control port's OTLP receiver got (the executor's, by default).
+    pub fn traces(&self) -> &crate::traces::Traces {
+        &self.shared.sim.traces
     }
 
     /// Bucket's store.

@@ -13,6 +13,7 @@
 //! | [`journal`] | what the fakes saw: calls, answers, `X-Trace-Id` and `traceparent` headers |
 //! | [`replicas`] | several executors on one PostgreSQL database behind the stack's front; stopping and starting them |
 //! | [`health`] | health checks, `/healthz`, `/api/integration/status`, `/metrics` |
+//! | [`traces`] | the spans the executor exported, as the simulator's OTLP receiver holds them |
 //! | [`timing`] | load and latency percentiles against the integration document's budgets |
 //! | [`payloads`], [`support`], [`stub`] | named requests, bounded waits and helpers, test-side stand-ins |
 //!
@@ -32,6 +33,7 @@ pub mod stack;
 pub mod stub;
 pub mod support;
 pub mod timing;
+pub mod traces;
 pub mod world;
 
 pub use world::{BhivWorld, Simulated, detect_simulated, external_mode, simulated};

@@ -551,7 +551,8 @@ impl BhivWorld {
         }
     }
 
-    fn control_url(&self) -> String {
+    /// The simulator's control API (the in-process stack's, or `PILLAR_SIM_CONTROL`).
+    pub fn control_url(&self) -> String {
         match &self.external {
             Some(e) => e.control.clone(),
             None => self.stack().control_url().expect("the control API is served"),

@@ -146,7 +146,11 @@ async fn handle(
             Ok(axum::Json(skipped).into_response())
         }
         Parsed::Execute(request) => {
-            let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller);
+            let span = tracing::info_span!("workflow", trace_id = %request.trace_id, action_type = %request.action_type, caller, otel.kind = "server");
+            if state.exporting {
+                let traceparent = headers.get(crate::trace::TRACEPARENT_HEADER).and_then(|v| v.to_str().ok());
+                crate::telemetry::continue_trace(&span, traceparent, &request.trace_id);
+            }
             let answer = if request.is_remote() {
                 // A remote action runs in its own task so that a caller hanging up cannot cancel
                 // it half-way: the provider may already have acted, and a dropped future would
@@ -160,8 +164,12 @@ async fn handle(
                     engine.engine.execute(request, key.as_deref()).await
                 }
                 .instrument(span);
-                tokio::spawn(execution)
-                    .await
+                let task = if state.exporting {
+                    tokio::spawn(tracing::instrument::WithSubscriber::with_current_subscriber(execution))
+                } else {
+                    tokio::spawn(execution)
+                };
+                task.await
                     .map_err(|error| {
                         tracing::error!(%error, "the execution task failed");
                         ApiError::internal()

@@ -48,6 +48,8 @@ pub struct AppState {
     pub load: Arc<Semaphore>,
     /// Cancelled when shutdown starts: `/readyz` fails from then on.
     pub draining: CancellationToken,
+    /// Whether spans are exported (request spans then continue the caller's trace).
+    pub exporting: bool,
 }
 
 /// The executor's router.

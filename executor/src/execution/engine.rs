@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use super::{Answer, ExecutionError, Request};
 use crate::adapters::{Adapters, Failure, Performed};
@@ -128,7 +129,17 @@ impl Engine {
         let outcome = match &request.plan {
             Ok(action) => {
                 let adapter_started = Instant::now();
-                let outcome = self.adapters.execute(action, &request.trace_id).await;
+                let span = tracing::info_span!(
+                    "provider call",
+                    action_type = action.action_type(),
+                    otel.kind = "client",
+                    error_code = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                let outcome = self.adapters.execute(action, &request.trace_id).instrument(span.clone()).await;
+                if let Err(failure) = &outcome {
+                    span.record("error_code", failure.code).record("otel.status_code", "ERROR");
+                }
                 self.metrics
                     .adapter_seconds
                     .with_label_values(&[action.action_type()])
@@ -156,7 +167,8 @@ impl Engine {
 
     async fn commit(&self, claim: ClaimGuard, outcome: Outcome) -> Result<(), StoreError> {
         let sinks: Vec<Sink> = outcome.events.iter().map(|event| event.sink).collect();
-        self.store.commit(claim, outcome).await?;
+        let span = tracing::info_span!("store commit", events = sinks.len());
+        self.store.commit(claim, outcome).instrument(span).await?;
         for sink in sinks {
             self.metrics.events_enqueued.with_label_values(&[sink.name()]).inc();
         }

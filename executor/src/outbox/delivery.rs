@@ -28,6 +28,7 @@ use futures_util::StreamExt;
 use reqwest::Url;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::DeliverySettings;
 use crate::metrics::Metrics;
@@ -399,7 +400,35 @@ impl Deliverer {
         ceiling.mul_f64(fastrand::f64())
     }
 
+    /// One delivery attempt, in a span of the event's trace (see `telemetry`).
     async fn send(&self, event: &LeasedEvent) -> Outcome {
+        let span = tracing::info_span!(
+            "deliver event",
+            sink = self.state.sink.name(),
+            event_id = %event.event_id,
+            rejected_before = event.attempts,
+            otel.kind = "client",
+            outcome = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if crate::telemetry::active() {
+            crate::telemetry::join_trace(&span, &event.trace_id);
+        }
+        let outcome = self.attempt(event).instrument(span.clone()).await;
+        let (name, failed) = match &outcome {
+            Outcome::Delivered => ("delivered", false),
+            Outcome::Unreachable(_) => ("unreachable", true),
+            Outcome::Rejected(_) => ("rejected", true),
+            Outcome::Permanent(_) => ("permanent", true),
+        };
+        span.record("outcome", name);
+        if failed {
+            span.record("otel.status_code", "ERROR");
+        }
+        outcome
+    }
+
+    async fn attempt(&self, event: &LeasedEvent) -> Outcome {
         let request = self
             .http
             .post(self.state.endpoint.clone())

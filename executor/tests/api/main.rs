@@ -15,6 +15,8 @@
 //! - [`edge`]: hostile clients (slowloris, idle sockets, the connection cap, an over-limit body
 //!   sent whole), readiness and drain, process metrics, start-up errors, plain redirected logs,
 //!   prompt recovery of a sink.
+//! - [`spans`]: OpenTelemetry export: the spans of every adapter, a continued `traceparent`,
+//!   delivery spans after an outage, nothing exported when export is off.
 //! - [`replicas`]: three processes on one PostgreSQL database: racing duplicates, a replica
 //!   killed under load, a Bucket outage.
 //! - [`client`]: the caller's client (what Core uses), awaited, fire-and-forget and health check.
@@ -30,5 +32,6 @@ mod karma_encoding;
 mod rejections;
 mod replicas;
 mod shutdown;
+mod spans;
 mod store_faults;
 mod telemetry;

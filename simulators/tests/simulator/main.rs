@@ -2,6 +2,7 @@
 //! through real sockets on 127.0.0.1:0. One test binary (modules below) keeps linking cheap.
 
 mod abuse;
+mod browser;
 mod bucket;
 mod cli;
 mod control;
@@ -15,3 +16,4 @@ mod providers;
 mod replicas;
 mod smtp;
 mod support;
+mod traces;
