@@ -22,7 +22,8 @@
 //!
 //! **Shared outbox.** Events of a sink are leased oldest first with `FOR UPDATE SKIP LOCKED`,
 //! so an event is leased by one replica at a time; a dead replica's leases expire. Depths are
-//! cached: recounted across replicas every 100 ms and adjusted by this instance's own commits
+//! cached: recounted across replicas every second (a count over the outbox: more often cost
+//! measurable database time under load) and adjusted by this instance's own commits
 //! and settlements. Bells ring on this instance's commits and, for other replicas' events, when
 //! the recount finds leasable events (a short poll, not `LISTEN/NOTIFY`). The drop-oldest policy
 //! deletes the oldest events beyond the bound inside the commit; dropped events are counted by
@@ -56,7 +57,7 @@ mod schema {
 /// How often a failing store retries the outcomes it keeps.
 const RETRY: Duration = Duration::from_secs(1);
 /// How often depths are recounted (and other replicas' events noticed).
-const RECOUNT: Duration = Duration::from_millis(100);
+const RECOUNT: Duration = Duration::from_secs(1);
 /// Makes the current transaction wait for the database's disk at commit. Two writes are synced:
 /// the in-flight marker before a provider call (an interrupted call becomes `outcome_unknown`,
 /// never a second call) and the outcome with its events. Sessions otherwise run with
