@@ -331,7 +331,11 @@ report="$OUT_DIR/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
   echo "### Benchmark $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); load driver on the same machine."
-  echo "Command: \`DURATION=$DURATION CONNS=$CONNS RATE=$RATE scripts/bench.sh\`"
+  if [ "$PG_ONLY" = 1 ]; then
+    echo "Command: \`PG_ONLY=1 DURATION=$DURATION CONNS=$CONNS PG_RATE=$PG_RATE scripts/bench.sh\`"
+  else
+    echo "Command: \`DURATION=$DURATION CONNS=$CONNS RATE=$RATE scripts/bench.sh\`"
+  fi
   echo
   echo "Baseline (minimal axum JSON handler, closed loop c=$CONNS): **$(printf %.0f "$BASE") req/s** = 1.000"
   echo
