@@ -12,7 +12,7 @@
 //!   receiver unless `OTEL_EXPORTER_OTLP_ENDPOINT` says otherwise; empty turns export off).
 //! - `pillar-sim fault <pillar> <kind> [--status N] [--probability P] [--retry-after S]
 //!   [--ms N | --dist D --min-ms/--max-ms/--mean-ms/--stddev-ms/--p50-ms/--p99-ms]
-//!   [--bytes-per-sec N] [--for 30s] [--count N] [--route /path] [--method POST] [--id ID]`
+//!   [--bytes-per-sec N] [--bytes N] [--for 30s] [--count N] [--route /path] [--method POST] [--id ID]`
 //!   sets a rule; `pillar-sim fault list`, `pillar-sim fault clear [ID]`.
 //! - `pillar-sim scenario run FILE [--wait]`, `scenario list`, `scenario cancel ID`.
 //! - `pillar-sim journal [--pillar P] [--trace ID] [--limit N] [--json]`.
@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::pillar::{Pillar, Profile};
 use crate::scenario::Scenario;
@@ -201,96 +201,95 @@ pub enum FaultAction {
 }
 
 /// The flags of a fault rule (see the fault schema).
-#[derive(Debug, Args)]
+#[derive(Debug, Args, serde::Serialize)]
 pub struct FaultRuleArgs {
     /// karma, bucket, core, providers or smtp.
     #[arg(required = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pillar: Option<String>,
-    /// latency, http_error, refuse, blackhole, reset, slow_body, truncated_body, malformed_json.
+    /// latency, http_error, refuse, blackhole, reset, slow_body, truncated_body, malformed_json,
+    /// drop_after.
     #[arg(required = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// HTTP status for http_error.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// Chance that a matching request is hit (0 to 1).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub probability: Option<f64>,
     /// Retry-After seconds for http_error.
     #[arg(long)]
+    #[serde(rename = "retry_after_s", skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
     /// Latency distribution: fixed, uniform, normal, lognormal.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dist: Option<String>,
     /// Fixed latency, ms.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ms: Option<f64>,
     /// Uniform lower bound, ms.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_ms: Option<f64>,
     /// Uniform upper bound, ms.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_ms: Option<f64>,
     /// Normal mean, ms.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_ms: Option<f64>,
     /// Normal standard deviation, ms.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stddev_ms: Option<f64>,
     /// Log-normal median, ms.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub p50_ms: Option<f64>,
     /// Log-normal 99th percentile, ms.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<f64>,
+    /// Bytes of the answer that get out before drop_after closes the connection.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// Body rate for slow_body.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_per_sec: Option<u64>,
     /// How long the rule lasts (`30s`, `500ms`, `2m`).
     #[arg(long = "for", value_name = "DURATION")]
+    #[serde(rename = "for", skip_serializing_if = "Option::is_none")]
     pub lasting: Option<String>,
     /// How many matching requests the rule lasts.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
     /// Exact path, or a prefix ending with `*`.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     /// HTTP method.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// The rule's id.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 }
 
 impl FaultRuleArgs {
-    /// The rule's JSON form (validated by the server).
+    /// The rule's JSON form (validated by the server): each flag set is the field of its name.
     pub fn to_json(&self) -> Value {
-        let mut rule = Map::new();
-        let mut put = |name: &str, value: Option<Value>| {
-            if let Some(value) = value {
-                rule.insert(name.to_owned(), value);
-            }
-        };
-        put("pillar", self.pillar.clone().map(Value::from));
-        put("kind", self.kind.clone().map(Value::from));
-        put("id", self.id.clone().map(Value::from));
-        put("route", self.route.clone().map(Value::from));
-        put("method", self.method.clone().map(Value::from));
-        put("status", self.status.map(Value::from));
-        put("probability", self.probability.map(Value::from));
-        put("retry_after_s", self.retry_after.map(Value::from));
-        put("dist", self.dist.clone().map(Value::from));
-        put("ms", self.ms.map(Value::from));
-        put("min_ms", self.min_ms.map(Value::from));
-        put("max_ms", self.max_ms.map(Value::from));
-        put("mean_ms", self.mean_ms.map(Value::from));
-        put("stddev_ms", self.stddev_ms.map(Value::from));
-        put("p50_ms", self.p50_ms.map(Value::from));
-        put("p99_ms", self.p99_ms.map(Value::from));
-        put("bytes_per_sec", self.bytes_per_sec.map(Value::from));
-        put("for", self.lasting.clone().map(Value::from));
-        put("count", self.count.map(Value::from));
-        Value::Object(rule)
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 
@@ -441,11 +440,9 @@ fn flag_for(field: &str) -> Option<String> {
         "pillar" | "kind" => Some(format!("the <{}> argument", field.to_uppercase())),
         "for" => Some("--for".into()),
         "retry_after_s" => Some("--retry-after".into()),
-        "status" | "probability" | "dist" | "ms" | "min_ms" | "max_ms" | "mean_ms" | "stddev_ms" | "p50_ms"
-        | "p99_ms" | "bytes_per_sec" | "count" | "route" | "method" | "id" => {
-            Some(format!("--{}", field.replace('_', "-")))
-        }
-        _ => None,
+        // Every other field of a rule is the flag of its name.
+        "body" | "rules" | "replace" | "?" => None,
+        _ => Some(format!("--{}", field.replace('_', "-"))),
     }
 }
 

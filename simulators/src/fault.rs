@@ -20,6 +20,12 @@
 //! | `slow_body` | `bytes_per_sec` | the answer's body trickles at that rate |
 //! | `truncated_body` | — | the body stops halfway through its announced `Content-Length` and the connection closes |
 //! | `malformed_json` | — | the body is cut into JSON that does not parse (with a correct `Content-Length`) |
+//! | `drop_after` | `bytes` (0 or more) | the first `bytes` bytes of the answer (head included) are sent, then the connection closes (EOF) |
+//!
+//! **Adding a kind.** A kind is its variant of [`Fault`] (serde derives its JSON: the variant's
+//! snake_case name is `kind`, its fields are the parameters) and its arm in `Fault::define` (its
+//! checks and its effect: a delay, an early end, a body spoiler, or the whole port), plus its flag
+//! in the CLI's `FaultRuleArgs` when it has a parameter; and its line in the table above.
 //!
 //! `route` is an exact path, or a prefix when it ends with `*` (`/core/*`). A `refuse` rule covers
 //! the whole port, so it takes no route, method, probability or count. For the SMTP sink a
@@ -28,9 +34,14 @@
 
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
+use axum::http::response::Parts;
+use axum::http::{HeaderValue, header};
+use futures_util::stream;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
+use crate::listener::Connection;
 use crate::pillar::Pillar;
 use crate::rng::Draws;
 use crate::schema::{Fields, SpecError, format_duration};
@@ -41,8 +52,9 @@ pub const MAX_LATENCY_MS: f64 = 600_000.0;
 /// z-score of the 99th percentile of the standard normal distribution.
 const Z_99: f64 = 2.326_347_874_040_841;
 
-/// How an injected delay is drawn.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How an injected delay is drawn (`dist` on the wire; `fixed` when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "dist", rename_all = "lowercase")]
 pub enum Latency {
     /// Always the same delay.
     Fixed {
@@ -87,65 +99,55 @@ impl Latency {
         ms.clamp(0.0, MAX_LATENCY_MS)
     }
 
-    fn to_json(self, out: &mut Map<String, Value>) {
-        let fields = match self {
-            Latency::Fixed { ms } => json!({"dist": "fixed", "ms": ms}),
-            Latency::Uniform { min_ms, max_ms } => json!({"dist": "uniform", "min_ms": min_ms, "max_ms": max_ms}),
-            Latency::Normal { mean_ms, stddev_ms } => {
-                json!({"dist": "normal", "mean_ms": mean_ms, "stddev_ms": stddev_ms})
-            }
-            Latency::LogNormal { p50_ms, p99_ms } => json!({"dist": "lognormal", "p50_ms": p50_ms, "p99_ms": p99_ms}),
-        };
-        if let Value::Object(map) = fields {
-            out.extend(map);
-        }
-    }
-
-    fn parse(fields: &mut Fields<'_>) -> Result<Self, SpecError> {
+    fn validate(self) -> Result<(), SpecError> {
         let range = 0.0..=MAX_LATENCY_MS;
-        let latency = match fields.opt_str("dist")?.unwrap_or("fixed") {
-            "fixed" => Latency::Fixed { ms: fields.f64("ms", range)? },
-            "uniform" => {
-                let min_ms = fields.f64("min_ms", range.clone())?;
-                let max_ms = fields.f64("max_ms", range)?;
-                if max_ms < min_ms {
-                    return Err(SpecError::new("max_ms", "must not be below min_ms"));
-                }
-                Latency::Uniform { min_ms, max_ms }
+        match self {
+            Latency::Fixed { ms } => in_range("ms", ms, range),
+            Latency::Uniform { min_ms, max_ms } => {
+                in_range("min_ms", min_ms, range.clone())?;
+                in_range("max_ms", max_ms, range)?;
+                ordered("max_ms", "min_ms", min_ms, max_ms)
             }
-            "normal" => Latency::Normal {
-                mean_ms: fields.f64("mean_ms", range.clone())?,
-                stddev_ms: fields.f64("stddev_ms", range)?,
-            },
-            "lognormal" => {
-                let p50_ms = fields.f64("p50_ms", 0.001..=MAX_LATENCY_MS)?;
-                let p99_ms = fields.f64("p99_ms", 0.001..=MAX_LATENCY_MS)?;
-                if p99_ms < p50_ms {
-                    return Err(SpecError::new("p99_ms", "must not be below p50_ms"));
-                }
-                Latency::LogNormal { p50_ms, p99_ms }
+            Latency::Normal { mean_ms, stddev_ms } => {
+                in_range("mean_ms", mean_ms, range.clone())?;
+                in_range("stddev_ms", stddev_ms, range)
             }
-            other => {
-                return Err(SpecError::new(
-                    "dist",
-                    format!("unknown distribution `{other}`; expected fixed, uniform, normal or lognormal"),
-                ));
+            Latency::LogNormal { p50_ms, p99_ms } => {
+                in_range("p50_ms", p50_ms, 0.001..=MAX_LATENCY_MS)?;
+                in_range("p99_ms", p99_ms, 0.001..=MAX_LATENCY_MS)?;
+                ordered("p99_ms", "p50_ms", p50_ms, p99_ms)
             }
-        };
-        Ok(latency)
+        }
     }
 }
 
-/// What goes wrong.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `dist` is optional on the wire and defaults to `fixed`.
+fn latency_with_default_dist<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Latency, D::Error> {
+    let mut fields = Map::<String, Value>::deserialize(deserializer)?;
+    fields.entry("dist").or_insert_with(|| json!("fixed"));
+    Latency::deserialize(Value::Object(fields)).map_err(|e| match e.to_string().strip_prefix("unknown variant ") {
+        Some(rest) => serde::de::Error::custom(format!(
+            "dist: unknown distribution {}; expected fixed, uniform, normal or lognormal",
+            rest.split(',').next().unwrap_or_default()
+        )),
+        None => serde::de::Error::custom(e),
+    })
+}
+
+/// What goes wrong: one variant per fault kind. Its JSON shape (the `kind` tag and its
+/// parameters) is derived; its checks and its effect are its arm in [`Fault::define`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
     /// Delay the answer.
+    #[serde(deserialize_with = "latency_with_default_dist")]
     Latency(Latency),
     /// Answer with an error status.
     HttpError {
         /// 400–599 (for the SMTP sink: the SMTP reply code).
         status: u16,
         /// `Retry-After` seconds; 429 and 503 default to 1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_s: Option<u64>,
     },
     /// Stop listening: connections are refused until the rule ends.
@@ -163,6 +165,42 @@ pub enum Fault {
     TruncatedBody,
     /// Send a body that is not valid JSON.
     MalformedJson,
+    /// Send the first `bytes` bytes of the answer (head included), then close the connection.
+    DropAfter {
+        /// Bytes of the answer that reach the client, at least 0.
+        bytes: u64,
+    },
+}
+
+/// What ends a request early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Blackhole,
+    Reset,
+    Error { status: u16, retry_after_s: Option<u64> },
+}
+
+/// Rewrites an answer on its way out: its head (to adjust), its buffered body, and the
+/// connection it leaves on (absent on in-process calls).
+pub(crate) type Spoil = Box<dyn FnOnce(&mut Parts, Bytes, Option<&Connection>) -> Body + Send>;
+
+/// What a fault does when it hits.
+pub(crate) enum Effect {
+    /// Delay the answer (before the handler runs); delays of several rules add up.
+    Delay(Latency),
+    /// End the request instead of running the handler; the first that hits wins.
+    End(Action),
+    /// Spoil the answer's body; the first that hits wins. HTTP only.
+    Body(Spoil),
+    /// Close the port (the listener follows these rules itself).
+    Port,
+}
+
+/// A fault kind's definition: its name, its checks (beyond the JSON shape) and its effect.
+pub(crate) struct Definition {
+    pub name: &'static str,
+    pub check: Result<(), SpecError>,
+    pub effect: Effect,
 }
 
 impl Fault {
@@ -178,68 +216,169 @@ impl Fault {
 
     /// The `kind` name on the wire.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Fault::Latency(_) => "latency",
-            Fault::HttpError { .. } => "http_error",
-            Fault::Refuse => "refuse",
-            Fault::Blackhole => "blackhole",
-            Fault::Reset => "reset",
-            Fault::SlowBody { .. } => "slow_body",
-            Fault::TruncatedBody => "truncated_body",
-            Fault::MalformedJson => "malformed_json",
-        }
+        self.define().name
     }
 
-    fn is_body_fault(&self) -> bool {
-        matches!(self, Fault::SlowBody { .. } | Fault::TruncatedBody | Fault::MalformedJson)
-    }
-
-    fn parse(kind: &str, fields: &mut Fields<'_>) -> Result<Self, SpecError> {
-        Ok(match kind {
-            "latency" => Fault::Latency(Latency::parse(fields)?),
-            "http_error" => {
-                let status =
-                    fields.opt_u64("status", 400..=599)?.ok_or_else(|| SpecError::new("status", "is required"))?;
-                Fault::HttpError { status: status as u16, retry_after_s: fields.opt_u64("retry_after_s", 0..=86_400)? }
+    /// Each kind once: its name on the wire (as derived), what it checks beyond its JSON shape,
+    /// and what it does.
+    pub(crate) fn define(self) -> Definition {
+        let (name, check, effect) = match self {
+            Fault::Latency(latency) => ("latency", latency.validate(), Effect::Delay(latency)),
+            Fault::HttpError { status, retry_after_s } => (
+                "http_error",
+                whole("status", status.into(), 400..=599)
+                    .and_then(|()| retry_after_s.map_or(Ok(()), |s| whole("retry_after_s", s, 0..=86_400))),
+                Effect::End(Action::Error { status, retry_after_s }),
+            ),
+            Fault::Refuse => ("refuse", Ok(()), Effect::Port),
+            Fault::Blackhole => ("blackhole", Ok(()), Effect::End(Action::Blackhole)),
+            Fault::Reset => ("reset", Ok(()), Effect::End(Action::Reset)),
+            Fault::SlowBody { bytes_per_sec } => (
+                "slow_body",
+                whole("bytes_per_sec", bytes_per_sec, 1..=1_000_000_000),
+                Effect::Body(Box::new(move |parts, bytes, _| slow_body(parts, bytes, bytes_per_sec))),
+            ),
+            Fault::TruncatedBody => {
+                ("truncated_body", Ok(()), Effect::Body(Box::new(|parts, bytes, _| truncated_body(parts, bytes))))
             }
-            "refuse" => Fault::Refuse,
-            "blackhole" => Fault::Blackhole,
-            "reset" => Fault::Reset,
-            "slow_body" => Fault::SlowBody {
-                bytes_per_sec: fields
-                    .opt_u64("bytes_per_sec", 1..=1_000_000_000)?
-                    .ok_or_else(|| SpecError::new("bytes_per_sec", "is required"))?,
-            },
-            "truncated_body" => Fault::TruncatedBody,
-            "malformed_json" => Fault::MalformedJson,
-            other => {
-                return Err(SpecError::new(
-                    "kind",
-                    format!(
-                        "unknown fault kind `{other}`; expected one of latency, http_error, refuse, blackhole, \
-                         reset, slow_body, truncated_body, malformed_json"
-                    ),
-                ));
+            Fault::MalformedJson => {
+                ("malformed_json", Ok(()), Effect::Body(Box::new(|parts, bytes, _| malformed_json(parts, bytes))))
+            }
+            Fault::DropAfter { bytes } => (
+                "drop_after",
+                whole("bytes", bytes, 0..=1_000_000_000),
+                Effect::Body(Box::new(move |_, body, connection| {
+                    if let Some(connection) = connection {
+                        connection.drop_after(bytes);
+                    }
+                    Body::from(body)
+                })),
+            ),
+        };
+        Definition { name, check, effect }
+    }
+
+    /// Reads a fault from its `kind` and parameters (a JSON object without the rule's fields).
+    fn from_params(params: Map<String, Value>) -> Result<Self, SpecError> {
+        let kind = params.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+        serde_json::from_value(Value::Object(params.clone())).map_err(|e| {
+            let text = e.to_string();
+            let quoted = |rest: &str| rest.split('`').nth(1).unwrap_or_default().to_owned();
+            if let Some(rest) = text.strip_prefix("missing field ") {
+                SpecError::new(quoted(rest), "is required")
+            } else if let Some(rest) = text.strip_prefix("unknown variant ") {
+                let expected = rest.split_once("expected one of ").map_or("", |(_, e)| e).replace('`', "");
+                SpecError::new("kind", format!("unknown fault kind `{}`; expected one of {expected}", quoted(rest)))
+            } else if let Some((field, message)) = text.split_once(": ").filter(|(f, _)| *f == "dist") {
+                SpecError::new(field, message)
+            } else {
+                // serde does not name the field of a wrong type or value: it is the one whose
+                // absence changes the error.
+                let culprit = params.keys().filter(|name| *name != "kind").find(|name| {
+                    let mut without = params.clone();
+                    without.remove(name.as_str());
+                    serde_json::from_value::<Fault>(Value::Object(without)).map_err(|e| e.to_string()).err()
+                        != Some(text.clone())
+                });
+                SpecError::new(culprit.map_or("kind", String::as_str), format!("bad `{kind}` parameter: {text}"))
             }
         })
     }
+}
 
-    fn to_json(self, out: &mut Map<String, Value>) {
-        out.insert("kind".into(), json!(self.kind()));
-        match self {
-            Fault::Latency(latency) => latency.to_json(out),
-            Fault::HttpError { status, retry_after_s } => {
-                out.insert("status".into(), json!(status));
-                if let Some(s) = retry_after_s {
-                    out.insert("retry_after_s".into(), json!(s));
-                }
-            }
-            Fault::SlowBody { bytes_per_sec } => {
-                out.insert("bytes_per_sec".into(), json!(bytes_per_sec));
-            }
-            Fault::Refuse | Fault::Blackhole | Fault::Reset | Fault::TruncatedBody | Fault::MalformedJson => {}
-        }
+fn in_range(field: &str, value: f64, range: std::ops::RangeInclusive<f64>) -> Result<(), SpecError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(SpecError::new(field, format!("must be between {} and {}, got {value}", range.start(), range.end())))
     }
+}
+
+fn whole(field: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<(), SpecError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("must be a whole number between {} and {}, got {value}", range.start(), range.end()),
+        ))
+    }
+}
+
+fn ordered(upper_name: &str, lower_name: &str, lower: f64, upper: f64) -> Result<(), SpecError> {
+    if upper < lower {
+        return Err(SpecError::new(upper_name, format!("must not be below {lower_name}")));
+    }
+    Ok(())
+}
+
+/// A fault on the whole port (refuse) cannot be narrowed to some requests.
+fn port_wide(rule: &FaultRule) -> Result<(), SpecError> {
+    let kind = rule.fault.kind();
+    let port_wide = format!("{kind} stops the whole port, so it cannot be limited by");
+    if rule.route.is_some() {
+        return Err(SpecError::new("route", format!("{port_wide} route")));
+    }
+    if rule.method.is_some() {
+        return Err(SpecError::new("method", format!("{port_wide} method")));
+    }
+    if rule.probability < 1.0 {
+        return Err(SpecError::new("probability", format!("{port_wide} probability")));
+    }
+    if rule.count.is_some() {
+        return Err(SpecError::new(
+            "count",
+            format!("refused connections are never seen, so {kind} takes `for`, not `count`"),
+        ));
+    }
+    Ok(())
+}
+
+/// `malformed_json`: the first half of the body, or a broken object when that half parses.
+fn malformed_json(parts: &mut Parts, bytes: Bytes) -> Body {
+    let cut = bytes.slice(..bytes.len() / 2);
+    let broken = if cut.is_empty() || serde_json::from_slice::<Value>(&cut).is_ok() {
+        Bytes::from_static(b"{\"malformed\": ")
+    } else {
+        cut
+    };
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(broken.len()));
+    Body::from(broken)
+}
+
+/// `truncated_body`: announce the whole length, send half, then fail the body: hyper aborts the
+/// connection, so the client sees the stream end early. The pause between the two lets hyper
+/// flush the head and the half (it writes when the body is pending; an immediate error would
+/// discard them).
+fn truncated_body(parts: &mut Parts, bytes: Bytes) -> Body {
+    let announced = bytes.len().max(1);
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(announced));
+    let half = bytes.slice(..bytes.len() / 2);
+    Body::from_stream(stream::unfold(Some(half), |state| async move {
+        match state {
+            Some(half) => Some((Ok(half), None)),
+            None => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((Err(std::io::Error::other("truncated by pillar-sim")), None))
+            }
+        }
+    }))
+}
+
+/// `slow_body`: twenty chunks a second (or one byte at a time when slower than that).
+fn slow_body(parts: &mut Parts, bytes: Bytes, bytes_per_sec: u64) -> Body {
+    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    let chunk = (bytes_per_sec / 20).max(1) as usize;
+    let pause = Duration::from_secs_f64(chunk as f64 / bytes_per_sec as f64);
+    Body::from_stream(stream::unfold(bytes, move |mut rest| async move {
+        if rest.is_empty() {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        let piece = rest.split_to(chunk.min(rest.len()));
+        Some((Ok::<Bytes, std::io::Error>(piece), rest))
+    }))
 }
 
 /// One fault rule: where, what, how often, how long. See the module documentation for the JSON
@@ -363,70 +502,18 @@ impl FaultRule {
     }
 
     fn validate_kind(&self) -> Result<(), SpecError> {
-        match self.fault {
-            Fault::Refuse => {
-                let port_wide = "refuse stops the whole port, so it cannot be limited by";
-                if self.route.is_some() {
-                    return Err(SpecError::new("route", format!("{port_wide} route")));
-                }
-                if self.method.is_some() {
-                    return Err(SpecError::new("method", format!("{port_wide} method")));
-                }
-                if self.probability < 1.0 {
-                    return Err(SpecError::new("probability", format!("{port_wide} probability")));
-                }
-                if self.count.is_some() {
-                    return Err(SpecError::new(
-                        "count",
-                        "refused connections are never seen, so refuse takes `for`, not `count`",
-                    ));
-                }
-            }
-            Fault::Latency(l) => {
-                let values = match l {
-                    Latency::Fixed { ms } => [ms, ms],
-                    Latency::Uniform { min_ms, max_ms } => [min_ms, max_ms],
-                    Latency::Normal { mean_ms, stddev_ms } => [mean_ms, stddev_ms],
-                    Latency::LogNormal { p50_ms, p99_ms } => [p50_ms, p99_ms],
-                };
-                if values.iter().any(|v| !(0.0..=MAX_LATENCY_MS).contains(v)) {
-                    return Err(SpecError::new(
-                        "dist",
-                        format!("latency values must be between 0 and {MAX_LATENCY_MS} ms"),
-                    ));
-                }
-                let ordered = match l {
-                    Latency::Uniform { min_ms, max_ms } => min_ms <= max_ms,
-                    Latency::LogNormal { p50_ms, p99_ms } => p50_ms > 0.0 && p50_ms <= p99_ms,
-                    _ => true,
-                };
-                if !ordered {
-                    return Err(SpecError::new(
-                        "dist",
-                        "the upper value must not be below the lower one (and p50_ms > 0)",
-                    ));
-                }
-            }
-            Fault::HttpError { status, retry_after_s } => {
-                if !(400..=599).contains(&status) {
-                    return Err(SpecError::new("status", format!("must be between 400 and 599, got {status}")));
-                }
-                if retry_after_s.is_some_and(|s| s > 86_400) {
-                    return Err(SpecError::new("retry_after_s", "must be at most 86400"));
-                }
-            }
-            Fault::SlowBody { bytes_per_sec: 0 } => {
-                return Err(SpecError::new("bytes_per_sec", "must be at least 1"));
-            }
-            _ => {}
+        let definition = self.fault.define();
+        definition.check?;
+        if matches!(definition.effect, Effect::Port) {
+            port_wide(self)?;
         }
         if self.pillar == Pillar::Smtp {
-            if self.fault.is_body_fault() {
+            if matches!(definition.effect, Effect::Body(_)) {
                 return Err(SpecError::new(
                     "kind",
                     format!(
                         "{} does not apply to the SMTP sink (use latency, http_error, refuse, blackhole or reset)",
-                        self.fault.kind()
+                        definition.name
                     ),
                 ));
             }
@@ -448,11 +535,32 @@ impl FaultRule {
         let route = f.opt_str("route")?.map(str::to_owned);
         let method = f.opt_str("method")?.map(str::to_ascii_uppercase);
         let kind = f.str("kind")?;
-        let fault = Fault::parse(kind, &mut f)?;
         let probability = f.opt_f64("probability", 0.0..=1.0)?.unwrap_or(1.0);
         let lasting = f.opt_duration("for")?;
         let count = f.opt_u64("count", 1..=1_000_000_000)?;
-        f.finish(&format!("a `{kind}` fault rule"))?;
+        // Everything else is the kind's: `kind` and its parameters, read by the derived form.
+        let params: Map<String, Value> = value
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(name, v)| !RULE_FIELDS.contains(&name.as_str()) && !v.is_null())
+            .map(|(name, v)| (name.clone(), v.clone()))
+            .collect();
+        let fault = Fault::from_params(params.clone())?;
+        let known = serde_json::to_value(fault).unwrap_or_default();
+        if let Some(unknown) = params.keys().find(|name| known.get(name.as_str()).is_none()) {
+            let mut allowed: Vec<&str> = RULE_FIELDS
+                .iter()
+                .copied()
+                .chain(known.as_object().into_iter().flatten().map(|(k, _)| k.as_str()))
+                .collect();
+            allowed.sort_unstable();
+            allowed.dedup();
+            return Err(SpecError::new(
+                unknown.as_str(),
+                format!("unknown field for a `{kind}` fault rule; allowed fields: {}", allowed.join(", ")),
+            ));
+        }
         let rule = Self { id, pillar, route, method, fault, probability, lasting, count };
         rule.validate()?;
         Ok(rule)
@@ -471,7 +579,9 @@ impl FaultRule {
         if let Some(method) = &self.method {
             out.insert("method".into(), json!(method));
         }
-        self.fault.to_json(&mut out);
+        if let Ok(Value::Object(fault)) = serde_json::to_value(self.fault) {
+            out.extend(fault);
+        }
         if self.probability < 1.0 {
             out.insert("probability".into(), json!(self.probability));
         }
@@ -484,6 +594,9 @@ impl FaultRule {
         Value::Object(out)
     }
 }
+
+/// The fields of a rule that are not its kind's.
+const RULE_FIELDS: [&str; 7] = ["id", "pillar", "route", "method", "probability", "for", "count"];
 
 impl Serialize for FaultRule {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -558,6 +671,41 @@ mod tests {
         for (input, field) in cases {
             let err = FaultRule::from_json(&input).expect_err(&input.to_string());
             assert_eq!(err.field, field, "{input} -> {err}");
+        }
+    }
+
+    #[test]
+    fn every_kind_is_named_as_derived_and_round_trips() {
+        let kinds = [
+            Fault::latency_ms(5.0),
+            Fault::http_error(503),
+            Fault::Refuse,
+            Fault::Blackhole,
+            Fault::Reset,
+            Fault::SlowBody { bytes_per_sec: 10 },
+            Fault::TruncatedBody,
+            Fault::MalformedJson,
+            Fault::DropAfter { bytes: 7 },
+        ];
+        for fault in kinds {
+            let rule = FaultRule::new(Pillar::Bucket, fault);
+            let json = rule.to_json();
+            assert_eq!(json["kind"], fault.kind(), "{json}");
+            assert_eq!(FaultRule::from_json(&json).expect("round trip"), rule, "{json}");
+        }
+        let drop = json!({"pillar": "bucket", "kind": "drop_after", "bytes": 3});
+        assert_eq!(FaultRule::from_json(&drop).unwrap().fault, Fault::DropAfter { bytes: 3 });
+        let fixed = json!({"pillar": "bucket", "kind": "latency", "ms": 5});
+        assert_eq!(FaultRule::from_json(&fixed).unwrap().fault, Fault::latency_ms(5.0), "dist defaults to fixed");
+        for (input, field) in [
+            (json!({"pillar": "bucket", "kind": "drop_after"}), "bytes"),
+            (json!({"pillar": "bucket", "kind": "drop_after", "bytes": "ten"}), "bytes"),
+            (json!({"pillar": "bucket", "kind": "http_error", "status": -1, "retry_after_s": 2}), "status"),
+            (json!({"pillar": "bucket", "kind": "drop_after", "bytes": 3, "bytes_per_sec": 1}), "bytes_per_sec"),
+            (json!({"pillar": "smtp", "kind": "drop_after", "bytes": 3}), "kind"),
+            (json!({"pillar": "bucket", "kind": "latency", "dist": "gamma", "ms": 1}), "dist"),
+        ] {
+            assert_eq!(FaultRule::from_json(&input).expect_err(&input.to_string()).field, field, "{input}");
         }
     }
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::fault::{Fault, FaultRule};
+use crate::fault::{Effect, Fault, FaultRule, Spoil};
 use crate::pillar::Pillar;
 use crate::rng::Draws;
 use crate::schema::SpecError;
@@ -93,29 +93,15 @@ pub struct AppliedFault {
     pub latency_ms: Option<f64>,
 }
 
-/// What ends a request early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
-    Blackhole,
-    Reset,
-    Error { status: u16, retry_after_s: Option<u64> },
-}
-
-/// How the answer's body is spoiled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum BodyFault {
-    Slow { bytes_per_sec: u64 },
-    Truncated,
-    Malformed,
-}
+pub(crate) use crate::fault::Action;
 
 /// The fate of one request: every matching rule has had its draw; latencies add up, the first
 /// action and the first body fault that hit win.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Decision {
     pub latency: Duration,
     pub action: Option<Action>,
-    pub body: Option<BodyFault>,
+    pub body: Option<Spoil>,
     pub applied: Vec<AppliedFault>,
 }
 
@@ -304,9 +290,10 @@ impl FaultSet {
                 let u = draws.uniform(0);
                 (u < rule.rule.probability, Some(u))
             };
+            let definition = rule.rule.fault.define();
             let mut applied = AppliedFault {
                 rule: rule.id.clone(),
-                kind: rule.rule.fault.kind(),
+                kind: definition.name,
                 match_index: index,
                 hit,
                 draw,
@@ -314,31 +301,19 @@ impl FaultSet {
             };
             if hit {
                 rule.hits.fetch_add(1, Ordering::Relaxed);
-                match rule.rule.fault {
-                    Fault::Latency(latency) => {
+                match definition.effect {
+                    Effect::Delay(latency) => {
                         let ms = latency.sample_ms(&draws);
                         applied.latency_ms = Some(ms);
                         decision.latency += Duration::from_secs_f64(ms / 1000.0);
                     }
-                    Fault::HttpError { status, retry_after_s } => {
-                        decision.action.get_or_insert(Action::Error { status, retry_after_s });
+                    Effect::End(action) => {
+                        decision.action.get_or_insert(action);
                     }
-                    Fault::Blackhole => {
-                        decision.action.get_or_insert(Action::Blackhole);
+                    Effect::Body(spoil) => {
+                        decision.body.get_or_insert(spoil);
                     }
-                    Fault::Reset => {
-                        decision.action.get_or_insert(Action::Reset);
-                    }
-                    Fault::SlowBody { bytes_per_sec } => {
-                        decision.body.get_or_insert(BodyFault::Slow { bytes_per_sec });
-                    }
-                    Fault::TruncatedBody => {
-                        decision.body.get_or_insert(BodyFault::Truncated);
-                    }
-                    Fault::MalformedJson => {
-                        decision.body.get_or_insert(BodyFault::Malformed);
-                    }
-                    Fault::Refuse => {}
+                    Effect::Port => {}
                 }
             }
             decision.applied.push(applied);

@@ -11,6 +11,9 @@
 //!   kill token. The middleware marks the connection for reset and cancels the token; the task
 //!   drops the connection, and `FaultIo`'s `Drop` sets `SO_LINGER` to zero first, so the kernel
 //!   sends RST instead of FIN.
+//! - **drop_after**: the middleware gives the connection a budget of bytes; [`FaultIo`] writes
+//!   no more than that and then fails the write, so hyper drops the connection and the client
+//!   reads exactly that many bytes of the answer, then EOF.
 //! - **blackhole** needs nothing here: the middleware never completes. hyper notices when the
 //!   client gives up (EOF mid-message) and drops the request.
 //!
@@ -21,7 +24,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,6 +49,7 @@ const GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct Connection {
     kill: CancellationToken,
     reset: Arc<AtomicBool>,
+    budget: Arc<AtomicU64>,
 }
 
 impl Connection {
@@ -54,13 +58,23 @@ impl Connection {
         self.reset.store(true, Ordering::SeqCst);
         self.kill.cancel();
     }
+
+    /// Lets `bytes` more bytes out, then ends the connection (a close, not a reset, so the
+    /// client reads every byte that was let out).
+    pub(crate) fn drop_after(&self, bytes: u64) {
+        self.budget.store(bytes, Ordering::SeqCst);
+    }
 }
+
+/// No write budget: the connection is not being dropped.
+const UNLIMITED: u64 = u64::MAX;
 
 /// A TCP stream that resets (instead of closing) when dropped after [`Connection::reset`].
 #[derive(Debug)]
 pub(crate) struct FaultIo {
     stream: TcpStream,
     reset: Arc<AtomicBool>,
+    budget: Arc<AtomicU64>,
 }
 
 impl Drop for FaultIo {
@@ -80,7 +94,17 @@ impl AsyncRead for FaultIo {
 
 impl AsyncWrite for FaultIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let budget = self.budget.load(Ordering::SeqCst);
+        if budget == UNLIMITED {
+            return Pin::new(&mut self.stream).poll_write(cx, buf);
+        }
+        if budget == 0 {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "dropped by pillar-sim")));
+        }
+        let allowed = buf.len().min(usize::try_from(budget).unwrap_or(usize::MAX));
+        let written = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &buf[..allowed]))?;
+        self.budget.fetch_sub(written as u64, Ordering::SeqCst);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -210,8 +234,12 @@ pub(crate) async fn supervise<H: ConnectionHandler>(
                     accepted = open.accept() => match accepted {
                         Ok((stream, _peer)) => {
                             let _ = stream.set_nodelay(true);
-                            let conn = Connection { kill: generation.child_token(), reset: Arc::new(AtomicBool::new(false)) };
-                            let io = FaultIo { stream, reset: conn.reset.clone() };
+                            let conn = Connection {
+                                kill: generation.child_token(),
+                                reset: Arc::new(AtomicBool::new(false)),
+                                budget: Arc::new(AtomicU64::new(UNLIMITED)),
+                            };
+                            let io = FaultIo { stream, reset: conn.reset.clone(), budget: conn.budget.clone() };
                             let kill = conn.kill.clone();
                             let served = handler.serve(io, conn, shutdown.clone());
                             tracker.spawn(async move {

@@ -8,18 +8,17 @@
 //! uncontended read lock and one journal push.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream;
 use tokio::time::Instant;
 
-use crate::injector::{Action, BodyFault, Decision};
+use crate::fault::Spoil;
+use crate::injector::{Action, Decision};
 use crate::journal::{BODY_LIMIT, Outcome, Record, selected_headers, trace_from_body};
 use crate::listener::Connection;
 use crate::pillar::Pillar;
@@ -127,60 +126,16 @@ async fn handle(State(layer): State<Layer>, request: Request, next: Next) -> Res
     layer.record(&seen, trace, Some(response.status().as_u16()), Outcome::Answered, &decision);
     match decision.body {
         None => response,
-        Some(fault) => spoil(response, fault).await,
+        Some(spoil) => spoiled(response, spoil, connection.as_ref()).await,
     }
 }
 
-/// Rewrites an answer's body according to a body fault.
-async fn spoil(response: Response, fault: BodyFault) -> Response {
+/// Rewrites an answer according to the body fault that hit it (see [`crate::fault`]).
+async fn spoiled(response: Response, spoil: Spoil, connection: Option<&Connection>) -> Response {
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = to_bytes(body, RESPONSE_LIMIT).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let body = match fault {
-        BodyFault::Malformed => {
-            let cut = bytes.slice(..bytes.len() / 2);
-            let broken = if cut.is_empty() || serde_json::from_slice::<serde_json::Value>(&cut).is_ok() {
-                Bytes::from_static(b"{\"malformed\": ")
-            } else {
-                cut
-            };
-            parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(broken.len()));
-            Body::from(broken)
-        }
-        BodyFault::Truncated => {
-            // Announce the whole length, send half, then fail the body: hyper aborts the
-            // connection, so the client sees the stream end early. The pause between the two
-            // lets hyper flush the head and the half (it writes when the body is pending; an
-            // immediate error would discard them).
-            let announced = bytes.len().max(1);
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(announced));
-            let half = bytes.slice(..bytes.len() / 2);
-            Body::from_stream(stream::unfold(Some(half), |state| async move {
-                match state {
-                    Some(half) => Some((Ok(half), None)),
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        Some((Err(std::io::Error::other("truncated by pillar-sim")), None))
-                    }
-                }
-            }))
-        }
-        BodyFault::Slow { bytes_per_sec } => {
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            // Twenty chunks a second (or one byte at a time when slower than that).
-            let chunk = (bytes_per_sec / 20).max(1) as usize;
-            let pause = Duration::from_secs_f64(chunk as f64 / bytes_per_sec as f64);
-            Body::from_stream(stream::unfold(bytes, move |mut rest| async move {
-                if rest.is_empty() {
-                    return None;
-                }
-                tokio::time::sleep(pause).await;
-                let piece = rest.split_to(chunk.min(rest.len()));
-                Some((Ok::<Bytes, std::io::Error>(piece), rest))
-            }))
-        }
-    };
+    let body = spoil(&mut parts, bytes, connection);
     Response::from_parts(parts, body)
 }

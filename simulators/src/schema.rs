@@ -1,7 +1,8 @@
 //! Strict, explainable parsing of the simulator's JSON inputs (fault rules, scenarios, control
 //! requests).
 //!
-//! Inputs are read from a `serde_json::Value` by hand rather than derived: every rejection names
+//! Inputs are read from a `serde_json::Value` by hand (a fault kind's own parameters are derived,
+//! see [`crate::fault`], and checked once by its definition): every rejection names
 //! the offending field by its path (`steps[2].fault.status`), unknown fields are errors rather
 //! than silently ignored typos, and numbers are range-checked before anything can overflow.
 
@@ -84,11 +85,6 @@ impl<'a> Fields<'a> {
             }
             Some(other) => Err(SpecError::new(name, format!("expected a number, got {}", type_name(other)))),
         }
-    }
-
-    /// A required number field, checked to lie in `range`.
-    pub(crate) fn f64(&mut self, name: &'static str, range: std::ops::RangeInclusive<f64>) -> Result<f64, SpecError> {
-        self.opt_f64(name, range)?.ok_or_else(|| SpecError::new(name, "is required"))
     }
 
     /// An optional whole-number field, checked to lie in `range`.

@@ -7,7 +7,7 @@ use pillar_sim::Pillar;
 use crate::support::stack;
 
 /// Runs the binary off the runtime's thread, so the in-process stack keeps answering it.
-async fn pillar_sim(control: &str, args: &[&str]) -> Output {
+pub(crate) async fn pillar_sim(control: &str, args: &[&str]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pillar-sim"));
     command.args(args).env("PILLAR_SIM_CONTROL", control).env("RUST_LOG", "off");
     tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("the binary runs")

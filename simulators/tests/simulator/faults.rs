@@ -161,6 +161,48 @@ async fn malformed_json_arrives_whole_but_does_not_parse() {
     assert!(serde_json::from_slice::<Value>(&bytes).is_err(), "{}", String::from_utf8_lossy(&bytes));
 }
 
+/// The first `bytes` bytes of an answer to `HEALTH` on `addr`, read to EOF; a reset fails it.
+async fn cut_answer(addr: std::net::SocketAddr) -> Vec<u8> {
+    raw(addr, HEALTH).await.expect("the connection is closed (EOF), not reset")
+}
+
+#[tokio::test]
+async fn drop_after_lets_n_bytes_out_then_closes_set_by_the_control_api_and_the_cli() {
+    let stack = stack().await;
+    let addr = stack.addr(Pillar::Bucket);
+    let whole = cut_answer(addr).await;
+    assert!(whole.len() > 80, "{} bytes", whole.len());
+
+    // Through the control API: the rule's JSON comes back as it was sent.
+    let control = stack.control_url().unwrap();
+    let rule = json!({"id": "cut", "pillar": "bucket", "route": "/health", "kind": "drop_after", "bytes": 40});
+    let (status, body) = crate::support::post(format!("{control}/faults"), &rule).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["rule"], rule);
+    let cut = cut_answer(addr).await;
+    assert_eq!(cut.len(), 40, "{}", String::from_utf8_lossy(&cut));
+    assert_eq!(cut[..], whole[..40], "the first bytes of the same answer");
+    let error = client().get(format!("{}/health", stack.bucket_url())).send().await;
+    assert!(error.is_err(), "a client notices the cut: {error:?}");
+    let entry = stack.journal().entries().pop().unwrap();
+    assert_eq!(entry.faults[0].kind, "drop_after");
+    // Its parameter is checked once, with the field named.
+    let (status, body) =
+        crate::support::post(format!("{control}/faults"), &json!({"pillar": "bucket", "kind": "drop_after"})).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("bytes")), "{body}");
+    assert!(stack.faults().clear("cut"));
+
+    // Through the CLI flag.
+    let out =
+        crate::cli::pillar_sim(&control, &["fault", "bucket", "drop_after", "--bytes", "12", "--id", "cli-cut"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stack.faults().list()[0].rule.fault, Fault::DropAfter { bytes: 12 });
+    assert_eq!(cut_answer(addr).await, b"HTTP/1.1 200");
+    // Zero bytes: the connection closes before the head.
+    stack.faults().set(FaultRule::new(Pillar::Bucket, Fault::DropAfter { bytes: 0 }).id("cli-cut")).unwrap();
+    assert!(cut_answer(addr).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_count_window_closes_after_n_matching_requests() {
     let stack = stack().await;
