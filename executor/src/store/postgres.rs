@@ -178,6 +178,8 @@ struct Inner {
     /// their release has nothing to delete.
     settled: Mutex<HashSet<String>>,
     kept: Mutex<Vec<Kept>>,
+    /// Kept outcomes taken out of `kept` by the retry under way (still unrecorded).
+    retrying: AtomicU64,
     failing: Mutex<Option<String>>,
     /// Bumped by every local depth adjustment, so a recount that raced one is not applied.
     generation: AtomicU64,
@@ -235,6 +237,7 @@ impl Postgres {
             in_flight: Mutex::default(),
             settled: Mutex::default(),
             kept: Mutex::default(),
+            retrying: AtomicU64::new(0),
             failing: Mutex::default(),
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -386,6 +389,12 @@ impl Inner {
         }
     }
 
+    /// Outcomes reached but not recorded yet: kept, or being retried.
+    fn unrecorded(&self) -> usize {
+        let kept = self.kept.lock().expect("kept lock");
+        kept.len() + self.retrying.load(Ordering::SeqCst) as usize
+    }
+
     fn recovered(&self) {
         if self.failing.lock().expect("failing lock").take().is_some() {
             tracing::info!("the store can write again");
@@ -459,7 +468,7 @@ impl Inner {
                     continue;
                 }
             }
-            if self.kept.lock().expect("kept lock").is_empty() {
+            if self.unrecorded() == 0 {
                 self.recovered();
             }
         }
@@ -503,7 +512,12 @@ impl Inner {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(RETRY) => {}
             }
-            let kept = std::mem::take(&mut *self.kept.lock().expect("kept lock"));
+            let kept = {
+                let mut kept = self.kept.lock().expect("kept lock");
+                // Counted before they leave `kept`: nobody sees the store recovered meanwhile.
+                self.retrying.store(kept.len() as u64, Ordering::SeqCst);
+                std::mem::take(&mut *kept)
+            };
             if kept.is_empty() {
                 continue;
             }
@@ -520,6 +534,7 @@ impl Inner {
             let recorded = left.is_empty();
             let mut kept = self.kept.lock().expect("kept lock");
             kept.extend(left);
+            self.retrying.store(0, Ordering::SeqCst);
             if recorded && kept.is_empty() {
                 tracing::warn!(count, "outcomes reached while the store failed are recorded now");
                 self.recovered();
@@ -736,7 +751,7 @@ impl Store for Postgres {
             match inner.write(&claim, &outcome).await {
                 Ok(()) => {
                     drop(claim);
-                    if inner.kept.lock().expect("kept lock").is_empty() {
+                    if inner.unrecorded() == 0 {
                         inner.recovered();
                     }
                     Ok(())
@@ -929,7 +944,7 @@ impl Store for Postgres {
     fn health(&self) -> Health {
         match self.inner.failing.lock().expect("failing lock").clone() {
             None => Health::Ok,
-            Some(cause) => Health::Failing { cause, unrecorded: self.inner.kept.lock().expect("kept lock").len() },
+            Some(cause) => Health::Failing { cause, unrecorded: self.inner.unrecorded() },
         }
     }
 
