@@ -359,6 +359,10 @@ impl Inner {
                 }
                 self.unrecorded.store(kept.len() as u64, Ordering::SeqCst);
             }
+            // Recovered once what was kept is recorded, not when the probe passes.
+            if failing && writable && kept.is_empty() {
+                self.recovered();
+            }
             if !group.is_empty() {
                 let lazy = group.iter().all(|job| !job.durable);
                 match writable && kept.is_empty() {
@@ -403,7 +407,6 @@ impl Inner {
             let mut probe = tables.db.batch();
             probe.remove(&tables.in_flight, "\0probe");
             if probe.commit().and_then(|()| tables.db.persist(PersistMode::SyncData)).is_ok() {
-                self.recovered();
                 return true;
             }
             drop(tables);
@@ -420,7 +423,6 @@ impl Inner {
             Ok(tables) => {
                 tracing::warn!(dir = %self.dir.display(), "the store was reopened after a write failure");
                 *self.tables.write().expect("tables lock") = Some(Arc::new(tables));
-                self.recovered();
                 true
             }
             Err(error) => {
