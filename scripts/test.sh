@@ -28,44 +28,45 @@ else
   echo "==> cargo clippy not installed: lints not checked"
 fi
 
-# The PostgreSQL store's tests start a throwaway server (initdb + postgres) unless
-# EXECUTOR_TEST_DATABASE_URL names one; install PostgreSQL where it is missing and we may.
-if [ -z "${EXECUTOR_TEST_DATABASE_URL:-}" ] && ! command -v initdb >/dev/null \
-  && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing PostgreSQL for the store's tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-  else
-    echo "PostgreSQL not found: install it (initdb and postgres) or set EXECUTOR_TEST_DATABASE_URL" >&2
+# install_missing <what needs it> <package>...: installs Debian packages with apt-get as root (or
+# with sudo under CI=true); anywhere else it stops with what to install.
+install_missing() {
+  local why=$1 sudo=""
+  shift
+  if [ "$(id -u)" != 0 ]; then
+    if [ "${CI:-}" = true ] && command -v sudo >/dev/null; then
+      sudo="sudo"
+    else
+      echo "missing: $* ($why); install it and run again" >&2
+      exit 1
+    fi
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "missing: $* ($why), and apt-get is not here to install it" >&2
     exit 1
   fi
+  echo "==> installing $* ($why)"
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# The PostgreSQL store's tests start a throwaway server (initdb + postgres) unless
+# EXECUTOR_TEST_DATABASE_URL names one.
+if [ -z "${EXECUTOR_TEST_DATABASE_URL:-}" ] && ! command -v initdb >/dev/null \
+  && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+  install_missing "the store's tests start a throwaway server; or set EXECUTOR_TEST_DATABASE_URL" postgresql
 fi
 
 # The dashboard's browser test drives Debian's Chromium headless through chromedriver
-# (CHROMIUM / CHROMEDRIVER name other binaries); install both where they are missing and we may.
+# (CHROMIUM / CHROMEDRIVER name other binaries).
 if { [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null; } \
   || { [ -z "${CHROMEDRIVER:-}" ] && ! command -v chromedriver >/dev/null; }; then
-  if { [ "$(id -u)" = 0 ] || [ "${CI:-}" = true ]; } && command -v apt-get >/dev/null; then
-    echo "==> installing Chromium and chromedriver for the dashboard's browser test"
-    sudo_if_needed=""
-    [ "$(id -u)" = 0 ] || sudo_if_needed="sudo"
-    $sudo_if_needed apt-get update -qq \
-      && $sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
-  else
-    echo "Chromium not found: install chromium and chromium-driver, or set CHROMIUM and CHROMEDRIVER" >&2
-    exit 1
-  fi
+  install_missing "the dashboard's browser test; or set CHROMIUM and CHROMEDRIVER" chromium chromium-driver
 fi
 
 # The TLS test of the PostgreSQL store makes its certificates with openssl.
 if ! command -v openssl >/dev/null; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "==> installing openssl for the store's TLS test"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
-  else
-    echo "openssl not found: install it (the PostgreSQL TLS test makes its certificates with it)" >&2
-    exit 1
-  fi
+  install_missing "the store's TLS test makes its certificates with it" openssl
 fi
 
 refs=$(mktemp)

@@ -788,14 +788,18 @@ impl Stack {
         Ok(())
     }
 
+    /// How many executor replicas the stack has (an error when it runs no executor).
+    async fn replica_count(&self) -> Result<usize, StackError> {
+        match self.shared.executors.lock().await.len() {
+            0 => Err(StackError::NoExecutor),
+            replicas => Ok(replicas),
+        }
+    }
+
     /// Starts every executor replica again after [`Stack::stop_executor`]; a no-op for those
     /// that run.
     pub async fn start_executor(&self) -> Result<(), StackError> {
-        let replicas = self.shared.executors.lock().await.len();
-        if replicas == 0 {
-            return Err(StackError::NoExecutor);
-        }
-        for index in 0..replicas {
+        for index in 0..self.replica_count().await? {
             self.start_replica(index).await?;
         }
         Ok(())
@@ -804,11 +808,7 @@ impl Stack {
     /// Stops every executor replica gracefully (each finishes its in-flight work and keeps its
     /// outbox); ports and data directories are kept for [`Stack::start_executor`].
     pub async fn stop_executor(&self) -> Result<(), StackError> {
-        let replicas = self.shared.executors.lock().await.len();
-        if replicas == 0 {
-            return Err(StackError::NoExecutor);
-        }
-        for index in 0..replicas {
+        for index in 0..self.replica_count().await? {
             self.stop_replica(index).await?;
         }
         Ok(())

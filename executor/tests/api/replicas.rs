@@ -39,6 +39,18 @@ impl Replicas {
     fn url(&self, n: usize) -> String {
         self.processes[n % self.processes.len()].url()
     }
+
+    /// Waits until every replica's status reports `depth` events waiting for Bucket.
+    async fn each_reports_bucket_depth(&self, depth: u64) {
+        for process in &self.processes {
+            eventually(secs(20.0), &format!("each replica reports a Bucket outbox of {depth}"), async || {
+                let url = format!("{}/api/integration/status", process.base_url());
+                let status: Value = client().get(url).send().await.ok()?.json().await.ok()?;
+                (status["pillars"]["bucket"]["outbox_depth"] == depth).then_some(())
+            })
+            .await;
+        }
+    }
 }
 
 /// A WhatsApp request whose message names its trace, so the provider's log shows which
@@ -246,37 +258,11 @@ async fn a_bucket_outage_with_three_replicas_loses_nothing_and_delivers_each_eve
         traces.insert(trace);
     }
     // Every replica reports the shared outbox, not its own share of it.
-    for process in &replicas.processes {
-        eventually(secs(20.0), "each replica reports all 60 waiting events", async || {
-            let status: Value = client()
-                .get(format!("{}/api/integration/status", process.base_url()))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (status["pillars"]["bucket"]["outbox_depth"] == 60).then_some(())
-        })
-        .await;
-    }
+    replicas.each_reports_bucket_depth(60).await;
 
     bucket.come_up().await;
     assert_one_event_each([("bucket", &bucket), ("karma", &karma)], &traces).await;
-    for process in &replicas.processes {
-        eventually(secs(20.0), "each replica reports the outbox drained", async || {
-            let status: Value = client()
-                .get(format!("{}/api/integration/status", process.base_url()))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (status["pillars"]["bucket"]["outbox_depth"] == 0).then_some(())
-        })
-        .await;
-    }
+    replicas.each_reports_bucket_depth(0).await;
     assert_eq!(bucket.delivered().len(), 60, "no event was delivered twice");
 }
 
