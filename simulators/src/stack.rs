@@ -299,6 +299,14 @@ impl StackBuilder {
     }
 }
 
+/// Replica `index` of `slots`, or why there is none.
+fn replica_slot(slots: &mut [ExecutorSlot], index: usize) -> Result<&mut ExecutorSlot, StackError> {
+    match slots.len() {
+        0 => Err(StackError::NoExecutor),
+        _ => slots.get_mut(index).ok_or(StackError::NoReplica(index)),
+    }
+}
+
 /// One executor replica (the only one without replicas).
 struct ExecutorSlot {
     addr: SocketAddr,
@@ -381,12 +389,7 @@ impl Shared {
 
     pub(crate) async fn start_replica(&self, index: usize) -> Result<(), StackError> {
         let mut slots = self.executors.lock().await;
-        let replicas = slots.len();
-        let slot = slots.get_mut(index).ok_or(if replicas == 0 {
-            StackError::NoExecutor
-        } else {
-            StackError::NoReplica(index)
-        })?;
+        let slot = replica_slot(&mut slots, index)?;
         if slot.running.is_some() {
             return Ok(());
         }
@@ -426,12 +429,7 @@ impl Shared {
 
     pub(crate) async fn stop_replica(&self, index: usize) -> Result<(), StackError> {
         let mut slots = self.executors.lock().await;
-        let replicas = slots.len();
-        let slot = slots.get_mut(index).ok_or(if replicas == 0 {
-            StackError::NoExecutor
-        } else {
-            StackError::NoReplica(index)
-        })?;
+        let slot = replica_slot(&mut slots, index)?;
         if let Some(front) = &self.front {
             front.set(index, None);
         }
