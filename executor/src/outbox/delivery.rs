@@ -508,13 +508,7 @@ fn describe(error: &reqwest::Error) -> String {
     } else if error.is_connect() {
         "connection failed".into()
     } else {
-        let mut message = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            message = format!("{message}: {cause}");
-            source = cause.source();
-        }
-        message
+        crate::logging::error_chain(error)
     }
 }
 

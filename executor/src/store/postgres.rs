@@ -332,15 +332,7 @@ async fn migrate(client: &mut Object) -> Result<(), String> {
 fn pg_cause(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("the database refused: {} ({})", db.message(), db.code().code()),
-        None => {
-            let mut text = error.to_string();
-            let mut source = std::error::Error::source(error);
-            while let Some(inner) = source {
-                text = format!("{text}: {inner}");
-                source = inner.source();
-            }
-            text
-        }
+        None => crate::logging::error_chain(error),
     }
 }
 
