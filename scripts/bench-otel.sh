@@ -55,16 +55,6 @@ wait_http() { # url, what
   exit 1
 }
 
-cat > "$WORK/post.lua" <<'LUA'
-local threads = 0
-function setup(thread) threads = threads + 1; thread:set("tid", threads) end
-counter = 0
-request = function()
-  counter = counter + 1
-  local body = '{"trace_id":"otel-' .. tid .. '-' .. counter .. '-' .. os.time() .. '","decision":"workflow","data":{"workflow_type":"workflow","payload":{"action_type":"task","title":"Follow up","user_id":"u1"}}}'
-  return wrk.format("POST", "/api/workflow/execute", {["Content-Type"]="application/json"}, body)
-end
-LUA
 
 "$SIM" up --no-executor --ip "$IP" > "$WORK/sim.log" 2>&1 &
 SIM_PID=$!
@@ -87,7 +77,7 @@ run() { # side (off|on), round -> prints "req/s requests"
   local pid=$!
   PIDS+=($pid)
   wait_http "http://$IP:$PORT/healthz" "executor ($side, round $round)"
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$WORK/post.lua" "http://$IP:$PORT/" > "$WORK/wrk-$side-$round.txt"
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" -s scripts/wrk-execute.lua "http://$IP:$PORT/" > "$WORK/wrk-$side-$round.txt"
   local ticks
   ticks=$(cpu_ticks "$pid")
   kill "$pid"

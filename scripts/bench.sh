@@ -104,18 +104,7 @@ ROWS=()
 row() { ROWS+=("$1"); }
 
 if command -v wrk > /dev/null; then
-  # Unique bodies (a replay would be cheaper than an execution).
-  cat > "$WORK/post.lua" <<'LUA'
-local threads = 0
-function setup(thread) threads = threads + 1; thread:set("tid", threads) end
-counter = 0
-request = function()
-  counter = counter + 1
-  local body = '{"trace_id":"wrk-' .. tid .. '-' .. counter .. '-' .. os.time() .. '","decision":"workflow","data":{"workflow_type":"workflow","payload":{"action_type":"task","title":"Follow up","user_id":"u1"}}}'
-  return wrk.format("POST", "/api/workflow/execute", {["Content-Type"]="application/json"}, body)
-end
-LUA
-  wrk_rate() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$WORK/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'; }
+  wrk_rate() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -s scripts/wrk-execute.lua "$1" | awk '/Requests\/sec/ {print $2}'; }
 fi
 
 if command -v wrk > /dev/null && [ "$PG_ONLY" != 1 ]; then
@@ -271,7 +260,7 @@ PG_BIN=$( (command -v initdb > /dev/null && dirname "$(command -v initdb)") || (
 if [ "$PG" = 1 ] && [ -n "$PG_BIN" ] && command -v wrk > /dev/null; then
   echo "==> 7. the PostgreSQL store: one executor, then three replicas (task, telemetry on)"
   wrk_pg() { # connections, url -> req/s
-    wrk -t1 -c"$1" -d"${DURATION}s" -s "$WORK/post.lua" "$2" | awk '/Requests\/sec/ {print $2}'
+    wrk -t1 -c"$1" -d"${DURATION}s" -s scripts/wrk-execute.lua "$2" | awk '/Requests\/sec/ {print $2}'
   }
   pg_base=$(wrk_rate "http://$BASELINE_ADDR/")
   row "| (wrk) baseline handler before the PostgreSQL phase, c=$CONNS | $(printf %.0f "$pg_base") req/s | 1.000 | | |"
