@@ -4,23 +4,7 @@
 //!
 //! Nothing here waits a fixed time or uses a fixed port.
 
+mod poll;
 pub mod postgres;
 
-use std::time::{Duration, Instant};
-
-/// Polls `probe` until it yields a value, failing the test with `what` after `deadline`. The
-/// pause between probes starts at 5 ms and doubles up to 50 ms.
-pub async fn eventually<T>(deadline: Duration, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        if started.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting until {what}");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
+pub use poll::{Probe, eventually};

@@ -4,8 +4,9 @@
 
 use pillar_sim::{Fault, FaultRule, Pillar, Stack};
 use serde_json::{Value, json};
+use test_support::eventually;
 
-use crate::support::{Answer, TestStack, assert_contract, eventually, spawn, workflow};
+use crate::support::{Answer, TestStack, WAIT, assert_contract, spawn, workflow};
 
 fn task(trace: &str) -> Value {
     workflow(trace, json!({"action_type": "task", "title": "Call the bank"}))
@@ -144,7 +145,7 @@ async fn concurrent_duplicates_get_409_and_overload_gets_503() {
         spawn(async move { Answer::read(http.post(url).json(&body).send().await.expect("an answer")).await })
     };
     let in_flight = async |n: f64| {
-        eventually(&format!("{n} execute requests are in flight"), async || {
+        eventually(WAIT, &format!("{n} execute requests are in flight"), async || {
             (app.metric("workflow_in_flight_requests").await == Some(n)).then_some(())
         })
         .await;

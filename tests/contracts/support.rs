@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use pillar_sim::{JournalEntry, JournalQuery, Pillar, Stack, StackBuilder};
 use serde_json::{Map, Value, json};
+use test_support::eventually;
 
 /// How long anything the tests wait for may take.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -226,7 +227,7 @@ impl TestStack {
 
     /// Waits until the executor's integration status satisfies `done`, and returns it.
     pub async fn status_when(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        eventually(what, async || {
+        eventually(WAIT, what, async || {
             let status = self.get("/api/integration/status").await.body;
             done(&status).then_some(status)
         })
@@ -261,18 +262,6 @@ fn parse_http_answer(raw: &[u8]) -> Option<Answer> {
     let body = serde_json::from_str(&body[..length]).unwrap_or_else(|_| Value::String(body[..length].to_owned()));
     let headers = headers.into_iter().filter(|(name, _)| !VOLATILE_HEADERS.contains(&name.as_str())).collect();
     Some(Answer { status, headers, body })
-}
-
-/// Polls `probe` (every 20 ms) until it yields a value, for at most [`WAIT`].
-pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {WAIT:?} waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Runs `future` in the background (for requests that must overlap).

@@ -34,7 +34,7 @@ const CONTRACT_FIELDS: [&str; 13] = [
 /// Waits until Bucket holds at least `n` events for `trace` and the executor has nothing left
 /// to deliver to Bucket, then returns exactly what Bucket holds (which the caller checks).
 pub async fn wait_events(w: &BhivWorld, trace: &str, n: usize) -> Vec<StoredView> {
-    eventually(&format!("Bucket to hold {n} event(s) for {trace}"), WAIT, || async {
+    eventually(WAIT, &format!("Bucket to hold {n} event(s) for {trace}"), || async {
         let events = w.bucket_events_for(trace).await;
         if events.len() < n {
             return Err(format!("{} so far", events.len()));
@@ -172,7 +172,7 @@ async fn sent_to_route(w: &mut BhivWorld, route: String) {
 #[then(expr = "Bucket was sent {trace}'s event {int} times with the same event id")]
 async fn sent_n_times(w: &mut BhivWorld, which: TraceRef, n: usize) {
     let trace = w.trace_of(which);
-    let hits = eventually(&format!("{n} deliveries of {trace}'s event"), WAIT, || async {
+    let hits = eventually(WAIT, &format!("{n} deliveries of {trace}'s event"), || async {
         let hits: Vec<_> =
             w.hits(Some(Pillar::Bucket), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
         if hits.len() >= n { Ok(hits) } else { Err(format!("{} so far", hits.len())) }
@@ -316,7 +316,7 @@ async fn only_appended(w: &mut BhivWorld) {
 pub async fn all_delivered(w: &BhivWorld, exactly_once: bool) {
     assert!(!w.executions.is_empty(), "no workflow was executed");
     let traces: Vec<String> = w.executions.iter().map(|e| e.trace.clone()).collect();
-    eventually("every workflow's events to reach Bucket and Karma", WAIT, || async {
+    eventually(WAIT, "every workflow's events to reach Bucket and Karma", || async {
         let stored = w.bucket_events().await;
         let in_bucket: HashSet<&str> = stored.iter().filter_map(StoredView::trace).collect();
         let missing_bucket = traces.iter().filter(|t| !in_bucket.contains(t.as_str())).count();
@@ -394,7 +394,7 @@ async fn every_exactly_once(w: &mut BhivWorld) {
 #[then(expr = "(eventually )every workflow reaches Bucket at least once")]
 async fn every_at_least_once(w: &mut BhivWorld) {
     let traces: Vec<String> = w.executions.iter().map(|e| e.trace.clone()).collect();
-    eventually("every workflow to reach Bucket", WAIT, || async {
+    eventually(WAIT, "every workflow to reach Bucket", || async {
         let stored = w.bucket_events().await;
         let in_bucket: HashSet<&str> = stored.iter().filter_map(StoredView::trace).collect();
         let missing: Vec<&String> = traces.iter().filter(|t| !in_bucket.contains(t.as_str())).collect();

@@ -38,7 +38,7 @@ async fn executor_health(w: &mut BhivWorld, code: u16) {
 async fn healthz_pillar(w: &mut BhivWorld, pillar: PillarArg, state: String) {
     let url = format!("{}/healthz", w.executor_url());
     let name = sink(pillar.0);
-    eventually(&format!("/healthz to report {} as {state}", pillar_name(pillar.0)), WAIT, || async {
+    eventually(WAIT, &format!("/healthz to report {} as {state}", pillar_name(pillar.0)), || async {
         let reply = w.get(&url).await;
         if reply.status != 200 {
             return Err(format!("/healthz answered {} (it must always answer 200)", reply.status));
@@ -52,7 +52,7 @@ async fn healthz_pillar(w: &mut BhivWorld, pillar: PillarArg, state: String) {
 #[then(expr = "(eventually )the executor's health check says {string}")]
 async fn healthz_status(w: &mut BhivWorld, status: String) {
     let url = format!("{}/healthz", w.executor_url());
-    eventually(&format!("/healthz to say {status}"), WAIT, || async {
+    eventually(WAIT, &format!("/healthz to say {status}"), || async {
         let reply = w.get(&url).await;
         if reply.status == 200 && reply.body["status"] == json!(status) {
             Ok(())
@@ -65,7 +65,7 @@ async fn healthz_status(w: &mut BhivWorld, status: String) {
 
 /// Polls the integration status until `check` accepts the pillar's entry and the alerts.
 async fn status_until(w: &BhivWorld, what: &str, check: impl Fn(&Value, &[Value]) -> Result<(), String>) {
-    eventually(what, WAIT, || async {
+    eventually(WAIT, what, || async {
         let status = w.executor_status().await;
         let alerts = status["alerts"].as_array().cloned().unwrap_or_default();
         check(&status["pillars"], &alerts).map_err(|e| format!("{e} in {status}"))
@@ -133,7 +133,7 @@ async fn no_alerts(w: &mut BhivWorld) {
 
 #[then(expr = "(eventually )the metric {string} reads {float}")]
 async fn metric_reads(w: &mut BhivWorld, series: String, value: f64) {
-    eventually(&format!("{series} to read {value}"), WAIT, || async {
+    eventually(WAIT, &format!("{series} to read {value}"), || async {
         let text = w.executor_metrics().await;
         match metric_value(&text, &series) {
             Some(v) if (v - value).abs() < 1e-9 => Ok(()),
@@ -145,7 +145,7 @@ async fn metric_reads(w: &mut BhivWorld, series: String, value: f64) {
 
 #[then(expr = "(eventually )the metric {string} is at least {float}")]
 async fn metric_at_least(w: &mut BhivWorld, series: String, value: f64) {
-    eventually(&format!("{series} to reach {value}"), WAIT, || async {
+    eventually(WAIT, &format!("{series} to reach {value}"), || async {
         let text = w.executor_metrics().await;
         match metric_value(&text, &series) {
             Some(v) if v >= value => Ok(()),

@@ -54,7 +54,7 @@ async fn sent_times(w: &mut BhivWorld, pillar: PillarArg, which: TraceRef, n: us
     let posts = || async {
         w.hits(Some(pillar.0), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect::<Vec<Hit>>()
     };
-    eventually(&format!("{n} deliveries to {}", pillar_name(pillar.0)), WAIT, || async {
+    eventually(WAIT, &format!("{n} deliveries to {}", pillar_name(pillar.0)), || async {
         let hits = posts().await;
         if hits.len() >= n { Ok(()) } else { Err(format!("{} so far", hits.len())) }
     })
@@ -85,7 +85,7 @@ async fn provider_carried(w: &mut BhivWorld, action: Action, which: TraceRef) {
             traceparent_parts(traceparent);
         }
         Action::Email => {
-            let mail = eventually("the mail to reach the SMTP sink", WAIT, || async {
+            let mail = eventually(WAIT, "the mail to reach the SMTP sink", || async {
                 w.mails()
                     .await
                     .into_iter()
@@ -218,7 +218,7 @@ async fn called_nothing_but(w: &mut BhivWorld, step: &Step) {
 #[then(expr = "the executor tried {pillar} again between {int} and {int} ms after its first attempt")]
 async fn tried_again(w: &mut BhivWorld, pillar: PillarArg, least: u64, most: u64) {
     let trace = w.last_trace();
-    let attempts = eventually("two delivery attempts", WAIT, || async {
+    let attempts = eventually(WAIT, "two delivery attempts", || async {
         let hits: Vec<Hit> =
             w.hits(Some(pillar.0), Some(&trace)).await.into_iter().filter(|h| h.method == "POST").collect();
         if hits.len() >= 2 { Ok(hits) } else { Err(format!("{} so far", hits.len())) }

@@ -93,7 +93,7 @@ async fn workflows_sequence(w: &mut BhivWorld, sequence: String) {
 #[then(expr = "(eventually )Karma has applied {int} event(s) for the user")]
 async fn applied_events(w: &mut BhivWorld, n: u64) {
     let user = w.user.clone();
-    let view = eventually(&format!("Karma to apply {n} events for {user}"), WAIT, || async {
+    let view = eventually(WAIT, &format!("Karma to apply {n} events for {user}"), || async {
         match w.karma_user(&user).await {
             Some(v) if v.total_actions >= n => Ok(v),
             other => Err(format!("{other:?}")),

@@ -123,7 +123,7 @@ async fn core_to_hanging(w: &mut BhivWorld) {
 #[then(expr = "Core hung up on it between {int} and {int} ms after connecting")]
 async fn core_hung_up(w: &mut BhivWorld, least: u64, most: u64) {
     let hanging = w.hanging.as_ref().expect("a hanging service");
-    let waited = eventually("Core to hang up", WAIT, || async {
+    let waited = eventually(WAIT, "Core to hang up", || async {
         hanging.waits().first().copied().ok_or_else(|| "Core is still waiting".to_owned())
     })
     .await;
@@ -157,7 +157,7 @@ async fn pillars_without_executor(w: &mut BhivWorld) {
 async fn start_in_order(w: &mut BhivWorld) {
     for (name, url) in [("Karma", w.karma_url()), ("Bucket", w.bucket_url()), ("Core", w.core_url())] {
         let health = format!("{url}/health");
-        eventually(&format!("{name} to answer its health check"), WAIT, || async {
+        eventually(WAIT, &format!("{name} to answer its health check"), || async {
             match w.http.get(&health).send().await {
                 Ok(r) if r.status().is_success() => Ok(()),
                 Ok(r) => Err(format!("HTTP {}", r.status())),
@@ -168,7 +168,7 @@ async fn start_in_order(w: &mut BhivWorld) {
     }
     w.start_own_executor().await;
     let url = w.executor_url();
-    eventually("the executor to answer its health check", WAIT, || async {
+    eventually(WAIT, "the executor to answer its health check", || async {
         match w.http.get(format!("{url}/healthz")).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
             other => Err(format!("{other:?}")),

@@ -13,29 +13,10 @@ use serde_json::Value;
 /// reached) before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
-/// How often [`eventually`] re-checks.
+/// How often [`stays`] re-checks.
 const POLL: Duration = Duration::from_millis(20);
 
-/// Polls `check` until it returns `Ok`, for at most `timeout`; panics with `what` and the last
-/// reason when the deadline passes.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match tokio::time::timeout_at(deadline, check()).await {
-            Ok(Ok(value)) => return value,
-            Ok(Err(reason)) => reason,
-            Err(_) => "the check itself did not finish in time".to_owned(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            panic!("{what}: still not true after {timeout:?}: {last}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
+pub use test_support::eventually;
 
 /// Checks that `check` keeps returning `Ok` for `window` (polling); panics on the first `Err`.
 /// Used only to show that something does *not* happen, after a positive control showed that

@@ -40,7 +40,7 @@ fn delivered(spans: &[Value], sink: &str) -> usize {
 #[then("the trace of that execution shows the provider call and one delivery to each pillar")]
 async fn trace_shows_call_and_deliveries(w: &mut BhivWorld) {
     let trace = w.last_execution_trace();
-    let spans = eventually("the execution's spans reach the simulator", WAIT, || async {
+    let spans = eventually(WAIT, "the execution's spans reach the simulator", || async {
         let spans = w.spans(&trace).await;
         let complete = !named(&spans, "workflow").is_empty()
             && !named(&spans, "provider call").is_empty()
@@ -63,7 +63,7 @@ async fn trace_shows_call_and_deliveries(w: &mut BhivWorld) {
 #[then("the trace of that execution shows failed delivery attempts to Bucket before the delivery")]
 async fn trace_shows_failed_attempts(w: &mut BhivWorld) {
     let trace = w.last_execution_trace();
-    let spans = eventually("Bucket's delivery span reaches the simulator", WAIT, || async {
+    let spans = eventually(WAIT, "Bucket's delivery span reaches the simulator", || async {
         let spans = w.spans(&trace).await;
         if delivered(&spans, "bucket") == 1 { Ok(spans) } else { Err(format!("spans so far: {spans:?}")) }
     })

@@ -659,7 +659,7 @@ impl BhivWorld {
             let entry = found.unwrap_or_else(|| panic!("{what}: nothing like it in the journal within {timeout:?}"));
             return serde_json::from_value(serde_json::to_value(entry).expect("serializable")).expect("entry");
         }
-        eventually(what, timeout, || async {
+        eventually(timeout, what, || async {
             self.hits(None, None).await.into_iter().find(|h| wanted(h)).ok_or_else(|| "not yet".to_owned())
         })
         .await
@@ -787,7 +787,7 @@ impl BhivWorld {
 
     /// Waits for every timeline to finish, then clears the rules of `pillar` (all when `None`).
     pub async fn clear_faults(&self, pillar: Option<Pillar>) {
-        eventually("the fault timelines to finish", WAIT, || async {
+        eventually(WAIT, "the fault timelines to finish", || async {
             let unfinished = if self.is_external() {
                 let all = self.control_get("/scenarios").await;
                 all["scenarios"].as_array().map_or(0, |s| s.iter().filter(|s| s["finished"] != json!(true)).count())
