@@ -30,8 +30,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
+use crate::faults::scenario::Scenario;
 use crate::pillar::{Pillar, Profile};
-use crate::scenario::Scenario;
 use crate::stack::{Ports, Stack, StackError};
 
 /// The default control API address.
@@ -149,8 +149,8 @@ pub struct UpArgs {
 
 impl UpArgs {
     /// The store limits the flags ask for, over the defaults.
-    pub fn store_limits(&self) -> crate::bounded::StoreLimits {
-        let mut limits = crate::bounded::StoreLimits::default();
+    pub fn store_limits(&self) -> crate::record::bounded::StoreLimits {
+        let mut limits = crate::record::bounded::StoreLimits::default();
         let mib = |n: usize| n.saturating_mul(1024 * 1024);
         if let Some(n) = self.journal_entries {
             limits.journal.entries = n;
@@ -346,13 +346,13 @@ pub struct DriveArgs {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// How long to send, e.g. `10s`.
-    #[arg(long, default_value = "10s", value_parser = crate::schema::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::faults::schema::parse_duration)]
     pub duration: Duration,
     /// Action mix, e.g. `task=3,whatsapp=1` (task, whatsapp, email, ai).
     #[arg(long, default_value = "task")]
     pub mix: String,
     /// Per-request timeout.
-    #[arg(long, default_value = "5s", value_parser = crate::schema::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = crate::faults::schema::parse_duration)]
     pub timeout: Duration,
     /// Bearer token for the executor.
     #[arg(long, env = "WORKFLOW_EXECUTOR_TOKEN")]
@@ -364,7 +364,7 @@ pub struct DriveArgs {
     #[arg(long, value_name = "FILE")]
     pub check_only: Option<PathBuf>,
     /// How long the check waits for deliveries.
-    #[arg(long, default_value = "120s", value_parser = crate::schema::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = crate::faults::schema::parse_duration)]
     pub check_patience: Duration,
     /// Bucket's URL, for the check.
     #[arg(long, default_value = "http://127.0.0.1:8001")]
@@ -466,7 +466,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 print_json(&trace);
             } else {
-                print!("{}", crate::traces::waterfall(&trace, 40));
+                print!("{}", crate::record::traces::waterfall(&trace, 40));
             }
             Ok(())
         }
@@ -637,7 +637,7 @@ async fn scenario(control: &ControlClient, command: ScenarioCommand) -> Result<(
                         "{id}: step {}/{} at {}: {}",
                         index + 1,
                         parsed.steps.len(),
-                        crate::schema::format_duration(step.at),
+                        crate::faults::schema::format_duration(step.at),
                         describe_step(&step.action)
                     );
                 }
@@ -662,12 +662,12 @@ async fn scenario(control: &ControlClient, command: ScenarioCommand) -> Result<(
 }
 
 /// One line about what a scenario step does.
-fn describe_step(action: &crate::scenario::StepAction) -> String {
-    use crate::scenario::{Clear, StepAction};
+fn describe_step(action: &crate::faults::scenario::StepAction) -> String {
+    use crate::faults::scenario::{Clear, StepAction};
     match action {
         StepAction::Fault(rule) => {
             let lasting =
-                rule.lasting.map(|d| format!(" for {}", crate::schema::format_duration(d))).unwrap_or_default();
+                rule.lasting.map(|d| format!(" for {}", crate::faults::schema::format_duration(d))).unwrap_or_default();
             format!(
                 "set {} ({} {}{}{lasting})",
                 rule.id.as_deref().unwrap_or("?"),

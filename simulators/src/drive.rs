@@ -260,7 +260,7 @@ fn bucket_body(trace_id: &str, product: &str) -> Value {
     json!({"requester_id": "workflow_executor", "event_data": {
         "event_type": "workflow_execution", "event_id": uuid::Uuid::new_v4().to_string(), "trace_id": trace_id,
         "action_type": "task", "status": "success", "execution_result": {"success": true, "trace_id": trace_id},
-        "timestamp": crate::wire::now_rfc3339(), "user_id": "drive-user", "product": product, "duration_ms": 1,
+        "timestamp": crate::serving::wire::now_rfc3339(), "user_id": "drive-user", "product": product, "duration_ms": 1,
         "metadata": {}}})
 }
 

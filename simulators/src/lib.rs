@@ -75,38 +75,26 @@
 //!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
 //! - [`drive`]: the load driver and the baseline handler the benchmarks compare with.
 
-pub mod bounded;
-pub mod bucket;
 pub mod cli;
-pub mod control;
-pub mod core;
-mod dashboard;
 pub mod drive;
-pub mod fault;
-mod front;
-mod injector;
-pub mod journal;
-pub mod karma;
-mod listener;
-mod metrics;
-mod middleware;
-pub mod pillar;
-pub mod providers;
-mod rng;
-pub mod scenario;
-pub mod schema;
-mod sim;
-pub mod smtp;
-pub mod stack;
-pub mod traces;
-mod wire;
+mod fakes;
+mod faults;
+mod pillar;
+mod record;
+mod serving;
+mod stack;
 
-pub use bounded::{Limits, Page, StoreLimits};
-pub use fault::{Fault, FaultRule, Latency};
-pub use injector::{AppliedFault, RuleStatus};
-pub use journal::{Journal, JournalEntry, JournalQuery, Outcome};
-pub use pillar::{Pillar, Profile};
-pub use scenario::{Scenario, ScenarioStatus};
-pub use schema::SpecError;
+pub use fakes::bucket::{Bucket, ChainReport, GENESIS_HASH, StoredEvent, canonical_json};
+pub use fakes::core::Core;
+pub use fakes::karma::{AppliedEvent, Balances, Karma, KarmaLimits, KarmaUser, QTable};
+pub use fakes::providers::{ChatRequest, Providers, WhatsAppMessage};
+pub use fakes::smtp::{SmtpMessage, SmtpSink};
+pub use faults::fault::{Fault, FaultRule, Latency};
+pub use faults::injector::{AppliedFault, RuleStatus};
+pub use faults::scenario::{Clear, Scenario, ScenarioStatus, Step, StepAction};
+pub use faults::schema::SpecError;
+pub use pillar::{Pillar, Profile, UnknownName};
+pub use record::bounded::{Limits, Page, StoreLimits};
+pub use record::journal::{Journal, JournalEntry, JournalQuery, Outcome};
+pub use record::traces::{SpanRecord, TraceSummary, TraceView, Traces};
 pub use stack::{Faults, Ports, ReplicaStatus, Stack, StackBuilder, StackError};
-pub use traces::{SpanRecord, TraceView, Traces};

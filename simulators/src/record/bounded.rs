@@ -39,7 +39,7 @@ pub struct StoreLimits {
     /// Bucket's events.
     pub bucket: Limits,
     /// Karma's applied events (`entries`/`bytes`) and users.
-    pub karma: crate::karma::KarmaLimits,
+    pub karma: crate::fakes::karma::KarmaLimits,
     /// Each provider's log (WhatsApp messages; chat completions).
     pub providers: Limits,
     /// The SMTP sink's messages.
@@ -49,11 +49,11 @@ pub struct StoreLimits {
 impl Default for StoreLimits {
     fn default() -> Self {
         Self {
-            journal: crate::journal::DEFAULT_LIMITS,
-            bucket: crate::bucket::DEFAULT_LIMITS,
-            karma: crate::karma::DEFAULT_LIMITS,
-            providers: crate::providers::DEFAULT_LIMITS,
-            smtp: crate::smtp::DEFAULT_LIMITS,
+            journal: crate::record::journal::DEFAULT_LIMITS,
+            bucket: crate::fakes::bucket::DEFAULT_LIMITS,
+            karma: crate::fakes::karma::DEFAULT_LIMITS,
+            providers: crate::fakes::providers::DEFAULT_LIMITS,
+            smtp: crate::fakes::smtp::DEFAULT_LIMITS,
         }
     }
 }

@@ -46,9 +46,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::pillar::Profile;
-use crate::wire::{self, Expect, TraceId};
+use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
+use crate::serving::wire::{self, Expect, TraceId};
 
 /// The requesters Bucket accepts events from.
 pub const ALLOWED_REQUESTERS: [&str; 3] = ["bhiv_core", "workflow_executor", "unified_action_orchestrator"];

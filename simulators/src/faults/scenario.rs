@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Each step happens `at` an offset from the start and either sets a fault rule (the same schema
-//! as everywhere, see [`crate::fault`]; the step may carry the rule's `for` itself, as in
+//! as everywhere, see [`crate::faults::fault`]; the step may carry the rule's `for` itself, as in
 //! `{"at": "10s", "for": "20s", "fault": {…}}`) or clears rules: `"clear": "all"`, `{"id": "…"}` or
 //! `{"pillar": "…"}`. A rule without an id is named `<scenario name>-<step index>`, so runs are
 //! reproducible and later steps can clear it. Steps run in `at` order; the runner sleeps on
@@ -37,10 +37,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::fault::FaultRule;
+use crate::faults::fault::FaultRule;
+use crate::faults::schema::{Fields, SpecError, format_duration, type_name};
 use crate::pillar::Pillar;
-use crate::schema::{Fields, SpecError, format_duration, type_name};
-use crate::sim::Sim;
+use crate::serving::sim::Sim;
 
 /// The most steps a scenario may have.
 const MAX_STEPS: usize = 1_000;
@@ -356,7 +356,7 @@ async fn drive(sim: Arc<Sim>, run: Arc<ScenarioRun>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::Fault;
+    use crate::faults::fault::Fault;
     use serde_json::json;
 
     #[test]
@@ -427,7 +427,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timeline_sets_and_clears_rules_on_time() {
-        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
+        let sim = Arc::new(Sim::new(1, crate::record::bounded::Limits::new(10, 1)));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "outage", "steps": [
             {"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse", "for": "10s"}},
@@ -453,7 +453,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancelling_clears_what_the_run_set() {
-        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
+        let sim = Arc::new(Sim::new(1, crate::record::bounded::Limits::new(10, 1)));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "c", "steps": [
             {"at": "0s", "fault": {"pillar": "karma", "kind": "blackhole"}},

@@ -49,7 +49,7 @@ use workflow_executor::client::{ClientSettings, WorkflowClient};
 use workflow_executor::config::ConfigError;
 
 use crate::pillar::Profile;
-use crate::wire::{self, Expect, TraceId};
+use crate::serving::wire::{self, Expect, TraceId};
 
 /// The agents Core lists as available.
 const AGENTS: [&str; 3] = ["edumentor_agent", "vedas_agent", "wellness_agent"];
@@ -198,8 +198,8 @@ impl Core {
             .route("/", get(root))
             .route("/health", get(health))
             .route("/handle_task", post(handle_task))
-            .fallback(crate::bucket::not_found)
-            .method_not_allowed_fallback(crate::bucket::method_not_allowed)
+            .fallback(crate::fakes::bucket::not_found)
+            .method_not_allowed_fallback(crate::fakes::bucket::method_not_allowed)
             .with_state(self)
     }
 }

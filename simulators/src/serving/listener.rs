@@ -37,9 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::injector::Refusal;
+use crate::faults::injector::Refusal;
 use crate::pillar::Pillar;
-use crate::sim::Sim;
+use crate::serving::sim::Sim;
 
 /// How long open HTTP connections get to finish when the stack stops.
 const GRACE: Duration = Duration::from_secs(2);

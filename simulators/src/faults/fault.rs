@@ -41,10 +41,10 @@ use futures_util::stream;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
-use crate::listener::Connection;
+use crate::faults::rng::Draws;
+use crate::faults::schema::{Fields, SpecError, format_duration};
 use crate::pillar::Pillar;
-use crate::rng::Draws;
-use crate::schema::{Fields, SpecError, format_duration};
+use crate::serving::listener::Connection;
 
 /// The longest latency a rule may inject (ten minutes).
 pub const MAX_LATENCY_MS: f64 = 600_000.0;
@@ -489,7 +489,7 @@ impl FaultRule {
             return Err(SpecError::new("probability", format!("must be between 0 and 1, got {}", self.probability)));
         }
         if let Some(d) = self.lasting
-            && (d.is_zero() || d > crate::schema::MAX_DURATION)
+            && (d.is_zero() || d > crate::faults::schema::MAX_DURATION)
         {
             return Err(SpecError::new("for", "must be longer than zero and at most 24h"));
         }

@@ -11,7 +11,7 @@
 //!
 //! **Replicas.** [`StackBuilder::executor_replicas`] runs several executors on one shared
 //! PostgreSQL store (`EXECUTOR_STORE_URL`, required then), each on its own loopback port, behind a
-//! round-robin front on the executor's port ([`crate::front`]); [`Stack::stop_replica`] and
+//! round-robin front on the executor's port ([`crate::serving::front`]); [`Stack::stop_replica`] and
 //! [`Stack::start_replica`] (and the control API's `/executor/replicas` routes) let a user watch
 //! the others take over.
 
@@ -26,21 +26,21 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bounded::{Limits, StoreLimits};
-use crate::bucket::Bucket;
-use crate::core::Core;
-use crate::fault::FaultRule;
-use crate::front::Front;
-use crate::injector::RuleStatus;
-use crate::journal::Journal;
-use crate::karma::Karma;
-use crate::listener::{HttpHandler, supervise};
+use crate::fakes::bucket::Bucket;
+use crate::fakes::core::Core;
+use crate::fakes::karma::Karma;
+use crate::fakes::providers::Providers;
+use crate::fakes::smtp::{SmtpHandler, SmtpSink};
+use crate::faults::fault::FaultRule;
+use crate::faults::injector::RuleStatus;
+use crate::faults::scenario::{Scenario, ScenarioStatus, Scenarios};
+use crate::faults::schema::SpecError;
 use crate::pillar::{Pillar, Profile};
-use crate::providers::Providers;
-use crate::scenario::{Scenario, ScenarioStatus, Scenarios};
-use crate::schema::SpecError;
-use crate::sim::Sim;
-use crate::smtp::{SmtpHandler, SmtpSink};
+use crate::record::bounded::{Limits, StoreLimits};
+use crate::record::journal::Journal;
+use crate::serving::front::Front;
+use crate::serving::listener::{HttpHandler, supervise};
+use crate::serving::sim::Sim;
 
 /// How long each service gets to become healthy at start.
 const HEALTH_DEADLINE: Duration = Duration::from_secs(15);
@@ -615,7 +615,7 @@ impl Stack {
                         Pillar::Core => core.clone().router(),
                         _ => providers.clone().router(),
                     };
-                    let router = crate::middleware::faulted(router, pillar, sim.clone());
+                    let router = crate::serving::middleware::faulted(router, pillar, sim.clone());
                     tokio::spawn(supervise(pillar, listener, sim.clone(), HttpHandler(router), token))
                 }
             };
@@ -676,7 +676,7 @@ impl Stack {
 
         stack.control_addr = if let Some(listener) = control_listener {
             let addr = listener.local_addr().expect("bound");
-            let router = crate::control::router(shared.clone());
+            let router = crate::stack::control::router(shared.clone());
             let token = shutdown.clone();
             let server = tokio::spawn(async move {
                 let serve = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
@@ -898,7 +898,7 @@ impl Stack {
     }
 
     /// The spans the control port's OTLP receiver got (the executor's, by default).
-    pub fn traces(&self) -> &crate::traces::Traces {
+    pub fn traces(&self) -> &crate::record::traces::Traces {
         &self.shared.sim.traces
     }
 

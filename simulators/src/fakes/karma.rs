@@ -67,9 +67,9 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::pillar::Profile;
-use crate::wire::{self, Expect, TraceId};
+use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
+use crate::serving::wire::{self, Expect, TraceId};
 
 /// The learning rate.
 pub const ALPHA: f64 = 0.15;
@@ -746,7 +746,7 @@ async fn post_event(State(karma): State<Arc<Karma>>, headers: HeaderMap, uri: Ur
     if !errors.is_empty() {
         return invalid(errors);
     }
-    let trace = crate::journal::trace_from_value(&body);
+    let trace = crate::record::journal::trace_from_value(&body);
     let mut response = handle_event(&karma, profile, &body, &headers, path, trace.clone());
     if let Some(trace) = trace {
         response.extensions_mut().insert(TraceId(trace));

@@ -3,12 +3,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::bounded::Limits;
-use crate::injector::FaultSet;
-use crate::journal::Journal;
-use crate::metrics::Metrics;
-use crate::rng;
-use crate::traces::Traces;
+use crate::faults::injector::FaultSet;
+use crate::faults::rng;
+use crate::record::bounded::Limits;
+use crate::record::journal::Journal;
+use crate::record::traces::Traces;
+use crate::serving::metrics::Metrics;
 
 /// The shared state of one stack (held in an `Arc` by every server).
 #[derive(Debug)]
