@@ -75,8 +75,6 @@
 //!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
 //! - [`drive`]: the load driver and the baseline handler the benchmarks compare with.
 
-pub mod cli;
-pub mod drive;
 mod fakes;
 mod faults;
 mod pillar;
@@ -92,9 +90,9 @@ pub use fakes::smtp::{SmtpMessage, SmtpSink};
 pub use faults::fault::{Fault, FaultRule, Latency};
 pub use faults::injector::{AppliedFault, RuleStatus};
 pub use faults::scenario::{Clear, Scenario, ScenarioStatus, Step, StepAction};
-pub use faults::schema::SpecError;
+pub use faults::schema::{SpecError, format_duration, parse_duration};
 pub use pillar::{Pillar, Profile, UnknownName};
 pub use record::bounded::{Limits, Page, StoreLimits};
 pub use record::journal::{Journal, JournalEntry, JournalQuery, Outcome};
-pub use record::traces::{SpanRecord, TraceSummary, TraceView, Traces};
+pub use record::traces::{SpanRecord, TraceSummary, TraceView, Traces, waterfall};
 pub use stack::{Faults, Ports, ReplicaStatus, Stack, StackBuilder, StackError};
