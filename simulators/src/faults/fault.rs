@@ -44,7 +44,6 @@ use serde_json::{Map, Value, json};
 use crate::faults::rng::Draws;
 use crate::faults::schema::{Fields, SpecError, format_duration};
 use crate::pillar::Pillar;
-use crate::serving::listener::Connection;
 
 /// The longest latency a rule may inject (ten minutes).
 pub const MAX_LATENCY_MS: f64 = 600_000.0;
@@ -182,7 +181,14 @@ pub(crate) enum Action {
 
 /// Rewrites an answer on its way out: its head (to adjust), its buffered body, and the
 /// connection it leaves on (absent on in-process calls).
-pub(crate) type Spoil = Box<dyn FnOnce(&mut Parts, Bytes, Option<&Connection>) -> Body + Send>;
+pub(crate) type Spoil = Box<dyn FnOnce(&mut Parts, Bytes, Option<&dyn ConnectionControl>) -> Body + Send>;
+
+/// What a body fault can do to the connection an answer leaves on. The serving layer's
+/// per-connection handle implements it, so the fault model does not depend on the serving layer.
+pub(crate) trait ConnectionControl {
+    /// Lets `bytes` more bytes out, then ends the connection (a close, not a reset).
+    fn drop_after(&self, bytes: u64);
+}
 
 /// What a fault does when it hits.
 pub(crate) enum Effect {

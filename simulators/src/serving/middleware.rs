@@ -17,7 +17,7 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use crate::faults::fault::Spoil;
+use crate::faults::fault::{ConnectionControl, Spoil};
 use crate::faults::injector::{Action, Decision};
 use crate::pillar::Pillar;
 use crate::record::journal::{BODY_LIMIT, Outcome, Record, selected_headers, trace_from_body};
@@ -136,6 +136,6 @@ async fn spoiled(response: Response, spoil: Spoil, connection: Option<&Connectio
     let Ok(bytes) = to_bytes(body, RESPONSE_LIMIT).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let body = spoil(&mut parts, bytes, connection);
+    let body = spoil(&mut parts, bytes, connection.map(|c| c as &dyn ConnectionControl));
     Response::from_parts(parts, body)
 }

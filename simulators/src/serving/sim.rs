@@ -1,6 +1,7 @@
 //! What every fake of one stack shares: the seed, the fault set, the journal, the metrics and the
 //! received traces.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::faults::injector::FaultSet;
@@ -14,7 +15,7 @@ use crate::serving::metrics::Metrics;
 #[derive(Debug)]
 pub(crate) struct Sim {
     pub seed: u64,
-    pub faults: FaultSet,
+    pub faults: Arc<FaultSet>,
     pub journal: Journal,
     pub metrics: Metrics,
     pub traces: Traces,
@@ -25,7 +26,7 @@ impl Sim {
     pub(crate) fn new(seed: u64, journal: Limits) -> Self {
         Self {
             seed,
-            faults: FaultSet::new(seed),
+            faults: Arc::new(FaultSet::new(seed)),
             journal: Journal::new(journal),
             metrics: Metrics::new(),
             traces: Traces::default(),

@@ -60,7 +60,7 @@ use crate::faults::schema::{Fields, SpecError};
 use crate::pillar::{Pillar, Profile};
 use crate::record::journal::JournalQuery;
 use crate::serving::wire;
-use crate::stack::builder::{Shared, StackError};
+use crate::stack::state::{Shared, StackError};
 
 type Control = State<Arc<Shared>>;
 
@@ -362,7 +362,7 @@ async fn run_scenario(State(shared): Control, body: Bytes) -> Response {
     };
     match Scenario::from_json(&value) {
         Ok(scenario) => {
-            let status = shared.scenarios.start(shared.sim.clone(), scenario, &shared.shutdown);
+            let status = shared.scenarios.start(shared.sim.faults.clone(), scenario, &shared.shutdown);
             wire::json_response(StatusCode::ACCEPTED, &json!(status))
         }
         Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
@@ -387,7 +387,7 @@ async fn get_scenario(State(shared): Control, Path(id): Path<String>) -> Respons
 async fn cancel_scenario(State(shared): Control, Path(id): Path<String>) -> Response {
     match shared.scenarios.get(&id) {
         Some(run) => {
-            run.cancel(&shared.sim);
+            run.cancel(&shared.sim.faults);
             ok(&json!(run.status()))
         }
         None => unknown_scenario(&id),

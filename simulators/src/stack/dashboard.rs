@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::pillar::Pillar;
 use crate::record::journal::JournalQuery;
 use crate::serving::wire;
-use crate::stack::builder::Shared;
+use crate::stack::state::Shared;
 
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");
