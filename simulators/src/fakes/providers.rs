@@ -59,7 +59,7 @@ pub struct ChatRequest {
 }
 
 /// The default limits of each provider's log: 5,000 entries, 8 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 8);
+pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(5_000, 8);
 
 /// The providers' state; reach it through [`crate::Stack::providers`].
 #[derive(Debug)]

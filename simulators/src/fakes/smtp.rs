@@ -68,7 +68,7 @@ fn header_in<'a>(data: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The sink's default limits: 5,000 messages, 16 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 16);
+pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(5_000, 16);
 
 /// The sink's state; reach it through [`crate::Stack::smtp`].
 #[derive(Debug)]

@@ -22,10 +22,12 @@
 //! | `malformed_json` | — | the body is cut into JSON that does not parse (with a correct `Content-Length`) |
 //! | `drop_after` | `bytes` (0 or more) | the first `bytes` bytes of the answer (head included) are sent, then the connection closes (EOF) |
 //!
-//! **Adding a kind.** A kind is its variant of [`Fault`] (serde derives its JSON: the variant's
-//! snake_case name is `kind`, its fields are the parameters) and its arm in `Fault::define` (its
-//! checks and its effect: a delay, an early end, a body spoiler, or the whole port), plus its flag
-//! in the CLI's `FaultRuleArgs` when it has a parameter; and its line in the table above.
+//! **Adding a kind.** A kind is its variant of [`Fault`] in `src/faults/fault.rs` (serde derives
+//! its JSON: the variant's snake_case name is `kind`, its fields are the parameters) and its arm
+//! in `Fault::define` there (its checks and its effect: a delay, an early end, a body spoiler, or
+//! the whole port, applied by `src/serving/middleware.rs` and `src/serving/listener.rs`), plus its
+//! flag in the binary's `FaultRuleArgs` (`src/cli.rs`) when it has a parameter; and its line in
+//! the table above.
 //!
 //! `route` is an exact path, or a prefix when it ends with `*` (`/core/*`). A `refuse` rule covers
 //! the whole port, so it takes no route, method, probability or count. For the SMTP sink a
@@ -46,7 +48,7 @@ use crate::faults::schema::{Fields, SpecError, format_duration};
 use crate::pillar::Pillar;
 
 /// The longest latency a rule may inject (ten minutes).
-pub const MAX_LATENCY_MS: f64 = 600_000.0;
+pub(crate) const MAX_LATENCY_MS: f64 = 600_000.0;
 
 /// z-score of the 99th percentile of the standard normal distribution.
 const Z_99: f64 = 2.326_347_874_040_841;
@@ -134,7 +136,7 @@ fn latency_with_default_dist<'de, D: Deserializer<'de>>(deserializer: D) -> Resu
 }
 
 /// What goes wrong: one variant per fault kind. Its JSON shape (the `kind` tag and its
-/// parameters) is derived; its checks and its effect are its arm in [`Fault::define`].
+/// parameters) is derived; its checks and its effect are its arm in `Fault::define`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {

@@ -122,7 +122,7 @@ pub(crate) enum Refusal {
 }
 
 /// The most rules a stack holds at once.
-pub const MAX_RULES: usize = 1_000;
+pub(crate) const MAX_RULES: usize = 1_000;
 
 /// Why a rule was not added.
 #[derive(Debug, thiserror::Error)]

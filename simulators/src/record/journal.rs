@@ -23,13 +23,13 @@ use crate::pillar::Pillar;
 use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 
 /// The most body bytes an entry keeps.
-pub const BODY_LIMIT: usize = 16 * 1024;
+pub(crate) const BODY_LIMIT: usize = 16 * 1024;
 
 /// The default number of entries kept.
-pub const DEFAULT_CAPACITY: usize = 5_000;
+pub(crate) const DEFAULT_CAPACITY: usize = 5_000;
 
 /// The journal's default limits: 5,000 entries, 24 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(DEFAULT_CAPACITY, 24);
+pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(DEFAULT_CAPACITY, 24);
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,7 +62,7 @@ pub struct JournalEntry {
     pub headers: BTreeMap<String, String>,
     /// The body: JSON when it parses, else text; `null` when empty.
     pub body: Value,
-    /// Whether the body was longer than [`BODY_LIMIT`] and was cut.
+    /// Whether the body was longer than the journal's body limit (16 KiB) and was cut.
     pub body_truncated: bool,
     /// The status sent (the SMTP reply code for the sink); none when no answer was sent.
     pub status: Option<u16>,

@@ -139,9 +139,9 @@ async fn json_errors(response: Response) -> Response {
 const BODY_LIMIT_TEXT: &str = "2 MiB";
 
 /// Entries per page when the request names no `limit`.
-pub const DEFAULT_PAGE: usize = 100;
+pub(crate) const DEFAULT_PAGE: usize = 100;
 /// The largest `limit` a list route accepts.
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 /// `after`, `limit` and the filters of a list route.
 #[derive(Debug, Default)]

@@ -233,7 +233,7 @@ impl Shared {
     }
 }
 
-/// One executor replica, as [`Stack::replicas`] and `GET /executor/replicas` report it.
+/// One executor replica, as [`crate::Stack::replicas`] and `GET /executor/replicas` report it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReplicaStatus {
     /// Its number, from 0.
