@@ -68,7 +68,9 @@
 //!   (seed, rule, match index); `scenario.rs` timelines of rules ([`Scenario`]).
 //! - `record/`: what a stack remembers, bounded: `journal.rs` the request journal ([`Journal`]),
 //!   `traces.rs` the OTLP/HTTP receiver's span store and the terminal waterfall ([`Traces`]),
-//!   `bounded.rs` the bounded log behind them and every fake's store ([`Limits`], [`Page`]).
+//!   `bounded.rs` the bounded log behind them and every fake's store ([`Limits`], [`Page`]). A
+//!   folder of its own, below `serving/` (which journals every request) and `fakes/` (whose
+//!   stores are bounded logs); the OTLP receiver is here, not in `fakes/`, as it fakes no pillar.
 //! - `serving/`: the machinery every port runs on: `listener.rs` serves each connection itself,
 //!   so `refuse` really closes the port and `reset` really sends RST; `middleware.rs` applies
 //!   faults and journals each request; `sim.rs` the state one stack's servers share; `wire.rs`
