@@ -30,9 +30,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 
-use crate::pillar::{Pillar, Profile};
-use crate::scenario::Scenario;
-use crate::stack::{Ports, Stack, StackError};
+use pillar_sim::{Pillar, Ports, Profile, Scenario, Stack, StackError};
 
 /// The default control API address.
 pub const DEFAULT_CONTROL: &str = "http://127.0.0.1:8090";
@@ -149,8 +147,8 @@ pub struct UpArgs {
 
 impl UpArgs {
     /// The store limits the flags ask for, over the defaults.
-    pub fn store_limits(&self) -> crate::bounded::StoreLimits {
-        let mut limits = crate::bounded::StoreLimits::default();
+    pub fn store_limits(&self) -> pillar_sim::StoreLimits {
+        let mut limits = pillar_sim::StoreLimits::default();
         let mib = |n: usize| n.saturating_mul(1024 * 1024);
         if let Some(n) = self.journal_entries {
             limits.journal.entries = n;
@@ -346,13 +344,13 @@ pub struct DriveArgs {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// How long to send, e.g. `10s`.
-    #[arg(long, default_value = "10s", value_parser = crate::schema::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = pillar_sim::parse_duration)]
     pub duration: Duration,
     /// Action mix, e.g. `task=3,whatsapp=1` (task, whatsapp, email, ai).
     #[arg(long, default_value = "task")]
     pub mix: String,
     /// Per-request timeout.
-    #[arg(long, default_value = "5s", value_parser = crate::schema::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = pillar_sim::parse_duration)]
     pub timeout: Duration,
     /// Bearer token for the executor.
     #[arg(long, env = "WORKFLOW_EXECUTOR_TOKEN")]
@@ -364,7 +362,7 @@ pub struct DriveArgs {
     #[arg(long, value_name = "FILE")]
     pub check_only: Option<PathBuf>,
     /// How long the check waits for deliveries.
-    #[arg(long, default_value = "120s", value_parser = crate::schema::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = pillar_sim::parse_duration)]
     pub check_patience: Duration,
     /// Bucket's URL, for the check.
     #[arg(long, default_value = "http://127.0.0.1:8001")]
@@ -466,7 +464,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             if json {
                 print_json(&trace);
             } else {
-                print!("{}", crate::traces::waterfall(&trace, 40));
+                print!("{}", pillar_sim::waterfall(&trace, 40));
             }
             Ok(())
         }
@@ -637,7 +635,7 @@ async fn scenario(control: &ControlClient, command: ScenarioCommand) -> Result<(
                         "{id}: step {}/{} at {}: {}",
                         index + 1,
                         parsed.steps.len(),
-                        crate::schema::format_duration(step.at),
+                        pillar_sim::format_duration(step.at),
                         describe_step(&step.action)
                     );
                 }
@@ -662,12 +660,11 @@ async fn scenario(control: &ControlClient, command: ScenarioCommand) -> Result<(
 }
 
 /// One line about what a scenario step does.
-fn describe_step(action: &crate::scenario::StepAction) -> String {
-    use crate::scenario::{Clear, StepAction};
+fn describe_step(action: &pillar_sim::StepAction) -> String {
+    use pillar_sim::{Clear, StepAction};
     match action {
         StepAction::Fault(rule) => {
-            let lasting =
-                rule.lasting.map(|d| format!(" for {}", crate::schema::format_duration(d))).unwrap_or_default();
+            let lasting = rule.lasting.map(|d| format!(" for {}", pillar_sim::format_duration(d))).unwrap_or_default();
             format!(
                 "set {} ({} {}{}{lasting})",
                 rule.id.as_deref().unwrap_or("?"),
@@ -746,7 +743,7 @@ async fn journal(control: &ControlClient, args: JournalArgs) -> Result<(), CliEr
 pub fn parse_profiles(values: &[String]) -> Result<Vec<(Pillar, Profile)>, CliError> {
     let mut out = Vec::new();
     for value in values {
-        let usage = |e: crate::pillar::UnknownName| CliError::Usage(format!("--profile {value}: {e}"));
+        let usage = |e: pillar_sim::UnknownName| CliError::Usage(format!("--profile {value}: {e}"));
         match value.split_once('=') {
             None => {
                 let profile: Profile = value.parse().map_err(usage)?;
@@ -927,10 +924,26 @@ mod tests {
             "/core/*",
         ]);
         let Command::Fault(args) = cli.command else { panic!("a fault command") };
-        let rule = crate::FaultRule::from_json(&args.rule.to_json()).expect("valid rule");
+        let rule = pillar_sim::FaultRule::from_json(&args.rule.to_json()).expect("valid rule");
         assert_eq!(rule.lasting, Some(Duration::from_secs(30)));
         let list = Cli::parse_from(["pillar-sim", "fault", "list"]);
         assert!(matches!(list.command, Command::Fault(args) if matches!(args.action, Some(FaultAction::List))));
         assert_eq!(flag_for("retry_after_s").as_deref(), Some("--retry-after"));
+    }
+
+    #[tokio::test]
+    async fn up_prints_exports_for_the_address_it_bound() {
+        let stack = pillar_sim::Stack::builder().ip("127.0.0.1".parse().unwrap()).start().await.unwrap();
+        let exports = exports(&stack);
+        let control = format!("export PILLAR_SIM_CONTROL={}", stack.control_url().unwrap());
+        assert!(exports.contains(&control), "{exports:?}");
+        for (name, url) in [
+            ("BHIV_CORE_URL", stack.core_url()),
+            ("BHIV_BUCKET_URL", stack.bucket_url()),
+            ("BHIV_KARMA_URL", stack.karma_url()),
+        ] {
+            assert!(exports.contains(&format!("export {name}={url}")), "{name}: {exports:?}");
+        }
+        assert!(!exports.iter().any(|e| e.contains("BHIV_EXECUTOR_URL")), "no executor, no executor URL: {exports:?}");
     }
 }

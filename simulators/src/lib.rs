@@ -57,56 +57,54 @@
 //!
 //! ## Layout
 //!
-//! - [`pillar`]: [`Pillar`] and [`Profile`], the names everything is keyed by.
-//! - [`fault`]: the one fault-rule schema ([`FaultRule`], [`Fault`], [`Latency`]) shared by the
-//!   control API, the CLI, scenario files and Rust; [`schema`] is its strict JSON reader.
-//! - `injector`: the live rule set and each request's seeded decision ([`RuleStatus`],
-//!   [`AppliedFault`]); `rng`: splitmix64 draws keyed by (seed, rule, match index).
-//! - `listener`: per-connection serving, so `refuse` really closes the port and `reset` really
-//!   sends RST; `middleware`: the HTTP layer that applies faults and journals each request.
-//! - [`bucket`], [`karma`], [`core`], [`providers`], [`smtp`]: the fakes (each module documents
-//!   its routes, rules and profile differences).
-//! - [`journal`]: the bounded request journal; [`bounded`]: the bounded log behind it and every
-//!   fake's store ([`StoreLimits`], [`Page`]); `metrics`: the Prometheus registry; [`traces`]:
-//!   the OTLP/HTTP receiver's bounded span store and the terminal waterfall.
-//! - [`scenario`]: timelines of fault rules; [`control`]: the control API (its routes and JSON shapes);
-//!   `dashboard`: the live page at `/ui` on the control port.
-//! - [`stack`]: [`Stack`] and its builder, the in-process stack; [`cli`]: the `pillar-sim`
-//!   commands (`up`, `fault`, `scenario`, `journal`, `drive`, `baseline`).
-//! - [`drive`]: the load driver and the baseline handler the benchmarks compare with.
+//! Every module is private; what a test needs is re-exported here. Dependencies go one way,
+//! down this list (a folder uses only those above it, and `pillar.rs`):
+//!
+//! - `pillar.rs`: [`Pillar`] and [`Profile`], the names everything is keyed by.
+//! - `faults/`: the fault model. `fault.rs` is the one rule schema ([`FaultRule`], [`Fault`],
+//!   [`Latency`]) shared by the control API, the CLI, scenario files and Rust; `schema.rs` its
+//!   strict JSON reader ([`SpecError`]); `injector.rs` the live rule set and each request's
+//!   seeded decision ([`RuleStatus`], [`AppliedFault`]); `rng.rs` splitmix64 draws keyed by
+//!   (seed, rule, match index); `scenario.rs` timelines of rules ([`Scenario`]).
+//! - `record/`: what a stack remembers, bounded: `journal.rs` the request journal ([`Journal`]),
+//!   `traces.rs` the OTLP/HTTP receiver's span store and the terminal waterfall ([`Traces`]),
+//!   `bounded.rs` the bounded log behind them and every fake's store ([`Limits`], [`Page`]). A
+//!   folder of its own, below `serving/` (which journals every request) and `fakes/` (whose
+//!   stores are bounded logs); the OTLP receiver is here, not in `fakes/`, as it fakes no pillar.
+//! - `serving/`: the machinery every port runs on: `listener.rs` serves each connection itself,
+//!   so `refuse` really closes the port and `reset` really sends RST; `middleware.rs` applies
+//!   faults and journals each request; `sim.rs` the state one stack's servers share; `wire.rs`
+//!   the fakes' JSON and header helpers; `metrics.rs` the Prometheus registry; `front.rs` the
+//!   round-robin front before executor replicas.
+//! - `fakes/`: `karma.rs`, `bucket.rs`, `core.rs`, `providers.rs`, `smtp.rs` (each documents its
+//!   routes, rules and profile differences); their handles ([`Bucket`], [`Karma`], …) and
+//!   records are what [`Stack`]'s accessors return.
+//! - `stack/`: `state.rs` what the servers and the control API share; `control.rs` the control
+//!   API (its routes and JSON shapes) and `dashboard.rs` + `dashboard.html` its live page at
+//!   `/ui`; `builder.rs` [`StackBuilder`], [`Stack`] and [`StoreLimits`].
+//!
+//! The `pillar-sim` binary (`src/main.rs`) has the command line (`cli.rs`: `up`, `fault`,
+//! `scenario`, `journal`, `trace`, `replica`, `drive`, `baseline`) and the load driver
+//! (`drive.rs`) as its own modules; it uses only this public surface.
 
-pub mod bounded;
-pub mod bucket;
-pub mod cli;
-pub mod control;
-pub mod core;
-mod dashboard;
-pub mod drive;
-pub mod fault;
-mod front;
-mod injector;
-pub mod journal;
-pub mod karma;
-mod listener;
-mod metrics;
-mod middleware;
-pub mod pillar;
-pub mod providers;
-mod rng;
-pub mod scenario;
-pub mod schema;
-mod sim;
-pub mod smtp;
-pub mod stack;
-pub mod traces;
-mod wire;
+mod fakes;
+mod faults;
+mod pillar;
+mod record;
+mod serving;
+mod stack;
 
-pub use bounded::{Limits, Page, StoreLimits};
-pub use fault::{Fault, FaultRule, Latency};
-pub use injector::{AppliedFault, RuleStatus};
-pub use journal::{Journal, JournalEntry, JournalQuery, Outcome};
-pub use pillar::{Pillar, Profile};
-pub use scenario::{Scenario, ScenarioStatus};
-pub use schema::SpecError;
-pub use stack::{Faults, Ports, ReplicaStatus, Stack, StackBuilder, StackError};
-pub use traces::{SpanRecord, TraceView, Traces};
+pub use fakes::bucket::{Bucket, ChainReport, GENESIS_HASH, StoredEvent, canonical_json};
+pub use fakes::core::Core;
+pub use fakes::karma::{AppliedEvent, Balances, Karma, KarmaLimits, KarmaUser, QTable};
+pub use fakes::providers::{ChatRequest, Providers, WhatsAppMessage};
+pub use fakes::smtp::{SmtpMessage, SmtpSink};
+pub use faults::fault::{Fault, FaultRule, Latency};
+pub use faults::injector::{AppliedFault, RuleStatus};
+pub use faults::scenario::{Clear, Scenario, ScenarioStatus, Step, StepAction};
+pub use faults::schema::{SpecError, format_duration, parse_duration};
+pub use pillar::{Pillar, Profile, UnknownName};
+pub use record::bounded::{Limits, Page};
+pub use record::journal::{Journal, JournalEntry, JournalQuery, Outcome};
+pub use record::traces::{SpanRecord, TraceSummary, TraceView, Traces, waterfall};
+pub use stack::{Faults, Ports, ReplicaStatus, Stack, StackBuilder, StackError, StoreLimits};

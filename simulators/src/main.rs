@@ -1,4 +1,9 @@
-//! `pillar-sim`: wires the command line to [`pillar_sim::cli`].
+//! `pillar-sim`: the simulator for people. It wires the command line ([`cli`]) to the library's
+//! [`pillar_sim::Stack`] and control API; the load driver ([`drive`]) lives here too, since no
+//! test drives load through the library.
+
+mod cli;
+mod drive;
 
 use std::process::ExitCode;
 
@@ -12,8 +17,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     // The in-process executor exports spans under a dispatch of its own; its lines still print.
     workflow_executor::logging::log_embedded("warn,pillar_sim=info");
-    let cli = pillar_sim::cli::Cli::parse();
-    match pillar_sim::cli::run(cli).await {
+    let cli = cli::Cli::parse();
+    match cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("pillar-sim: {error}");

@@ -60,7 +60,7 @@ async fn last_event(w: &BhivWorld) -> StoredView {
 /// `sha256(prev_hash ‖ canonical_json(record))`, hex: Bucket's documented link, recomputed here.
 fn link(prev_hash: &str, record: &Value) -> String {
     let mut canonical = Vec::new();
-    pillar_sim::bucket::canonical_json(record, &mut canonical);
+    pillar_sim::canonical_json(record, &mut canonical);
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
     hasher.update(&canonical);
@@ -69,7 +69,7 @@ fn link(prev_hash: &str, record: &Value) -> String {
 
 /// The index of the first event whose link does not hold, recomputed independently of Bucket.
 fn first_broken_link(events: &[StoredView]) -> Option<usize> {
-    let mut prev = pillar_sim::bucket::GENESIS_HASH.to_owned();
+    let mut prev = pillar_sim::GENESIS_HASH.to_owned();
     for (index, event) in events.iter().enumerate() {
         if event.prev_hash != prev || link(&prev, &event.record) != event.hash {
             return Some(index);

@@ -193,7 +193,7 @@ impl FromStr for ProfileArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Self).map_err(|e: pillar_sim::pillar::UnknownName| e.to_string())
+        s.parse().map(Self).map_err(|e: pillar_sim::UnknownName| e.to_string())
     }
 }
 

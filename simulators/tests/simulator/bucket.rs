@@ -1,6 +1,6 @@
 //! Bucket's governance rules and hash chain, in both profiles.
 
-use pillar_sim::bucket::{GENESIS_HASH, canonical_json};
+use pillar_sim::{GENESIS_HASH, canonical_json};
 use pillar_sim::{Pillar, Profile, Stack};
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -130,19 +130,3 @@ async fn scenario_run_wait_waits_for_the_end_with_a_line_per_step() {
     assert!(stdout.contains("short: ended after"), "{stdout}");
     assert!(stack.faults().list().is_empty(), "every rule is over when --wait returns");
 }
-
-#[tokio::test]
-async fn up_prints_exports_for_the_address_it_bound() {
-    let stack = pillar_sim::Stack::builder().ip("127.0.0.1".parse().unwrap()).start().await.unwrap();
-    let exports = pillar_sim::cli::exports(&stack);
-    let control = format!("export PILLAR_SIM_CONTROL={}", stack.control_url().unwrap());
-    assert!(exports.contains(&control), "{exports:?}");
-    for (name, url) in [
-        ("BHIV_CORE_URL", stack.core_url()),
-        ("BHIV_BUCKET_URL", stack.bucket_url()),
-        ("BHIV_KARMA_URL", stack.karma_url()),
-    ] {
-        assert!(exports.contains(&format!("export {name}={url}")), "{name}: {exports:?}");
-    }
-    assert!(!exports.iter().any(|e| e.contains("BHIV_EXECUTOR_URL")), "no executor, no executor URL: {exports:?}");
-}

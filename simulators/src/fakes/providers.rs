@@ -28,9 +28,9 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
-use crate::sim::Sim;
-use crate::wire;
+use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
+use crate::serving::sim::Sim;
+use crate::serving::wire;
 
 /// A WhatsApp message the fake accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,7 +59,7 @@ pub struct ChatRequest {
 }
 
 /// The default limits of each provider's log: 5,000 entries, 8 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 8);
+pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(5_000, 8);
 
 /// The providers' state; reach it through [`crate::Stack::providers`].
 #[derive(Debug)]
@@ -128,8 +128,8 @@ impl Providers {
             .route("/health", get(|| async { wire::json_response(StatusCode::OK, &json!({"status": "ok"})) }))
             .route("/v1/chat/completions", post(chat_completion))
             .route("/{version}/{phone_number_id}/messages", post(send_whatsapp))
-            .fallback(crate::bucket::not_found)
-            .method_not_allowed_fallback(crate::bucket::method_not_allowed)
+            .fallback(crate::fakes::bucket::not_found)
+            .method_not_allowed_fallback(crate::fakes::bucket::method_not_allowed)
             .with_state(self)
     }
 }

@@ -4,7 +4,7 @@
 //! `Arc`s of the matching rules: the decision itself (counters, draws) happens after the lock is
 //! released, and the caller sleeps any injected latency long after that. Each rule counts its
 //! matches atomically; the n-th match takes its draws from `(seed, rule id, n)` (see
-//! [`crate::rng`]), so decisions do not depend on how concurrent requests interleave. A rule that
+//! [`crate::faults::rng`]), so decisions do not depend on how concurrent requests interleave. A rule that
 //! is past its time window or its match count no longer matches and is dropped the next time the
 //! set is listed or changed. Every change bumps a `watch` counter that the listeners follow to
 //! stop and restart on `refuse` rules.
@@ -17,10 +17,10 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::fault::{Effect, Fault, FaultRule, Spoil};
+use crate::faults::fault::{Effect, Fault, FaultRule, Spoil};
+use crate::faults::rng::Draws;
+use crate::faults::schema::SpecError;
 use crate::pillar::Pillar;
-use crate::rng::Draws;
-use crate::schema::SpecError;
 
 /// A rule as the set holds it.
 #[derive(Debug)]
@@ -93,7 +93,7 @@ pub struct AppliedFault {
     pub latency_ms: Option<f64>,
 }
 
-pub(crate) use crate::fault::Action;
+pub(crate) use crate::faults::fault::Action;
 
 /// The fate of one request: every matching rule has had its draw; latencies add up, the first
 /// action and the first body fault that hit win.
@@ -122,7 +122,7 @@ pub(crate) enum Refusal {
 }
 
 /// The most rules a stack holds at once.
-pub const MAX_RULES: usize = 1_000;
+pub(crate) const MAX_RULES: usize = 1_000;
 
 /// Why a rule was not added.
 #[derive(Debug, thiserror::Error)]
@@ -340,7 +340,7 @@ impl FaultSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::Latency;
+    use crate::faults::fault::Latency;
 
     fn outcomes(set: &FaultSet, n: usize) -> Vec<(u64, bool)> {
         (0..n)

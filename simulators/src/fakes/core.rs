@@ -49,7 +49,7 @@ use workflow_executor::client::{ClientSettings, WorkflowClient};
 use workflow_executor::config::ConfigError;
 
 use crate::pillar::Profile;
-use crate::wire::{self, Expect, TraceId};
+use crate::serving::wire::{self, Expect, TraceId};
 
 /// The agents Core lists as available.
 const AGENTS: [&str; 3] = ["edumentor_agent", "vedas_agent", "wellness_agent"];
@@ -60,11 +60,11 @@ const STOCK_HTTP_AGENTS: [(&str, &str); 3] =
 const STOCK_MODULE_AGENTS: [&str; 6] =
     ["archive_agent", "image_agent", "audio_agent", "text_agent", "stream_transformer_agent", "knowledge_agent"];
 /// The agent that asks the as-built Core for workflows.
-pub const PROBE_AGENT: &str = "workflow_probe_agent";
+pub(crate) const PROBE_AGENT: &str = "workflow_probe_agent";
 
 /// What the agent decided about a task.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AgentDecision {
+pub(crate) struct AgentDecision {
     /// The adapter to run, when the task needs a workflow.
     pub action_type: Option<&'static str>,
     /// The adapter's fields.
@@ -94,7 +94,7 @@ fn email_address(input: &str) -> Option<&str> {
 }
 
 /// The agent's rules (see the module documentation), as a pure function.
-pub fn decide(input: &str) -> AgentDecision {
+pub(crate) fn decide(input: &str) -> AgentDecision {
     let lower = input.to_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
     let text = tail(input);
@@ -198,8 +198,8 @@ impl Core {
             .route("/", get(root))
             .route("/health", get(health))
             .route("/handle_task", post(handle_task))
-            .fallback(crate::bucket::not_found)
-            .method_not_allowed_fallback(crate::bucket::method_not_allowed)
+            .fallback(crate::fakes::bucket::not_found)
+            .method_not_allowed_fallback(crate::fakes::bucket::method_not_allowed)
             .with_state(self)
     }
 }

@@ -1,6 +1,6 @@
 //! The request journal: what every fake received, what it answered and which faults it applied.
 //!
-//! A bounded ring ([`crate::bounded`]): at most [`JournalLimits`] entries and bytes (defaults
+//! A bounded ring ([`crate::record::bounded`]): at most [`Limits`] entries and bytes (defaults
 //! [`DEFAULT_LIMITS`]); the oldest fall off and are counted ([`Journal::evicted`], the
 //! `pillar_sim_evicted_total{store="journal"}` metric and the control API's `evicted`). It sits
 //! behind a `std::sync::Mutex` held only to push or copy. Bodies are kept as the raw bytes the fake read (a cheap reference-counted slice, cut
@@ -18,21 +18,18 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
-use crate::injector::AppliedFault;
+use crate::faults::injector::AppliedFault;
 use crate::pillar::Pillar;
+use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 
 /// The most body bytes an entry keeps.
-pub const BODY_LIMIT: usize = 16 * 1024;
+pub(crate) const BODY_LIMIT: usize = 16 * 1024;
 
 /// The default number of entries kept.
-pub const DEFAULT_CAPACITY: usize = 5_000;
+pub(crate) const DEFAULT_CAPACITY: usize = 5_000;
 
 /// The journal's default limits: 5,000 entries, 24 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(DEFAULT_CAPACITY, 24);
-
-/// How much a journal keeps.
-pub type JournalLimits = Limits;
+pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(DEFAULT_CAPACITY, 24);
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -65,7 +62,7 @@ pub struct JournalEntry {
     pub headers: BTreeMap<String, String>,
     /// The body: JSON when it parses, else text; `null` when empty.
     pub body: Value,
-    /// Whether the body was longer than [`BODY_LIMIT`] and was cut.
+    /// Whether the body was longer than the journal's body limit (16 KiB) and was cut.
     pub body_truncated: bool,
     /// The status sent (the SMTP reply code for the sink); none when no answer was sent.
     pub status: Option<u16>,

@@ -18,10 +18,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::journal::JournalQuery;
 use crate::pillar::Pillar;
-use crate::stack::Shared;
-use crate::wire;
+use crate::record::journal::JournalQuery;
+use crate::serving::wire;
+use crate::stack::state::Shared;
 
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");

@@ -67,20 +67,20 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::pillar::Profile;
-use crate::wire::{self, Expect, TraceId};
+use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
+use crate::serving::wire::{self, Expect, TraceId};
 
 /// The learning rate.
-pub const ALPHA: f64 = 0.15;
+pub(crate) const ALPHA: f64 = 0.15;
 /// The discount factor.
-pub const GAMMA: f64 = 0.9;
+pub(crate) const GAMMA: f64 = 0.9;
 /// The roles (states), in order.
-pub const ROLES: [&str; 4] = ["learner", "volunteer", "seva", "guru"];
+pub(crate) const ROLES: [&str; 4] = ["learner", "volunteer", "seva", "guru"];
 /// The merit at which each role starts.
-pub const ROLE_THRESHOLDS: [f64; 4] = [0.0, 50.0, 200.0, 500.0];
+pub(crate) const ROLE_THRESHOLDS: [f64; 4] = [0.0, 50.0, 200.0, 500.0];
 /// The actions, in Q-table column order: KC's five, then the two `spec` adds.
-pub const ACTIONS: [&str; 7] = [
+pub(crate) const ACTIONS: [&str; 7] = [
     "completing_lessons",
     "helping_peers",
     "solving_doubts",
@@ -176,7 +176,7 @@ impl Token {
 }
 
 /// The role a merit score earns.
-pub fn role_for_merit(merit: f64) -> usize {
+pub(crate) fn role_for_merit(merit: f64) -> usize {
     ROLE_THRESHOLDS.iter().rposition(|t| merit >= *t).unwrap_or(0)
 }
 
@@ -311,7 +311,7 @@ pub struct KarmaLimits {
 }
 
 /// Karma's default limits: 10,000 events and 16 MiB, 10,000 users.
-pub const DEFAULT_LIMITS: KarmaLimits = KarmaLimits { events: Limits::new(10_000, 16), users: 10_000 };
+pub(crate) const DEFAULT_LIMITS: KarmaLimits = KarmaLimits { events: Limits::new(10_000, 16), users: 10_000 };
 
 #[derive(Debug)]
 struct Ledger {
@@ -746,7 +746,7 @@ async fn post_event(State(karma): State<Arc<Karma>>, headers: HeaderMap, uri: Ur
     if !errors.is_empty() {
         return invalid(errors);
     }
-    let trace = crate::journal::trace_from_value(&body);
+    let trace = crate::record::journal::trace_from_value(&body);
     let mut response = handle_event(&karma, profile, &body, &headers, path, trace.clone());
     if let Some(trace) = trace {
         response.extensions_mut().insert(TraceId(trace));

@@ -22,9 +22,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 /// Traces kept by default.
-pub const DEFAULT_MAX_TRACES: usize = 1_000;
+pub(crate) const DEFAULT_MAX_TRACES: usize = 1_000;
 /// Spans kept per trace by default.
-pub const DEFAULT_MAX_SPANS: usize = 512;
+pub(crate) const DEFAULT_MAX_SPANS: usize = 512;
 
 /// One received span.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -117,7 +117,7 @@ pub struct Traces {
 /// Why an export request was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("not an OTLP ExportTraceServiceRequest in protobuf: {0}")]
-pub struct DecodeError(String);
+pub(crate) struct DecodeError(String);
 
 impl Default for Traces {
     fn default() -> Self {
@@ -141,7 +141,7 @@ impl Traces {
     }
 
     /// Decodes an OTLP/HTTP protobuf body and keeps its spans; returns how many were received.
-    pub fn receive_protobuf(&self, body: &[u8]) -> Result<usize, DecodeError> {
+    pub(crate) fn receive_protobuf(&self, body: &[u8]) -> Result<usize, DecodeError> {
         let request = ExportTraceServiceRequest::decode(body).map_err(|e| DecodeError(e.to_string()))?;
         let mut spans = Vec::new();
         for resource in request.resource_spans {
@@ -292,7 +292,7 @@ impl Traces {
 /// The W3C trace id for a BHIV trace id (the executor's mapping, written independently here so
 /// a change on either side fails a test): a 32-hex-digit id (dashes ignored) as is, lowercased;
 /// anything else hashed.
-pub fn w3c_trace_id(trace_id: &str) -> String {
+pub(crate) fn w3c_trace_id(trace_id: &str) -> String {
     let digits: String = trace_id.chars().filter(|c| *c != '-').collect();
     if digits.len() == 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()) && digits.bytes().any(|b| b != b'0') {
         return digits.to_ascii_lowercase();

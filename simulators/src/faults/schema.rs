@@ -2,7 +2,7 @@
 //! requests).
 //!
 //! Inputs are read from a `serde_json::Value` by hand (a fault kind's own parameters are derived,
-//! see [`crate::fault`], and checked once by its definition): every rejection names
+//! see [`crate::faults::fault`], and checked once by its definition): every rejection names
 //! the offending field by its path (`steps[2].fault.status`), unknown fields are errors rather
 //! than silently ignored typos, and numbers are range-checked before anything can overflow.
 

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::wire;
+use crate::serving::wire;
 
 /// The largest request body the front buffers (the executor's own limit is lower).
 const MAX_BODY: usize = 16 << 20;

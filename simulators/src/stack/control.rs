@@ -6,10 +6,10 @@
 //! | `GET /health` | | `{"status": "ok"}` |
 //! | `GET /` | | `{seed, pillars: {<pillar>: {url, profile}}, executor, toggles}` |
 //! | `GET /faults` | | `{"rules": [RuleStatus]}` |
-//! | `POST /faults?replace` | a fault rule ([`crate::fault`]), optionally `"replace": true` | 201 `RuleStatus`; 409 when its id exists and replace is not asked |
+//! | `POST /faults?replace` | a fault rule ([`crate::faults::fault`]), optionally `"replace": true` | 201 `RuleStatus`; 409 when its id exists and replace is not asked |
 //! | `DELETE /faults` | | `{"cleared": n}` |
 //! | `DELETE /faults/{id}` | | `{"cleared": 1}`, 404 when unknown |
-//! | `POST /scenarios` | a scenario ([`crate::scenario`]) | 202 `ScenarioStatus` (it runs in the background) |
+//! | `POST /scenarios` | a scenario ([`crate::faults::scenario`]) | 202 `ScenarioStatus` (it runs in the background) |
 //! | `GET /scenarios`, `GET /scenarios/{id}` | | `{"scenarios": [ScenarioStatus]}` / one |
 //! | `DELETE /scenarios/{id}` | | cancels it (clearing its rules); its status |
 //! | `GET /journal?pillar&trace_id&after&limit` | | `{"entries": [JournalEntry], "count", "evicted", "next"}` (see paging) |
@@ -23,9 +23,9 @@
 //! | `GET /executor/replicas` | | `{"replicas": [{index, url, running, served}]}` |
 //! | `POST /executor/replicas/{n}/stop`, `…/start` | | stops (gracefully) or starts replica `n`; the replicas |
 //! | `GET /metrics` | | Prometheus text |
-//! | `POST /v1/traces` | OTLP `ExportTraceServiceRequest`, protobuf | 200 (the OTLP/HTTP receiver; [`crate::traces`]) |
+//! | `POST /v1/traces` | OTLP `ExportTraceServiceRequest`, protobuf | 200 (the OTLP/HTTP receiver; [`crate::record::traces`]) |
 //! | `GET /traces?limit` | | `{"traces": [TraceSummary], "stats"}`, most recent first |
-//! | `GET /ui`, `GET /ui/state` | | the live dashboard ([`crate::dashboard`]) and what it polls |
+//! | `GET /ui`, `GET /ui/state` | | the live dashboard ([`crate::stack::dashboard`]) and what it polls |
 //! | `GET /traces/{trace_id}` | | `{trace_id, spans: [SpanRecord], dropped_spans}` by W3C or BHIV id; 404 when unknown |
 //!
 //! **Paging.** Every list route answers one page: at most `limit` entries (default
@@ -39,7 +39,7 @@
 //! a value is wrong (the field is named by its path, e.g. `steps[1].fault.status`; route patterns
 //! with control characters or glob syntax other than a trailing `*` included), 404 for unknown
 //! ids and routes, 409 for a rule id that exists (unless `?replace=true` or `"replace": true`)
-//! and for a rule beyond the cap of [`crate::injector::MAX_RULES`], 413 for a body over 2 MiB.
+//! and for a rule beyond the cap of [`crate::faults::injector::MAX_RULES`], 413 for a body over 2 MiB.
 //! Rejections axum makes itself are rewritten into the same shape, so no answer is plain text.
 
 use std::collections::HashMap;
@@ -53,14 +53,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
 
-use crate::fault::FaultRule;
-use crate::injector::Refused;
-use crate::journal::JournalQuery;
+use crate::faults::fault::FaultRule;
+use crate::faults::injector::Refused;
+use crate::faults::scenario::Scenario;
+use crate::faults::schema::{Fields, SpecError};
 use crate::pillar::{Pillar, Profile};
-use crate::scenario::Scenario;
-use crate::schema::{Fields, SpecError};
-use crate::stack::{Shared, StackError};
-use crate::wire;
+use crate::record::journal::JournalQuery;
+use crate::serving::wire;
+use crate::stack::state::{Shared, StackError};
 
 type Control = State<Arc<Shared>>;
 
@@ -92,8 +92,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/executor/replicas/{index}/{action}", post(replica_action))
         .route("/metrics", get(metrics))
-        .route("/ui", get(crate::dashboard::page))
-        .route("/ui/state", get(crate::dashboard::state))
+        .route("/ui", get(crate::stack::dashboard::page))
+        .route("/ui/state", get(crate::stack::dashboard::state))
         .route("/v1/traces", post(receive_traces))
         .route("/traces", get(list_traces))
         .route("/traces/{trace_id}", get(get_trace))
@@ -139,9 +139,9 @@ async fn json_errors(response: Response) -> Response {
 const BODY_LIMIT_TEXT: &str = "2 MiB";
 
 /// Entries per page when the request names no `limit`.
-pub const DEFAULT_PAGE: usize = 100;
+pub(crate) const DEFAULT_PAGE: usize = 100;
 /// The largest `limit` a list route accepts.
-pub const MAX_PAGE: usize = 1000;
+pub(crate) const MAX_PAGE: usize = 1000;
 
 /// `after`, `limit` and the filters of a list route.
 #[derive(Debug, Default)]
@@ -185,7 +185,7 @@ fn page_query(query: &HashMap<String, String>, filters: &[&str]) -> Result<PageQ
 }
 
 /// A page as JSON: `{<key>: items, count, evicted, next}`.
-fn page_json<T: serde::Serialize>(key: &str, page: &crate::bounded::Page<T>) -> Value {
+fn page_json<T: serde::Serialize>(key: &str, page: &crate::record::bounded::Page<T>) -> Value {
     json!({key: page.items, "count": page.items.len(), "evicted": page.evicted, "next": page.next})
 }
 
@@ -194,7 +194,7 @@ fn list<T: serde::Serialize>(
     key: &str,
     query: &HashMap<String, String>,
     filters: &[&str],
-    read: impl FnOnce(&PageQuery) -> crate::bounded::Page<T>,
+    read: impl FnOnce(&PageQuery) -> crate::record::bounded::Page<T>,
 ) -> Response {
     match page_query(query, filters) {
         Ok(page) => ok(&page_json(key, &read(&page))),
@@ -362,7 +362,7 @@ async fn run_scenario(State(shared): Control, body: Bytes) -> Response {
     };
     match Scenario::from_json(&value) {
         Ok(scenario) => {
-            let status = shared.scenarios.start(shared.sim.clone(), scenario, &shared.shutdown);
+            let status = shared.scenarios.start(shared.sim.faults.clone(), scenario, &shared.shutdown);
             wire::json_response(StatusCode::ACCEPTED, &json!(status))
         }
         Err(error) => rejected(StatusCode::UNPROCESSABLE_ENTITY, &error),
@@ -387,7 +387,7 @@ async fn get_scenario(State(shared): Control, Path(id): Path<String>) -> Respons
 async fn cancel_scenario(State(shared): Control, Path(id): Path<String>) -> Response {
     match shared.scenarios.get(&id) {
         Some(run) => {
-            run.cancel(&shared.sim);
+            run.cancel(&shared.sim.faults);
             ok(&json!(run.status()))
         }
         None => unknown_scenario(&id),
@@ -404,7 +404,7 @@ async fn read_journal(State(shared): Control, Query(query): Params) -> Response 
     let answer = match page.after {
         Some(after) => journal.page(&filter, after, page.limit),
         // No cursor: the newest `limit` entries (a tail, so nothing newer to page to).
-        None => crate::bounded::Page {
+        None => crate::record::bounded::Page {
             items: journal.query(&JournalQuery { limit: Some(page.limit), ..filter }),
             next: None,
             evicted: journal.evicted(),

@@ -17,13 +17,13 @@ use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
-use crate::fault::Spoil;
-use crate::injector::{Action, Decision};
-use crate::journal::{BODY_LIMIT, Outcome, Record, selected_headers, trace_from_body};
-use crate::listener::Connection;
+use crate::faults::fault::{ConnectionControl, Spoil};
+use crate::faults::injector::{Action, Decision};
 use crate::pillar::Pillar;
-use crate::sim::Sim;
-use crate::wire::{self, TraceId};
+use crate::record::journal::{BODY_LIMIT, Outcome, Record, selected_headers, trace_from_body};
+use crate::serving::listener::Connection;
+use crate::serving::sim::Sim;
+use crate::serving::wire::{self, TraceId};
 
 /// The largest request body a fake reads.
 const REQUEST_LIMIT: usize = 2 * 1024 * 1024;
@@ -130,12 +130,12 @@ async fn handle(State(layer): State<Layer>, request: Request, next: Next) -> Res
     }
 }
 
-/// Rewrites an answer according to the body fault that hit it (see [`crate::fault`]).
+/// Rewrites an answer according to the body fault that hit it (see [`crate::faults::fault`]).
 async fn spoiled(response: Response, spoil: Spoil, connection: Option<&Connection>) -> Response {
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = to_bytes(body, RESPONSE_LIMIT).await else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let body = spoil(&mut parts, bytes, connection);
+    let body = spoil(&mut parts, bytes, connection.map(|c| c as &dyn ConnectionControl));
     Response::from_parts(parts, body)
 }

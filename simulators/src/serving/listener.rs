@@ -37,9 +37,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::injector::Refusal;
+use crate::faults::fault::ConnectionControl;
+use crate::faults::injector::Refusal;
 use crate::pillar::Pillar;
-use crate::sim::Sim;
+use crate::serving::sim::Sim;
 
 /// How long open HTTP connections get to finish when the stack stops.
 const GRACE: Duration = Duration::from_secs(2);
@@ -58,10 +59,12 @@ impl Connection {
         self.reset.store(true, Ordering::SeqCst);
         self.kill.cancel();
     }
+}
 
+impl ConnectionControl for Connection {
     /// Lets `bytes` more bytes out, then ends the connection (a close, not a reset, so the
     /// client reads every byte that was let out).
-    pub(crate) fn drop_after(&self, bytes: u64) {
+    fn drop_after(&self, bytes: u64) {
         self.budget.store(bytes, Ordering::SeqCst);
     }
 }

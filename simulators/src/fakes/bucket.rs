@@ -46,12 +46,12 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::pillar::Profile;
-use crate::wire::{self, Expect, TraceId};
+use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
+use crate::serving::wire::{self, Expect, TraceId};
 
 /// The requesters Bucket accepts events from.
-pub const ALLOWED_REQUESTERS: [&str; 3] = ["bhiv_core", "workflow_executor", "unified_action_orchestrator"];
+pub(crate) const ALLOWED_REQUESTERS: [&str; 3] = ["bhiv_core", "workflow_executor", "unified_action_orchestrator"];
 
 /// The requester that may append but never read.
 const EXECUTOR: &str = "workflow_executor";
@@ -90,10 +90,10 @@ pub struct ChainReport {
 }
 
 /// Bucket's default limits: 10,000 events, 24 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(10_000, 24);
+pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(10_000, 24);
 
 /// How many products get an exact count of the events ever stored.
-pub const MAX_PRODUCTS: usize = 10_000;
+pub(crate) const MAX_PRODUCTS: usize = 10_000;
 
 #[derive(Debug)]
 struct Store {

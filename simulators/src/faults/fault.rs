@@ -22,10 +22,12 @@
 //! | `malformed_json` | — | the body is cut into JSON that does not parse (with a correct `Content-Length`) |
 //! | `drop_after` | `bytes` (0 or more) | the first `bytes` bytes of the answer (head included) are sent, then the connection closes (EOF) |
 //!
-//! **Adding a kind.** A kind is its variant of [`Fault`] (serde derives its JSON: the variant's
-//! snake_case name is `kind`, its fields are the parameters) and its arm in `Fault::define` (its
-//! checks and its effect: a delay, an early end, a body spoiler, or the whole port), plus its flag
-//! in the CLI's `FaultRuleArgs` when it has a parameter; and its line in the table above.
+//! **Adding a kind.** A kind is its variant of [`Fault`] in `src/faults/fault.rs` (serde derives
+//! its JSON: the variant's snake_case name is `kind`, its fields are the parameters) and its arm
+//! in `Fault::define` there (its checks and its effect: a delay, an early end, a body spoiler, or
+//! the whole port, applied by `src/serving/middleware.rs` and `src/serving/listener.rs`), plus its
+//! flag in the binary's `FaultRuleArgs` (`src/cli.rs`) when it has a parameter; and its line in
+//! the table above.
 //!
 //! `route` is an exact path, or a prefix when it ends with `*` (`/core/*`). A `refuse` rule covers
 //! the whole port, so it takes no route, method, probability or count. For the SMTP sink a
@@ -41,13 +43,12 @@ use futures_util::stream;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value, json};
 
-use crate::listener::Connection;
+use crate::faults::rng::Draws;
+use crate::faults::schema::{Fields, SpecError, format_duration};
 use crate::pillar::Pillar;
-use crate::rng::Draws;
-use crate::schema::{Fields, SpecError, format_duration};
 
 /// The longest latency a rule may inject (ten minutes).
-pub const MAX_LATENCY_MS: f64 = 600_000.0;
+pub(crate) const MAX_LATENCY_MS: f64 = 600_000.0;
 
 /// z-score of the 99th percentile of the standard normal distribution.
 const Z_99: f64 = 2.326_347_874_040_841;
@@ -135,7 +136,7 @@ fn latency_with_default_dist<'de, D: Deserializer<'de>>(deserializer: D) -> Resu
 }
 
 /// What goes wrong: one variant per fault kind. Its JSON shape (the `kind` tag and its
-/// parameters) is derived; its checks and its effect are its arm in [`Fault::define`].
+/// parameters) is derived; its checks and its effect are its arm in `Fault::define`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
@@ -182,7 +183,14 @@ pub(crate) enum Action {
 
 /// Rewrites an answer on its way out: its head (to adjust), its buffered body, and the
 /// connection it leaves on (absent on in-process calls).
-pub(crate) type Spoil = Box<dyn FnOnce(&mut Parts, Bytes, Option<&Connection>) -> Body + Send>;
+pub(crate) type Spoil = Box<dyn FnOnce(&mut Parts, Bytes, Option<&dyn ConnectionControl>) -> Body + Send>;
+
+/// What a body fault can do to the connection an answer leaves on. The serving layer's
+/// per-connection handle implements it, so the fault model does not depend on the serving layer.
+pub(crate) trait ConnectionControl {
+    /// Lets `bytes` more bytes out, then ends the connection (a close, not a reset).
+    fn drop_after(&self, bytes: u64);
+}
 
 /// What a fault does when it hits.
 pub(crate) enum Effect {
@@ -489,7 +497,7 @@ impl FaultRule {
             return Err(SpecError::new("probability", format!("must be between 0 and 1, got {}", self.probability)));
         }
         if let Some(d) = self.lasting
-            && (d.is_zero() || d > crate::schema::MAX_DURATION)
+            && (d.is_zero() || d > crate::faults::schema::MAX_DURATION)
         {
             return Err(SpecError::new("for", "must be longer than zero and at most 24h"));
         }

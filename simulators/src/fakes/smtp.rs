@@ -24,13 +24,13 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
-use crate::injector::Action;
-use crate::journal::{BODY_LIMIT, Outcome, Record};
-use crate::listener::{Connection, ConnectionHandler, FaultIo};
+use crate::faults::injector::Action;
 use crate::pillar::Pillar;
-use crate::sim::Sim;
-use crate::wire;
+use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
+use crate::record::journal::{BODY_LIMIT, Outcome, Record};
+use crate::serving::listener::{Connection, ConnectionHandler, FaultIo};
+use crate::serving::sim::Sim;
+use crate::serving::wire;
 
 /// The longest command line accepted.
 const LINE_LIMIT: usize = 64 * 1024;
@@ -68,7 +68,7 @@ fn header_in<'a>(data: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// The sink's default limits: 5,000 messages, 16 MiB.
-pub const DEFAULT_LIMITS: Limits = Limits::new(5_000, 16);
+pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(5_000, 16);
 
 /// The sink's state; reach it through [`crate::Stack::smtp`].
 #[derive(Debug)]

@@ -29,44 +29,6 @@ impl Limits {
     }
 }
 
-/// The limits of every bounded store of a stack; with the defaults, `pillar-sim up` (executor
-/// included) peaked at 260 MiB RSS in a 10-minute soak at 1,000 executions/s (README,
-/// "Performance").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreLimits {
-    /// The request journal.
-    pub journal: Limits,
-    /// Bucket's events.
-    pub bucket: Limits,
-    /// Karma's applied events (`entries`/`bytes`) and users.
-    pub karma: crate::karma::KarmaLimits,
-    /// Each provider's log (WhatsApp messages; chat completions).
-    pub providers: Limits,
-    /// The SMTP sink's messages.
-    pub smtp: Limits,
-}
-
-impl Default for StoreLimits {
-    fn default() -> Self {
-        Self {
-            journal: crate::journal::DEFAULT_LIMITS,
-            bucket: crate::bucket::DEFAULT_LIMITS,
-            karma: crate::karma::DEFAULT_LIMITS,
-            providers: crate::providers::DEFAULT_LIMITS,
-            smtp: crate::smtp::DEFAULT_LIMITS,
-        }
-    }
-}
-
-impl StoreLimits {
-    /// The same limits for the journal and every fake's log (Karma's user limit is kept).
-    pub fn all(limits: Limits) -> Self {
-        let mut all = Self { journal: limits, bucket: limits, providers: limits, smtp: limits, ..Self::default() };
-        all.karma.events = limits;
-        all
-    }
-}
-
 /// What every stored entry costs beyond its JSON (allocation headers, indexes, fields): a
 /// deliberately rough figure that keeps the byte limit on the safe side.
 pub(crate) const ENTRY_OVERHEAD: usize = 256;

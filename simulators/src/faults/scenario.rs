@@ -14,7 +14,7 @@
 //! ```
 //!
 //! Each step happens `at` an offset from the start and either sets a fault rule (the same schema
-//! as everywhere, see [`crate::fault`]; the step may carry the rule's `for` itself, as in
+//! as everywhere, see [`crate::faults::fault`]; the step may carry the rule's `for` itself, as in
 //! `{"at": "10s", "for": "20s", "fault": {…}}`) or clears rules: `"clear": "all"`, `{"id": "…"}` or
 //! `{"pillar": "…"}`. A rule without an id is named `<scenario name>-<step index>`, so runs are
 //! reproducible and later steps can clear it. Steps run in `at` order; the runner sleeps on
@@ -37,10 +37,10 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::fault::FaultRule;
+use crate::faults::fault::FaultRule;
+use crate::faults::injector::FaultSet;
+use crate::faults::schema::{Fields, SpecError, format_duration, type_name};
 use crate::pillar::Pillar;
-use crate::schema::{Fields, SpecError, format_duration, type_name};
-use crate::sim::Sim;
 
 /// The most steps a scenario may have.
 const MAX_STEPS: usize = 1_000;
@@ -263,11 +263,11 @@ impl ScenarioRun {
     }
 
     /// Stops the run and clears the rules it set.
-    pub(crate) fn cancel(&self, sim: &Sim) {
+    pub(crate) fn cancel(&self, faults: &FaultSet) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.cancel.cancel();
         for id in self.set_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
-            sim.faults.clear(&id);
+            faults.clear(&id);
         }
     }
 }
@@ -280,7 +280,12 @@ pub(crate) struct Scenarios {
 
 impl Scenarios {
     /// Starts `scenario` now; `shutdown` stops it with the stack.
-    pub(crate) fn start(&self, sim: Arc<Sim>, scenario: Scenario, shutdown: &CancellationToken) -> ScenarioStatus {
+    pub(crate) fn start(
+        &self,
+        faults: Arc<FaultSet>,
+        scenario: Scenario,
+        shutdown: &CancellationToken,
+    ) -> ScenarioStatus {
         let mut runs = self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let taken = |id: &str| runs.iter().any(|r| r.id == id);
         let id = (1..)
@@ -299,7 +304,7 @@ impl Scenarios {
         runs.push(run.clone());
         drop(runs);
         let status = run.status();
-        tokio::spawn(drive(sim, run));
+        tokio::spawn(drive(faults, run));
         status
     }
 
@@ -312,14 +317,14 @@ impl Scenarios {
     }
 
     /// Cancels every run and forgets them.
-    pub(crate) fn reset(&self, sim: &Sim) {
+    pub(crate) fn reset(&self, faults: &FaultSet) {
         for run in std::mem::take(&mut *self.runs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)) {
-            run.cancel(sim);
+            run.cancel(faults);
         }
     }
 }
 
-async fn drive(sim: Arc<Sim>, run: Arc<ScenarioRun>) {
+async fn drive(faults: Arc<FaultSet>, run: Arc<ScenarioRun>) {
     let start = tokio::time::Instant::now();
     for step in &run.scenario.steps {
         tokio::select! {
@@ -327,19 +332,19 @@ async fn drive(sim: Arc<Sim>, run: Arc<ScenarioRun>) {
             () = tokio::time::sleep_until(start + step.at) => {}
         }
         match &step.action {
-            StepAction::Fault(rule) => match sim.faults.set(rule.clone()) {
+            StepAction::Fault(rule) => match faults.set(rule.clone()) {
                 Ok(status) => run.set_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(status.id),
                 Err(error) => tracing::warn!(scenario = %run.id, %error, "step rejected"),
             },
             StepAction::Clear(Clear::All) => {
-                sim.faults.clear_all();
+                faults.clear_all();
             }
             StepAction::Clear(Clear::Rule(id)) => {
-                sim.faults.clear(id);
+                faults.clear(id);
             }
             StepAction::Clear(Clear::Pillar(pillar)) => {
-                for status in sim.faults.list().into_iter().filter(|s| s.rule.pillar == *pillar) {
-                    sim.faults.clear(&status.id);
+                for status in faults.list().into_iter().filter(|s| s.rule.pillar == *pillar) {
+                    faults.clear(&status.id);
                 }
             }
         }
@@ -356,7 +361,7 @@ async fn drive(sim: Arc<Sim>, run: Arc<ScenarioRun>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fault::Fault;
+    use crate::faults::fault::Fault;
     use serde_json::json;
 
     #[test]
@@ -427,7 +432,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timeline_sets_and_clears_rules_on_time() {
-        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
+        let faults = Arc::new(FaultSet::new(1));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "outage", "steps": [
             {"at": "0s", "fault": {"pillar": "bucket", "kind": "refuse", "for": "10s"}},
@@ -436,35 +441,35 @@ mod tests {
         ]}))
         .unwrap();
         let shutdown = CancellationToken::new();
-        let status = scenarios.start(sim.clone(), scenario, &shutdown);
-        let kinds = |sim: &Sim| sim.faults.list().into_iter().map(|s| s.rule.fault.kind()).collect::<Vec<_>>();
+        let status = scenarios.start(faults.clone(), scenario, &shutdown);
+        let kinds = |faults: &FaultSet| faults.list().into_iter().map(|s| s.rule.fault.kind()).collect::<Vec<_>>();
         tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(kinds(&sim), ["refuse"]);
+        assert_eq!(kinds(&faults), ["refuse"]);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(kinds(&sim), ["http_error"]);
+        assert_eq!(kinds(&faults), ["http_error"]);
         tokio::time::sleep(Duration::from_secs(20)).await;
-        assert!(kinds(&sim).is_empty());
+        assert!(kinds(&faults).is_empty());
         let run = scenarios.get(&status.id).unwrap();
         assert!(run.status().finished && run.status().ended);
         assert_eq!(status.id, "outage", "the run is named like its rules (outage-0, outage-1)");
         let again = Scenario::from_json(&json!({"name": "outage", "steps": [{"at": "1h", "clear": "all"}]})).unwrap();
-        assert_eq!(scenarios.start(sim.clone(), again, &shutdown).id, "outage.2");
+        assert_eq!(scenarios.start(faults.clone(), again, &shutdown).id, "outage.2");
     }
 
     #[tokio::test(start_paused = true)]
     async fn cancelling_clears_what_the_run_set() {
-        let sim = Arc::new(Sim::new(1, crate::bounded::Limits::new(10, 1)));
+        let faults = Arc::new(FaultSet::new(1));
         let scenarios = Scenarios::default();
         let scenario = Scenario::from_json(&json!({"name": "c", "steps": [
             {"at": "0s", "fault": {"pillar": "karma", "kind": "blackhole"}},
             {"at": "1h", "clear": "all"},
         ]}))
         .unwrap();
-        let status = scenarios.start(sim.clone(), scenario, &CancellationToken::new());
+        let status = scenarios.start(faults.clone(), scenario, &CancellationToken::new());
         tokio::time::sleep(Duration::from_millis(1)).await;
-        sim.faults.set(FaultRule::new(Pillar::Core, Fault::Reset).id("mine")).unwrap();
-        scenarios.get(&status.id).unwrap().cancel(&sim);
-        let left: Vec<String> = sim.faults.list().into_iter().map(|s| s.id).collect();
+        faults.set(FaultRule::new(Pillar::Core, Fault::Reset).id("mine")).unwrap();
+        scenarios.get(&status.id).unwrap().cancel(&faults);
+        let left: Vec<String> = faults.list().into_iter().map(|s| s.id).collect();
         assert_eq!(left, ["mine"], "only the run's own rules are cleared");
         assert!(scenarios.list()[0].cancelled);
     }
