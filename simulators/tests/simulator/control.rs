@@ -5,8 +5,9 @@ use std::time::Duration;
 use pillar_sim::{Pillar, Profile, Scenario};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::eventually;
 
-use crate::support::{client, eventually, get, post, stack};
+use crate::support::{client, get, post, stack};
 
 async fn send(method: reqwest::Method, url: String, body: Option<&str>) -> (StatusCode, Value) {
     let mut request = client().request(method, url);
@@ -116,15 +117,22 @@ async fn a_scenario_runs_through_the_control_api() {
     let (status, run) = post(format!("{control}/scenarios"), &scenario).await;
     assert_eq!((status, run["id"].as_str(), run["steps"].as_u64()), (StatusCode::ACCEPTED, Some("blip"), Some(2)));
     let url = format!("{}/health", stack.core_url());
-    eventually(Duration::from_secs(2), || async { (get(&url).await.0 == 503).then_some(()) }).await;
-    eventually(Duration::from_secs(3), || async { (get(&url).await.0 == 200).then_some(()) }).await;
+    eventually(Duration::from_secs(2), "the route answers 503", || async { (get(&url).await.0 == 503).then_some(()) })
+        .await;
+    eventually(Duration::from_secs(3), "the route answers 200 again", || async {
+        (get(&url).await.0 == 200).then_some(())
+    })
+    .await;
     let (_, done) = get(format!("{control}/scenarios/blip")).await;
     assert_eq!(done["finished"], true);
     // A long scenario can be cancelled, which clears what it set.
     let long = json!({"name": "long", "steps": [{"at": "0s", "fault": {"pillar": "karma", "kind": "blackhole"}},
         {"at": "1h", "clear": "all"}]});
     post(format!("{control}/scenarios"), &long).await;
-    eventually(Duration::from_secs(2), || async { (!stack.faults().list().is_empty()).then_some(()) }).await;
+    eventually(Duration::from_secs(2), "the scenario sets its rule", || async {
+        (!stack.faults().list().is_empty()).then_some(())
+    })
+    .await;
     let (_, cancelled) = send(reqwest::Method::DELETE, format!("{control}/scenarios/long"), None).await;
     assert_eq!(cancelled["cancelled"], true);
     assert!(stack.faults().list().is_empty());

@@ -10,9 +10,10 @@ use axum::routing::post;
 use pillar_sim::{Pillar, Ports, Profile, Stack};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::eventually;
 use tokio::net::TcpListener;
 
-use crate::support::{eventually, get, post as post_json};
+use crate::support::{get, post as post_json};
 
 type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
 
@@ -76,8 +77,10 @@ async fn a_workflow_task_is_dispatched_with_the_task_id_as_trace_id() {
     );
     assert_eq!(output["workflow_dispatched"], true);
 
-    let (trace_header, body) =
-        eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    let (trace_header, body) = eventually(Duration::from_secs(5), "Core dispatches to the executor", || async {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
     assert_eq!(trace_header.as_deref(), Some(task_id.as_str()));
     assert_eq!(body["trace_id"], task_id.as_str());
     assert_eq!(body["decision"], "workflow");
@@ -101,7 +104,7 @@ async fn a_plain_question_dispatches_nothing() {
     assert_eq!(answer["agent_output"]["workflow_dispatched"], false);
     // A later workflow task is the first (and only) thing the executor sees.
     post_json(format!("{}/handle_task", stack.core_url()), &task("Remind me: water the plants")).await;
-    let bodies = eventually(Duration::from_secs(5), || async {
+    let bodies = eventually(Duration::from_secs(5), "Core dispatches to the executor", || async {
         let seen = seen.lock().unwrap();
         (!seen.is_empty()).then(|| seen.clone())
     })
@@ -126,7 +129,10 @@ async fn disabled_execution_is_honoured_in_spec_and_ignored_as_built() {
     probe["agent"] = json!("workflow_probe_agent");
     let (_, answer) = post_json(&url, &probe).await;
     assert_eq!(answer["agent_output"]["workflow_dispatched"], true, "the real Core reads no such variable");
-    let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    let sent = eventually(Duration::from_secs(5), "Core dispatches to the executor", || async {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
     assert_eq!(sent.1["data"]["payload"]["prompt"], "what is karma?");
     assert_eq!(sent.0, None, "the real Core's client sends neither X-Trace-Id nor traceparent");
     assert_eq!(seen.lock().unwrap().len(), 1, "only the as-built request reached the executor");
@@ -158,7 +164,10 @@ async fn as_built_stock_agents_answer_an_error_or_no_workflow_and_dispatch_nothi
     other["agent"] = json!("workflow_probe_agent");
     let (_, answer) = post_json(&url, &other).await;
     let task_id = answer["task_id"].as_str().unwrap().to_owned();
-    let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    let sent = eventually(Duration::from_secs(5), "Core dispatches to the executor", || async {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
     assert_eq!(sent.1["trace_id"], task_id.as_str());
     assert_eq!(seen.lock().unwrap().len(), 1, "the stock agents dispatched nothing");
 }
@@ -208,6 +217,9 @@ async fn without_an_executor_core_dispatches_to_the_executor_port_on_the_stacks_
     let (_, answer) =
         post_json(format!("{}/handle_task", stack.core_url()), &task("Remind me: water the plants")).await;
     assert_eq!(answer["agent_output"]["workflow_dispatched"], true, "{answer}");
-    let sent = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().first().cloned() }).await;
+    let sent = eventually(Duration::from_secs(5), "Core dispatches to the executor", || async {
+        seen.lock().unwrap().first().cloned()
+    })
+    .await;
     assert_eq!(sent.1["trace_id"], answer["task_id"]);
 }

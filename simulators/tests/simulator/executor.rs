@@ -6,8 +6,9 @@ use std::time::Duration;
 use pillar_sim::{JournalEntry, Pillar, Profile, Stack};
 use reqwest::StatusCode;
 use serde_json::json;
+use test_support::eventually;
 
-use crate::support::{eventually, get, post};
+use crate::support::{get, post};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -54,7 +55,7 @@ async fn a_task_flows_from_core_through_the_executor_to_bucket_and_karma() {
     );
     assert_eq!(events[0].product, "gurukul");
     assert!(stack.bucket().verify_chain().valid);
-    let user = eventually(WAIT, || async { stack.karma().user("learner-9") }).await;
+    let user = eventually(WAIT, "Karma knows learner-9", || async { stack.karma().user("learner-9") }).await;
     assert_eq!(user.action_counts.get("workflow_success"), Some(&1));
 }
 
@@ -67,12 +68,14 @@ async fn the_adapters_reach_the_provider_fakes() {
     for trace in [&wa, &mail, &ai] {
         delivered(&stack, Pillar::Bucket, trace).await;
     }
-    let message = eventually(WAIT, || async { stack.providers().whatsapp_messages().pop() }).await;
+    let message =
+        eventually(WAIT, "a WhatsApp message is sent", || async { stack.providers().whatsapp_messages().pop() }).await;
     assert_eq!((message.to.trim_start_matches('+'), message.body.as_str()), ("919876543210", "class at 5"));
-    let email = eventually(WAIT, || async { stack.smtp().messages().pop() }).await;
+    let email = eventually(WAIT, "a mail is sent", || async { stack.smtp().messages().pop() }).await;
     assert_eq!(email.to, ["alice@example.com"]);
     assert!(email.data.contains("it starts at 5"));
-    let chat = eventually(WAIT, || async { stack.providers().chat_requests().pop() }).await;
+    let chat =
+        eventually(WAIT, "a chat completion is asked for", || async { stack.providers().chat_requests().pop() }).await;
     assert_eq!(chat.content, "[AI_RESPONSE] what is dharma?");
     for trace in [&wa, &mail, &ai] {
         let event = &stack.bucket().events_for_trace(trace)[0];
@@ -125,7 +128,7 @@ async fn with_the_as_built_encoding_every_pillar_as_built_tracks_the_users_karma
     assert_eq!(karma.status, Some(200), "{karma:#?}");
     assert_eq!(karma.body["data"]["action"], "completing_lessons");
     assert!(karma.headers.contains_key("x-trace-id"), "the executor's own calls keep their trace headers");
-    let user = eventually(WAIT, || async { stack.karma().user("learner-10") }).await;
+    let user = eventually(WAIT, "Karma knows learner-10", || async { stack.karma().user("learner-10") }).await;
     assert_eq!((user.balances.dharma_points, user.total_actions), (5.0, 1));
     let (_, status) = get(format!("{}/api/integration/status", stack.executor_url().unwrap())).await;
     assert_eq!(status["pillars"]["karma"]["dead_lettered"], 0, "{status}");

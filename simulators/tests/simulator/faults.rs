@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use pillar_sim::{Fault, FaultRule, JournalQuery, Latency, Outcome, Pillar, Stack};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{client, eventually, get, raw, stack};
+use crate::support::{client, get, raw, stack};
 
 const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n";
 
@@ -22,12 +23,13 @@ async fn refuse_closes_the_port_and_it_listens_again_when_the_window_ends() {
     let stack = stack().await;
     let addr = stack.addr(Pillar::Bucket);
     stack.faults().set(FaultRule::new(Pillar::Bucket, Fault::Refuse).lasting(Duration::from_millis(400))).unwrap();
-    eventually(Duration::from_secs(2), || async { refused(addr).await.then_some(()) }).await;
+    eventually(Duration::from_secs(2), "the port refuses", || async { refused(addr).await.then_some(()) }).await;
     // The control API and the other pillars are unaffected.
     assert_eq!(get(format!("{}/health", stack.control_url().unwrap())).await.0, StatusCode::OK);
     assert_eq!(get(format!("{}/health", stack.karma_url())).await.0, StatusCode::OK);
     // Same port, back after the window.
-    eventually(Duration::from_secs(5), || async { TcpStream::connect(addr).await.ok() }).await;
+    eventually(Duration::from_secs(5), "the port listens again", || async { TcpStream::connect(addr).await.ok() })
+        .await;
     assert_eq!(get(format!("{}/health", stack.bucket_url())).await.0, StatusCode::OK);
 }
 
@@ -42,9 +44,10 @@ async fn refuse_drops_open_connections_and_clearing_it_reopens_the_port() {
     let rule = stack.faults().set(FaultRule::new(Pillar::Karma, Fault::Refuse)).unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(2), open.read(&mut buf)).await.expect("closed promptly");
     assert!(matches!(ended, Ok(0) | Err(_)), "the open connection was dropped: {ended:?}");
-    eventually(Duration::from_secs(2), || async { refused(addr).await.then_some(()) }).await;
+    eventually(Duration::from_secs(2), "the port refuses", || async { refused(addr).await.then_some(()) }).await;
     assert!(stack.faults().clear(&rule.id));
-    eventually(Duration::from_secs(5), || async { TcpStream::connect(addr).await.ok() }).await;
+    eventually(Duration::from_secs(5), "the port listens again", || async { TcpStream::connect(addr).await.ok() })
+        .await;
 }
 
 #[tokio::test]
@@ -223,7 +226,10 @@ async fn a_time_window_closes_after_its_duration() {
         .unwrap();
     let url = format!("{}/health", stack.core_url());
     assert_eq!(get(&url).await.0, 500);
-    eventually(Duration::from_secs(3), || async { (get(&url).await.0 == 200).then_some(()) }).await;
+    eventually(Duration::from_secs(3), "the route answers 200 again", || async {
+        (get(&url).await.0 == 200).then_some(())
+    })
+    .await;
     assert!(set_at.elapsed() >= Duration::from_millis(300));
 }
 

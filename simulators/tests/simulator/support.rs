@@ -1,7 +1,5 @@
-//! Helpers shared by the tests: a stack per test, JSON requests, raw sockets, polling with a
-//! deadline.
+//! Helpers shared by the tests: a stack per test, JSON requests, raw sockets.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -42,20 +40,4 @@ pub async fn raw(addr: SocketAddr, request: &str) -> std::io::Result<Vec<u8>> {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await?;
     Ok(answer)
-}
-
-/// Polls `check` until it returns `Some`, for at most `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "condition not met within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use pillar_sim::Stack;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::eventually;
 
-use crate::support::{client, eventually, get, post};
+use crate::support::{client, get, post};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -29,7 +30,7 @@ async fn the_executor_exports_its_spans_to_the_control_port_and_they_are_served_
         post(format!("{}/api/workflow/execute", stack.executor_url().unwrap()), &execute_body(trace)).await;
     assert_eq!(status, StatusCode::OK);
 
-    let spans = eventually(WAIT, || async {
+    let spans = eventually(WAIT, "the spans arrive", || async {
         let (status, body) = get(format!("{control}/traces/{trace}")).await;
         let spans = body["spans"].as_array().cloned().unwrap_or_default();
         let deliveries =
@@ -108,7 +109,7 @@ async fn the_dashboard_state_shows_a_refused_bucket_as_down_and_the_fault_on_the
     .await;
     assert_eq!(status, StatusCode::CREATED);
     post(format!("{}/api/workflow/execute", stack.executor_url().unwrap()), &execute_body("dash-1")).await;
-    eventually(WAIT, || async {
+    eventually(WAIT, "the trace is complete", || async {
         let (_, body) = get(format!("{control}/ui/state")).await;
         let journaled = body["journal"].as_array()?.iter().any(|e| {
             e["pillar"] == "karma"
