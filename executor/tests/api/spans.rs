@@ -10,11 +10,10 @@ use axum::extract::State;
 use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use pillar_sim::{Fault, FaultRule, Pillar};
 use prost::Message;
 use serde_json::json;
 use tokio::task::JoinHandle;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
 
@@ -166,8 +165,6 @@ async fn every_adapter_exports_the_request_span_with_its_provider_call_commit_an
     let sink = SpanSink::start().await;
     let vars = exporting_to(&sink);
     let app = spawn_app(&env(&vars)).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.spans")).await;
-    mount_ai(&app.ai, ai_completion("Drink water.")).await;
     let requests = [
         ("task", json!({"action_type": "task", "title": "Call the bank", "user_id": "u-1"})),
         (
@@ -220,7 +217,6 @@ async fn an_incoming_traceparent_is_continued_and_the_provider_sees_its_call_spa
     let sink = SpanSink::start().await;
     let vars = exporting_to(&sink);
     let app = spawn_app(&env(&vars)).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.parent")).await;
     let caller_trace = "0af7651916cd43dd8448eb211c80319c";
     let caller_span = "b7ad6b7169203331";
     let trace = trace_id();
@@ -237,16 +233,16 @@ async fn an_incoming_traceparent_is_continued_and_the_provider_sees_its_call_spa
     let root = named(&spans, "workflow")[0];
     assert_eq!(root.parent_span_id, caller_span, "the caller's span is the parent");
     let call = named(&spans, "provider call")[0];
-    let sent = received(&app.whatsapp).await;
-    let traceparent = sent[0].headers.get("traceparent").and_then(|v| v.to_str().ok()).expect("a traceparent");
-    assert_eq!(traceparent, format!("00-{caller_trace}-{}-01", call.span_id));
+    let sent = app.fakes.whatsapp_calls();
+    let traceparent = sent[0].headers.get("traceparent").expect("a traceparent");
+    assert_eq!(*traceparent, format!("00-{caller_trace}-{}-01", call.span_id));
 }
 
 #[tokio::test]
 async fn delivery_attempts_during_an_outage_and_after_it_are_spans_of_the_execution_trace() {
     let sink = SpanSink::start().await;
     let vars = exporting_to(&sink);
-    let mut app = spawn_app_with(Fakes::with_bucket_refused().await, &env(&vars)).await;
+    let app = spawn_app_with(Fakes::with_bucket_refused().await, &env(&vars)).await;
     let trace = trace_id();
     app.execute(&task_request(&trace)).await.assert_success(&trace);
 
@@ -260,7 +256,7 @@ async fn delivery_attempts_during_an_outage_and_after_it_are_spans_of_the_execut
     let failed = named(&failing, "deliver event").into_iter().find(|s| s.attribute("sink") == Some("bucket")).cloned();
     assert!(failed.is_some_and(|s| s.error), "a failed attempt has an error status");
 
-    app.bucket.come_up().await;
+    app.bucket().come_up();
 
     let spans = sink
         .wait_for(&w3c(&trace), "the delivery to Bucket after it recovered", |spans| delivered_to(spans, "bucket") == 1)
@@ -306,11 +302,7 @@ async fn a_failed_provider_call_is_an_error_span_with_its_error_code() {
     let sink = SpanSink::start().await;
     let vars = exporting_to(&sink);
     let app = spawn_app(&env(&vars)).await;
-    Mock::given(method("POST"))
-        .and(path(WHATSAPP_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&app.whatsapp)
-        .await;
+    app.fakes.set(FaultRule::new(Pillar::Providers, Fault::http_error(500)).route(WHATSAPP_PATH));
     let trace = trace_id();
     app.execute(&whatsapp_request(&trace)).await;
 
