@@ -44,9 +44,7 @@ mod tests {
 
     #[test]
     fn samples_are_summed_over_matching_labels() {
-        let text = MetricsText(
-            "# HELP x y\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\ny 7\n".to_owned(),
-        );
+        let text = MetricsText("# HELP x y\nx_total{a=\"1\",b=\"2\"} 3\nx_total{a=\"1\",b=\"3\"} 4\ny 7\n".to_owned());
         assert_eq!(text.get("x_total", &[("a", "1")]), 7.0);
         assert_eq!(text.get("x_total", &[("b", "3")]), 4.0);
         assert_eq!(text.get("y", &[]), 7.0);

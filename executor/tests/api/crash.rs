@@ -95,10 +95,8 @@ async fn a_provider_call_interrupted_by_a_crash_is_outcome_unknown_and_never_res
         let (http, url, body) = (client(), first.url(), whatsapp_request(&trace));
         tokio::spawn(async move { http.post(url).json(&body).send().await })
     };
-    eventually(secs(10.0), "the provider call is in progress", async || {
-        (fakes.whatsapp_arrivals() > 0).then_some(())
-    })
-    .await;
+    eventually(secs(10.0), "the provider call is in progress", async || (fakes.whatsapp_arrivals() > 0).then_some(()))
+        .await;
 
     first.kill();
     assert!(pending.await.expect("joined").is_err(), "the caller saw the connection die");

@@ -204,10 +204,8 @@ async fn at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503() {
             http.post(url).json(&whatsapp_request(&trace)).send().await.map(|r| r.status().as_u16())
         }));
     }
-    eventually(secs(5.0), "four requests are in flight", async || {
-        (app.fakes.whatsapp_arrivals() == 4).then_some(())
-    })
-    .await;
+    eventually(secs(5.0), "four requests are in flight", async || (app.fakes.whatsapp_arrivals() == 4).then_some(()))
+        .await;
 
     let (status, answer) =
         send_then_read(app.address, format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", app.address).as_bytes()).await;
@@ -284,7 +282,8 @@ async fn audit_events_carry_no_email_subject() {
     );
     app.execute(&request).await.assert_success(&trace);
 
-    let event = eventually(secs(10.0), "bucket receives the audit event", async || app.bucket().event_for(&trace)).await;
+    let event =
+        eventually(secs(10.0), "bucket receives the audit event", async || app.bucket().event_for(&trace)).await;
 
     let result = &event.body["event_data"]["execution_result"];
     assert!(result.get("subject").is_none(), "{result}");

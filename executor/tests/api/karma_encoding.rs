@@ -63,11 +63,14 @@ async fn as_built_sends_a_learners_completed_lesson_for_a_success_and_nothing_fo
 
 #[tokio::test]
 async fn as_built_uses_the_configured_role_and_action_table_for_both_outcomes() {
-    let app = spawn_app_with(as_built_karma().await, &[
-        ("EXECUTOR_KARMA_ENCODING", "as-built"),
-        ("EXECUTOR_KARMA_ROLE", "volunteer"),
-        ("EXECUTOR_KARMA_ACTIONS", "success=helping_peers,failed=solving_doubts"),
-    ])
+    let app = spawn_app_with(
+        as_built_karma().await,
+        &[
+            ("EXECUTOR_KARMA_ENCODING", "as-built"),
+            ("EXECUTOR_KARMA_ROLE", "volunteer"),
+            ("EXECUTOR_KARMA_ACTIONS", "success=helping_peers,failed=solving_doubts"),
+        ],
+    )
     .await;
     let (ok, failed) = (trace_id(), trace_id());
 

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::{Value, json};
 use pillar_sim::Pillar;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use test_support::postgres::new_database;
 
@@ -237,7 +237,10 @@ async fn a_replica_killed_under_load_loses_nothing_and_its_interrupted_calls_bec
     let interrupted = unanswered.iter().filter(|trace| !calls.contains_key(*trace)).count();
     let answered: usize = calls.values().sum();
     let arrivals = fakes.whatsapp_arrivals();
-    assert!(arrivals <= (answered + interrupted) as u64, "{arrivals} sends for {answered} answered and {interrupted} cut");
+    assert!(
+        arrivals <= (answered + interrupted) as u64,
+        "{arrivals} sends for {answered} answered and {interrupted} cut"
+    );
     let everything: BTreeSet<String> = acknowledged.keys().chain(&unanswered).cloned().collect();
     assert_one_event_each(&fakes, &everything).await;
 }

@@ -333,8 +333,9 @@ async fn delivered_events_are_not_sent_again_after_a_kill() {
     let acknowledged = acknowledge(&process, 100, 0).await;
     let traces: BTreeSet<String> = acknowledged.iter().map(|a| a.trace.clone()).collect();
     eventually(secs(20.0), "both sinks have every event", async || {
-        (traces.is_subset(&neighbours.fakes.bucket().trace_ids()) && traces.is_subset(&neighbours.fakes.karma().trace_ids()))
-            .then_some(())
+        (traces.is_subset(&neighbours.fakes.bucket().trace_ids())
+            && traces.is_subset(&neighbours.fakes.karma().trace_ids()))
+        .then_some(())
     })
     .await;
     let delivered_before = neighbours.fakes.bucket().event_ids().len() + neighbours.fakes.karma().event_ids().len();

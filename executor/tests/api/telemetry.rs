@@ -212,9 +212,11 @@ async fn sinks_that_refuse_events_are_dead_lettered_and_reported_while_execution
     // A generous attempt timeout: a slow answer must not count as "unreachable" here.
     // Bucket refuses an unauthorised requester with 200 `success: false`; the executor always
     // names itself and the fake Bucket knows it, so a canned answer plays that Bucket here.
-    let refusing_bucket =
-        CannedAnswer::start(200, json!({"success": false, "message": "403: Unauthorized requester: workflow_executor"}))
-            .await;
+    let refusing_bucket = CannedAnswer::start(
+        200,
+        json!({"success": false, "message": "403: Unauthorized requester: workflow_executor"}),
+    )
+    .await;
     let app = spawn_app(&[
         ("EXECUTOR_DELIVERY_MAX_ATTEMPTS", "2"),
         ("WORKFLOW_TIMEOUT", "2"),
@@ -282,8 +284,7 @@ async fn a_disabled_sink_gets_no_events_and_is_reported_as_disabled() {
 
 #[tokio::test]
 async fn a_full_audit_outbox_fails_closed_with_503_audit_spool_full() {
-    let app =
-        spawn_app_with(Fakes::with_bucket_refused().await, &[("EXECUTOR_BUCKET_OUTBOX_MAX_EVENTS", "2")]).await;
+    let app = spawn_app_with(Fakes::with_bucket_refused().await, &[("EXECUTOR_BUCKET_OUTBOX_MAX_EVENTS", "2")]).await;
     let accepted = execute_tasks(&app, 2, secs(1.0)).await;
 
     let refused = app.execute(&whatsapp_request(&trace_id())).await;
