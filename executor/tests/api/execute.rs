@@ -122,6 +122,7 @@ async fn an_email_request_is_delivered_over_smtp_with_the_trace_id_header() {
     assert_eq!(result["status"], "SENT");
     assert_rfc3339(&result["sent_at"]);
 
+    assert!(app.fakes.stack.smtp().sessions() >= 2, "the stack's readiness check and the executor's session");
     let messages = app.fakes.stack.smtp().messages();
     assert_eq!(messages.len(), 1);
     let message = &messages[0];
@@ -193,6 +194,7 @@ async fn a_payload_without_trace_id_executes_with_the_top_level_one() {
 #[tokio::test]
 async fn every_invalid_payload_is_an_executed_failure_with_the_reference_code() {
     let app = spawn_app(&[]).await;
+    let smtp_sessions = app.fakes.stack.smtp().sessions();
     let cases = [
         ("missing_action_type", json!({"title": "no action"})),
         ("missing_action_type", json!({"action_type": "", "title": "empty action"})),
@@ -222,8 +224,7 @@ async fn every_invalid_payload_is_an_executed_failure_with_the_reference_code() 
     }
     assert!(app.fakes.whatsapp_calls().is_empty(), "no provider is called for an invalid payload");
     assert!(app.fakes.ai_calls().is_empty());
-    assert!(app.fakes.smtp_transactions().is_empty());
-    assert!(app.fakes.stack.smtp().messages().is_empty());
+    assert_eq!(app.fakes.stack.smtp().sessions(), smtp_sessions, "no SMTP connection is opened");
 }
 
 #[tokio::test]
