@@ -169,3 +169,19 @@ pub fn listening_address(lines: &[String]) -> Option<SocketAddr> {
         entry.get("address").or_else(|| entry.pointer("/fields/address"))?.as_str()?.parse().ok()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listening_line_names_the_address_at_the_top_level_or_in_fields() {
+        let top = r#"{"message": "workflow executor listening", "address": "127.0.0.1:4100"}"#;
+        let nested = r#"{"fields": {"message": "workflow executor listening", "address": "127.0.0.1:4200"}}"#;
+        let other = r#"{"message": "starting", "address": "127.0.0.1:1"}"#;
+        let lines = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(listening_address(&lines(&["not json", other, top])), Some("127.0.0.1:4100".parse().unwrap()));
+        assert_eq!(listening_address(&lines(&[nested])), Some("127.0.0.1:4200".parse().unwrap()));
+        assert_eq!(listening_address(&lines(&[other])), None);
+    }
+}

@@ -699,13 +699,7 @@ impl Acknowledged {
 
 /// `POST`s `body` to `url`; `None` if no answer came (the executor died or hung).
 async fn call(http: &reqwest::Client, url: &str, body: &Value) -> Option<TestResponse> {
-    let started = Instant::now();
-    let response = http.post(url).json(body).send().await.ok()?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.ok()?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Some(TestResponse { status, headers, body, text, elapsed: started.elapsed() })
+    TestResponse::try_send(http.post(url).json(body)).await.ok()
 }
 
 /// `POST`s `body` to `process`, failing the test with its last log lines if no answer comes.
