@@ -1,10 +1,25 @@
 //! What every test suite of the workspace shares (the executor's unit and black-box tests, the
-//! simulator's tests, the contract snapshots and the Cucumber features): a real PostgreSQL
-//! server started on demand ([`postgres`]) and polling with a deadline ([`eventually`]).
+//! simulator's tests, the contract snapshots and the Cucumber features).
+//!
+//! - [`eventually`]: polling with a deadline, the one way a test waits.
+//! - [`executor`]: the fast executor settings ([`FAST_EXECUTOR`]) and an executor's variables
+//!   for a [`pillar_sim::Stack`] of fakes ([`neighbours_env`]).
+//! - [`process`]: the executor binary as a child process ([`ExecutorProcess`]).
+//! - [`response`]: an executor's answer ([`TestResponse`]) and the contract's assertions on it.
+//! - [`metrics`]: Prometheus text looked up by name and labels ([`MetricsText`]).
+//! - [`postgres`]: a real PostgreSQL server started on demand.
 //!
 //! Nothing here waits a fixed time or uses a fixed port.
 
+pub mod executor;
+pub mod metrics;
 mod poll;
 pub mod postgres;
+pub mod process;
+pub mod response;
 
+pub use executor::{FAST_EXECUTOR, neighbours_builder, neighbours_env};
+pub use metrics::MetricsText;
 pub use poll::{Probe, eventually};
+pub use process::{ExecutorProcess, NotServing};
+pub use response::{TestResponse, assert_traceparent, read_raw_answer};

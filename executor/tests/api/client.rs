@@ -42,7 +42,7 @@ async fn fire_and_forget_returns_at_once_and_the_workflow_still_runs() {
 
     assert!(client.execute_workflow(&trace, "task", "learner-2", &task_payload()));
     eventually(secs(10.0), "the dispatched workflow's audit event reaches Bucket", async || {
-        app.bucket.trace_ids().contains(&trace).then_some(())
+        app.bucket().trace_ids().contains(&trace).then_some(())
     })
     .await;
 }

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tempfile::TempDir;
-use wiremock::MockServer;
 
 use crate::helpers::*;
 
@@ -19,10 +18,13 @@ async fn killing_the_executor_mid_load_loses_no_committed_event() {
 
 async fn kill_mid_load_then_restart(extra_env: &[(&str, String)], acknowledged_before_kill: usize) {
     let data_dir = TempDir::new().expect("a temp dir");
-    let (bucket_down, karma_down) = (ReservedPort::new(), ReservedPort::new());
-    let mut env = vec![("BUCKET_URL", bucket_down.uri()), ("KARMA_URL", karma_down.uri())];
+    let fakes = Fakes::start().await;
+    let (bucket, karma) = (fakes.bucket(), fakes.karma());
+    bucket.refuse();
+    karma.refuse();
+    let mut env = fakes.env();
     env.extend(extra_env.iter().cloned());
-    let mut first = ExecutorProcess::start(&data_dir, &env).await;
+    let mut first = ExecutorProcess::start(EXECUTOR, &data_dir, &env).await;
 
     // Four callers load the executor until it dies; each remembers what was acknowledged.
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -51,11 +53,9 @@ async fn kill_mid_load_then_restart(extra_env: &[(&str, String)], acknowledged_b
     }
     let acknowledged: BTreeSet<String> = acknowledged.lock().expect("lock").iter().cloned().collect();
 
-    let bucket = SinkFake::up(BUCKET_PATH).await;
-    let karma = SinkFake::up(KARMA_PATH).await;
-    let mut env = vec![("BUCKET_URL", bucket.uri()), ("KARMA_URL", karma.uri())];
-    env.extend(extra_env.iter().cloned());
-    let second = ExecutorProcess::start(&data_dir, &env).await;
+    bucket.come_up();
+    karma.come_up();
+    let second = ExecutorProcess::start(EXECUTOR, &data_dir, &env).await;
 
     for (name, sink) in [("bucket", &bucket), ("karma", &karma)] {
         eventually(secs(20.0), "every acknowledged execution's event arrives", async || {
@@ -80,36 +80,28 @@ async fn kill_mid_load_then_restart(extra_env: &[(&str, String)], acknowledged_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_call_interrupted_by_a_crash_is_outcome_unknown_and_never_resent() {
     let data_dir = TempDir::new().expect("a temp dir");
-    let whatsapp = MockServer::builder().start().await;
-    mount_whatsapp(&whatsapp, whatsapp_accepted("wamid.too-late").set_delay(secs(30.0))).await;
-    let bucket = SinkFake::up(BUCKET_PATH).await;
-    let karma = SinkFake::up(KARMA_PATH).await;
-    let env = [
-        ("BUCKET_URL", bucket.uri()),
-        ("KARMA_URL", karma.uri()),
-        ("WHATSAPP_API_URL", whatsapp.uri()),
-        ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
-        ("WHATSAPP_ACCESS_TOKEN", WHATSAPP_TOKEN.to_owned()),
+    let fakes = Fakes::start().await;
+    fakes.slow_whatsapp(secs(30.0));
+    let (bucket, karma) = (fakes.bucket(), fakes.karma());
+    let mut env = fakes.env();
+    env.extend([
         ("WHATSAPP_TIMEOUT", "25".to_owned()),
-        ("AI_API_KEY", AI_KEY.to_owned()),
         ("SMTP_PASSWORD", "smtp-password-not-a-secret".to_owned()),
         ("RUST_LOG", "debug".to_owned()),
-    ];
-    let mut first = ExecutorProcess::start(&data_dir, &env).await;
+    ]);
+    let mut first = ExecutorProcess::start(EXECUTOR, &data_dir, &env).await;
     let trace = trace_id();
     let pending = {
         let (http, url, body) = (client(), first.url(), whatsapp_request(&trace));
         tokio::spawn(async move { http.post(url).json(&body).send().await })
     };
-    eventually(secs(10.0), "the provider call is in progress", async || {
-        (!received(&whatsapp).await.is_empty()).then_some(())
-    })
-    .await;
+    eventually(secs(10.0), "the provider call is in progress", async || (fakes.whatsapp_arrivals() > 0).then_some(()))
+        .await;
 
     first.kill();
     assert!(pending.await.expect("joined").is_err(), "the caller saw the connection die");
 
-    let second = ExecutorProcess::start(&data_dir, &env).await;
+    let second = ExecutorProcess::start(EXECUTOR, &data_dir, &env).await;
     let response = client().post(second.url()).json(&whatsapp_request(&trace)).send().await.expect("an answer");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers().get("idempotent-replayed").map(|v| v.as_bytes()), Some(&b"true"[..]));
@@ -117,7 +109,7 @@ async fn a_provider_call_interrupted_by_a_crash_is_outcome_unknown_and_never_res
 
     assert_eq!(body["status"], "failed", "{body}");
     assert_eq!(body["execution_result"]["error_code"], "outcome_unknown", "{body}");
-    assert_eq!(received(&whatsapp).await.len(), 1, "the message is never re-sent");
+    assert_eq!(fakes.whatsapp_arrivals(), 1, "the message is never re-sent");
     let event = eventually(secs(10.0), "the failed execution is audited", async || bucket.event_for(&trace)).await;
     let data = &event.body["event_data"];
     assert_eq!(data["status"], "failed", "{data}");
@@ -136,16 +128,12 @@ async fn a_provider_call_interrupted_by_a_crash_is_outcome_unknown_and_never_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_sent_before_a_kill_is_replayed_after_the_restart_without_acting_again() {
     let data_dir = TempDir::new().expect("a temp dir");
-    let whatsapp = MockServer::builder().start().await;
-    mount_whatsapp(&whatsapp, whatsapp_accepted("wamid.durable")).await;
-    let (bucket_down, karma_down) = (ReservedPort::new(), ReservedPort::new());
-    let mut env = vec![
-        ("BUCKET_URL", bucket_down.uri()),
-        ("KARMA_URL", karma_down.uri()),
-        ("WHATSAPP_API_URL", whatsapp.uri()),
-        ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
-    ];
-    let mut first = ExecutorProcess::start(&data_dir, &env).await;
+    let fakes = Fakes::start().await;
+    let bucket = fakes.bucket();
+    bucket.refuse();
+    fakes.karma().refuse();
+    let env = fakes.env();
+    let mut first = ExecutorProcess::start(EXECUTOR, &data_dir, &env).await;
     let (sent, task) = (trace_id(), trace_id());
     let answer = |url: String, body: Value| async move {
         client().post(url).json(&body).send().await.expect("an answer").json::<Value>().await.expect("JSON")
@@ -156,9 +144,8 @@ async fn an_answer_sent_before_a_kill_is_replayed_after_the_restart_without_acti
     assert_eq!(task_answer["status"], "success", "{task_answer}");
 
     first.kill();
-    let bucket = SinkFake::up(BUCKET_PATH).await;
-    env[0].1 = bucket.uri();
-    let second = ExecutorProcess::start(&data_dir, &env).await;
+    bucket.come_up();
+    let second = ExecutorProcess::start(EXECUTOR, &data_dir, &env).await;
 
     for (trace, request, stored) in
         [(&sent, whatsapp_request(&sent), &sent_answer), (&task, task_request(&task), &task_answer)]
@@ -168,7 +155,7 @@ async fn an_answer_sent_before_a_kill_is_replayed_after_the_restart_without_acti
         let body: Value = response.json().await.expect("JSON");
         assert_eq!(&body, stored, "the answer given before the kill is the one stored");
     }
-    assert_eq!(received(&whatsapp).await.len(), 1, "the message is sent once");
+    assert_eq!(fakes.whatsapp_calls().len(), 1, "the message is sent once");
     let wanted: BTreeSet<String> = [sent.clone(), task.clone()].into_iter().collect();
     eventually(secs(20.0), "both executions are audited after the restart", async || {
         wanted.is_subset(&bucket.trace_ids()).then_some(())
@@ -181,11 +168,12 @@ async fn an_answer_sent_before_a_kill_is_replayed_after_the_restart_without_acti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_binary_gracefully_after_flushing_queued_events() {
     let data_dir = TempDir::new().expect("a temp dir");
-    let bucket = SinkFake::up(BUCKET_PATH).await;
-    let karma = SinkFake::up(KARMA_PATH).await;
-    bucket.set_mode(SinkMode::Hang);
-    let env = [("BUCKET_URL", bucket.uri()), ("KARMA_URL", karma.uri()), ("EXECUTOR_SHUTDOWN_GRACE", "5".to_owned())];
-    let mut process = ExecutorProcess::start(&data_dir, &env).await;
+    let fakes = Fakes::start().await;
+    let (bucket, karma) = (fakes.bucket(), fakes.karma());
+    bucket.hang();
+    let mut env = fakes.env();
+    env.push(("EXECUTOR_SHUTDOWN_GRACE", "5".to_owned()));
+    let mut process = ExecutorProcess::start(EXECUTOR, &data_dir, &env).await;
     let mut traces = BTreeSet::new();
     for _ in 0..3 {
         let trace = trace_id();
@@ -202,7 +190,7 @@ async fn sigterm_stops_the_binary_gracefully_after_flushing_queued_events() {
         traces.insert(trace);
     }
     eventually(secs(5.0), "bucket was tried", async || (bucket.attempts() > 0).then_some(())).await;
-    bucket.set_mode(SinkMode::Accept);
+    bucket.accept();
 
     let status = process.terminate().await;
 
@@ -233,10 +221,10 @@ fn a_bad_setting_stops_the_binary_at_start_naming_the_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_held_by_another_executor_or_unusable_stops_the_start_naming_it() {
     let data_dir = TempDir::new().expect("a temp dir");
-    let _first = ExecutorProcess::start(&data_dir, &[]).await;
+    let _first = ExecutorProcess::start(EXECUTOR, &data_dir, &[]).await;
     let path = data_dir.path().display().to_string();
 
-    let Err(second) = ExecutorProcess::try_start(&data_dir, &[]).await else {
+    let Err(second) = ExecutorProcess::try_start(EXECUTOR, &data_dir, &[]).await else {
         panic!("a second executor started on a directory another one holds");
     };
     assert!(second.status.is_some_and(|status| !status.success()), "it exits with an error: {:?}", second.status);
@@ -248,7 +236,7 @@ async fn a_data_directory_held_by_another_executor_or_unusable_stops_the_start_n
 
     let file = data_dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").expect("a file");
-    let Err(on_a_file) = ExecutorProcess::try_start(&file, &[]).await else {
+    let Err(on_a_file) = ExecutorProcess::try_start(EXECUTOR, &file, &[]).await else {
         panic!("an executor started with a file as its data directory");
     };
     let said = on_a_file.logs.join("\n");

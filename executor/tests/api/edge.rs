@@ -194,7 +194,7 @@ async fn at_the_connection_cap_the_longest_idle_connection_makes_room() {
 #[tokio::test]
 async fn at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503() {
     let app = spawn_app(&[("EXECUTOR_MAX_CONNECTIONS", "4")]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.slow").set_delay(secs(3.0))).await;
+    app.fakes.slow_whatsapp(secs(3.0));
     let mut busy = Vec::new();
     for _ in 0..4 {
         let http = reqwest::Client::new();
@@ -204,10 +204,8 @@ async fn at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503() {
             http.post(url).json(&whatsapp_request(&trace)).send().await.map(|r| r.status().as_u16())
         }));
     }
-    eventually(secs(5.0), "four requests are in flight", async || {
-        (received(&app.whatsapp).await.len() == 4).then_some(())
-    })
-    .await;
+    eventually(secs(5.0), "four requests are in flight", async || (app.fakes.whatsapp_arrivals() == 4).then_some(()))
+        .await;
 
     let (status, answer) =
         send_then_read(app.address, format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", app.address).as_bytes()).await;
@@ -284,7 +282,8 @@ async fn audit_events_carry_no_email_subject() {
     );
     app.execute(&request).await.assert_success(&trace);
 
-    let event = eventually(secs(10.0), "bucket receives the audit event", async || app.bucket.event_for(&trace)).await;
+    let event =
+        eventually(secs(10.0), "bucket receives the audit event", async || app.bucket().event_for(&trace)).await;
 
     let result = &event.body["event_data"]["execution_result"];
     assert!(result.get("subject").is_none(), "{result}");
@@ -296,7 +295,7 @@ async fn audit_events_carry_no_email_subject() {
 async fn the_first_delivery_follows_a_sinks_recovery_within_2_seconds_after_a_long_outage() {
     let fakes = Fakes::with_bucket_refused().await;
     // Settings under which the old breaker waited 16 s between probes after a long outage.
-    let mut app = spawn_app_with(
+    let app = spawn_app_with(
         fakes,
         &[("EXECUTOR_BREAKER_OPEN", "1"), ("EXECUTOR_DELIVERY_BACKOFF_MAX", "30"), ("EXECUTOR_BREAKER_THRESHOLD", "2")],
     )
@@ -310,9 +309,9 @@ async fn the_first_delivery_follows_a_sinks_recovery_within_2_seconds_after_a_lo
     })
     .await;
 
-    app.bucket.come_up().await;
+    app.bucket().come_up();
     let recovered = Instant::now();
-    eventually(secs(10.0), "bucket receives the event", async || app.bucket.event_for(&trace)).await;
+    eventually(secs(10.0), "bucket receives the event", async || app.bucket().event_for(&trace)).await;
 
     let after = recovered.elapsed();
     assert!(after < secs(2.5), "first delivery {after:?} after the sink recovered");
@@ -336,7 +335,7 @@ async fn an_address_in_use_is_a_start_up_error_naming_executor_bind_and_the_addr
     let address = held.local_addr().expect("bound").to_string();
     let data_dir = TempDir::new().expect("a temp dir");
 
-    let refused = ExecutorProcess::try_start(data_dir.path(), &[("EXECUTOR_BIND", address.clone())]).await;
+    let refused = ExecutorProcess::try_start(EXECUTOR, data_dir.path(), &[("EXECUTOR_BIND", address.clone())]).await;
 
     let Err(NotServing { status: Some(status), logs }) = refused else { panic!("the executor must not start") };
     assert!(!status.success(), "{status}");
@@ -360,7 +359,7 @@ async fn configuration_errors_exit_2_naming_their_variable() {
     ];
     for (variable, value) in cases {
         let data_dir = TempDir::new().expect("a temp dir");
-        let refused = ExecutorProcess::try_start(data_dir.path(), &[(variable, value.to_owned())]).await;
+        let refused = ExecutorProcess::try_start(EXECUTOR, data_dir.path(), &[(variable, value.to_owned())]).await;
         let Err(NotServing { status: Some(status), logs }) = refused else {
             panic!("{variable}={value} must not start")
         };

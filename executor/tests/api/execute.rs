@@ -2,9 +2,8 @@
 //! executed-failure `error_code` (HTTP 200, `status: "failed"`), and the guard that executes
 //! nothing unless `decision == "workflow"`.
 
+use pillar_sim::{Fault, FaultRule, Pillar};
 use serde_json::{Value, json};
-use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::*;
 
@@ -49,34 +48,33 @@ async fn two_tasks_get_different_ids() {
 
 #[tokio::test]
 async fn a_whatsapp_request_sends_a_text_through_the_cloud_api() {
+    // The fake answers 401 unless the bearer token is exactly WHATSAPP_TOKEN.
     let app = spawn_app(&[]).await;
-    Mock::given(method("POST"))
-        .and(path(WHATSAPP_PATH))
-        .and(header("authorization", format!("Bearer {WHATSAPP_TOKEN}").as_str()))
-        .respond_with(whatsapp_accepted("wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgS"))
-        .mount(&app.whatsapp)
-        .await;
     let trace = trace_id();
 
     let response = app.execute(&whatsapp_request(&trace)).await;
 
     response.assert_success(&trace);
     let result = response.result();
-    assert_eq!(result["whatsapp_message_id"], "wamid.HBgMOTE5ODc2NTQzMjEwFQIAERgS");
+    let sent = app.fakes.stack.providers().whatsapp_messages();
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].message_id.starts_with("wamid."), "{}", sent[0].message_id);
+    assert_eq!(result["whatsapp_message_id"], sent[0].message_id.as_str());
     assert_eq!(result["recipient"], "+919876543210");
     assert_eq!(result["status"], "SENT");
     assert_rfc3339(&result["sent_at"]);
     assert!(!response.text.contains(WHATSAPP_TOKEN), "the token leaked: {}", response.text);
 
-    let calls = received(&app.whatsapp).await;
+    let calls = app.fakes.whatsapp_calls();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
-    assert_eq!(call.method.as_str(), "POST");
-    assert_eq!(call.url.path(), WHATSAPP_PATH);
-    assert_eq!(call.headers["authorization"], format!("Bearer {WHATSAPP_TOKEN}").as_str());
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, WHATSAPP_PATH);
+    assert_eq!(call.status, Some(200), "the fake took the token");
+    assert_eq!(call.headers["authorization"], "Bearer [redacted]");
     assert_eq!(call.headers["x-trace-id"], trace.as_str());
-    assert_traceparent(call.headers["traceparent"].to_str().expect("ascii"));
-    let body: Value = call.body_json().expect("a JSON body");
+    assert_traceparent(&call.headers["traceparent"]);
+    let body = &call.body;
     assert_eq!(body["messaging_product"], "whatsapp");
     assert_eq!(body["type"], "text");
     assert_eq!(body["text"]["body"], "Your order has shipped");
@@ -86,7 +84,6 @@ async fn a_whatsapp_request_sends_a_text_through_the_cloud_api() {
 #[tokio::test]
 async fn the_phone_alias_names_the_whatsapp_recipient() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.alias")).await;
     let trace = trace_id();
     let request = workflow(
         &trace,
@@ -97,8 +94,9 @@ async fn the_phone_alias_names_the_whatsapp_recipient() {
 
     response.assert_success(&trace);
     assert_eq!(response.result()["recipient"], "+14155550123");
-    assert_eq!(response.result()["whatsapp_message_id"], "wamid.alias");
-    let body: Value = received(&app.whatsapp).await[0].body_json().expect("JSON");
+    let sent = app.fakes.stack.providers().whatsapp_messages();
+    assert_eq!(response.result()["whatsapp_message_id"], sent[0].message_id.as_str());
+    let body: Value = app.fakes.whatsapp_calls()[0].body.clone();
     assert_eq!(body["to"], "14155550123");
     assert_eq!(body["text"]["body"], "Hello from the alias");
 }
@@ -124,11 +122,13 @@ async fn an_email_request_is_delivered_over_smtp_with_the_trace_id_header() {
     assert_eq!(result["status"], "SENT");
     assert_rfc3339(&result["sent_at"]);
 
-    let messages = app.smtp.messages();
+    assert!(app.fakes.stack.smtp().sessions() >= 2, "the stack's readiness check and the executor's session");
+    let messages = app.fakes.stack.smtp().messages();
     assert_eq!(messages.len(), 1);
     let message = &messages[0];
-    assert_eq!(message.mail_from, "<executor@bhiv.local>");
-    assert_eq!(message.rcpt_to, vec!["<alice@example.com>".to_owned()]);
+    assert_eq!(message.from, "executor@bhiv.local");
+    assert_eq!(message.to, vec!["alice@example.com".to_owned()]);
+    assert_eq!(message.trace_id.as_deref(), Some(trace.as_str()));
     assert!(message.data.contains(&format!("X-Trace-Id: {trace}")), "{}", message.data);
     assert!(message.data.contains("Subject: Your invoice"), "{}", message.data);
     assert!(message.data.contains(&format!("Message-ID: {message_id}")), "{}", message.data);
@@ -137,13 +137,8 @@ async fn an_email_request_is_delivered_over_smtp_with_the_trace_id_header() {
 
 #[tokio::test]
 async fn an_ai_request_returns_the_model_text() {
+    // The fake answers 401 unless the bearer key is exactly AI_KEY, and echoes the prompt.
     let app = spawn_app(&[]).await;
-    Mock::given(method("POST"))
-        .and(path("/v1/chat/completions"))
-        .and(header("authorization", format!("Bearer {AI_KEY}").as_str()))
-        .respond_with(ai_completion("Three short tips: sleep, water, walk."))
-        .mount(&app.ai)
-        .await;
     let trace = trace_id();
     let request = workflow(&trace, json!({"action_type": "ai", "prompt": "Give me three health tips"}));
 
@@ -151,18 +146,23 @@ async fn an_ai_request_returns_the_model_text() {
 
     response.assert_success(&trace);
     let result = response.result();
-    assert_eq!(result["request_id"], "chatcmpl-test-1");
-    assert_eq!(result["response"], "Three short tips: sleep, water, walk.");
+    let answered = app.fakes.stack.providers().chat_requests();
+    assert_eq!(answered.len(), 1);
+    assert!(answered[0].id.starts_with("chatcmpl-"), "{}", answered[0].id);
+    assert_eq!(result["request_id"], answered[0].id.as_str());
+    assert_eq!(result["response"], "[AI_RESPONSE] Give me three health tips");
     assert_eq!(result["prompt"], "Give me three health tips");
     assert_eq!(result["health"], "OK", "the reference adapter's field");
     assert_rfc3339(&result["requested_at"]);
     assert!(!response.text.contains(AI_KEY));
 
-    let calls = received(&app.ai).await;
+    let calls = app.fakes.ai_calls();
     assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].url.path(), "/v1/chat/completions");
+    assert_eq!(calls[0].path, AI_PATH);
+    assert_eq!(calls[0].status, Some(200), "the fake took the key");
+    assert_eq!(calls[0].headers["authorization"], "Bearer [redacted]");
     assert_eq!(calls[0].headers["x-trace-id"], trace.as_str());
-    let body: Value = calls[0].body_json().expect("JSON");
+    let body = &calls[0].body;
     assert_eq!(body["model"], AI_MODEL);
     assert_eq!(body["messages"], json!([{"role": "user", "content": "Give me three health tips"}]));
 }
@@ -170,15 +170,14 @@ async fn an_ai_request_returns_the_model_text() {
 #[tokio::test]
 async fn the_content_alias_is_the_ai_prompt() {
     let app = spawn_app(&[]).await;
-    mount_ai(&app.ai, ai_completion("aliased")).await;
     let trace = trace_id();
 
     let response = app.execute(&workflow(&trace, json!({"action_type": "ai", "content": "Say aliased"}))).await;
 
     response.assert_success(&trace);
     assert_eq!(response.result()["prompt"], "Say aliased");
-    assert_eq!(response.result()["response"], "aliased");
-    let body: Value = received(&app.ai).await[0].body_json().expect("JSON");
+    assert_eq!(response.result()["response"], "[AI_RESPONSE] Say aliased");
+    let body: Value = app.fakes.ai_calls()[0].body.clone();
     assert_eq!(body["messages"][0]["content"], "Say aliased");
 }
 
@@ -195,6 +194,7 @@ async fn a_payload_without_trace_id_executes_with_the_top_level_one() {
 #[tokio::test]
 async fn every_invalid_payload_is_an_executed_failure_with_the_reference_code() {
     let app = spawn_app(&[]).await;
+    let smtp_sessions = app.fakes.stack.smtp().sessions();
     let cases = [
         ("missing_action_type", json!({"title": "no action"})),
         ("missing_action_type", json!({"action_type": "", "title": "empty action"})),
@@ -222,15 +222,15 @@ async fn every_invalid_payload_is_an_executed_failure_with_the_reference_code() 
         response.assert_failed(code);
         assert_eq!(response.result()["trace_id"], trace.as_str(), "{payload}");
     }
-    assert!(received(&app.whatsapp).await.is_empty(), "no provider is called for an invalid payload");
-    assert!(received(&app.ai).await.is_empty());
-    assert_eq!(app.smtp.sessions(), 0);
+    assert!(app.fakes.whatsapp_calls().is_empty(), "no provider is called for an invalid payload");
+    assert!(app.fakes.ai_calls().is_empty());
+    assert_eq!(app.fakes.stack.smtp().sessions(), smtp_sessions, "no SMTP connection is opened");
 }
 
 #[tokio::test]
 async fn a_provider_slower_than_its_timeout_is_provider_timeout() {
     let app = spawn_app(&[("WHATSAPP_TIMEOUT", "0.2")]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("late").set_delay(secs(5.0))).await;
+    app.fakes.slow_whatsapp(secs(5.0));
 
     let response = app.execute(&whatsapp_request(&trace_id())).await;
 
@@ -240,24 +240,24 @@ async fn a_provider_slower_than_its_timeout_is_provider_timeout() {
 
 #[tokio::test]
 async fn a_provider_4xx_is_provider_rejected_with_the_providers_reason() {
-    let app = spawn_app(&[]).await;
-    let graph_error = json!({"error": {"message": "(#131030) Recipient phone number not in allowed list",
-        "type": "OAuthException", "code": 131030, "fbtrace_id": "AbC"}});
-    mount_whatsapp(&app.whatsapp, ResponseTemplate::new(400).set_body_json(graph_error)).await;
+    // The Cloud API refuses a token it did not issue: 401 with its reason in `error.message`.
+    let wrong_token = "wa-wrong-token-not-a-secret";
+    let app = spawn_app(&[("WHATSAPP_ACCESS_TOKEN", wrong_token)]).await;
 
     let response = app.execute(&whatsapp_request(&trace_id())).await;
 
     response.assert_failed("provider_rejected");
     let message = response.result()["message"].as_str().expect("a message");
-    assert!(message.contains("131030") && message.contains("400"), "{message}");
-    assert!(!response.text.contains(WHATSAPP_TOKEN));
+    assert!(message.contains("401") && message.contains("Invalid OAuth access token"), "{message}");
+    assert!(!response.text.contains(wrong_token));
+    assert_eq!(app.fakes.whatsapp_calls()[0].status, Some(401));
 }
 
 #[tokio::test]
 async fn a_provider_5xx_is_provider_error() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, ResponseTemplate::new(500).set_body_string("upstream exploded")).await;
-    mount_ai(&app.ai, ResponseTemplate::new(503)).await;
+    app.fakes.set(FaultRule::new(Pillar::Providers, Fault::http_error(500)).route(WHATSAPP_PATH));
+    app.fakes.set(FaultRule::new(Pillar::Providers, Fault::http_error(503)).route(AI_PATH));
 
     app.execute(&whatsapp_request(&trace_id())).await.assert_failed("provider_error");
     app.execute(&workflow(&trace_id(), json!({"action_type": "ai", "prompt": "hi"})))
@@ -267,11 +267,9 @@ async fn a_provider_5xx_is_provider_error() {
 
 #[tokio::test]
 async fn a_refused_provider_port_is_provider_unavailable() {
-    let refused = ReservedPort::new();
-    let smtp_refused = ReservedPort::new();
-    let port = smtp_refused.address().port().to_string();
-    let app =
-        spawn_app(&[("WHATSAPP_API_URL", &refused.uri()), ("AI_API_URL", &refused.uri()), ("SMTP_PORT", &port)]).await;
+    let app = spawn_app(&[]).await;
+    app.fakes.set(FaultRule::new(Pillar::Providers, Fault::Refuse));
+    app.fakes.set(FaultRule::new(Pillar::Smtp, Fault::Refuse));
 
     app.execute(&whatsapp_request(&trace_id())).await.assert_failed("provider_unavailable");
     app.execute(&workflow(&trace_id(), json!({"action_type": "ai", "prompt": "hi"})))
@@ -283,10 +281,9 @@ async fn a_refused_provider_port_is_provider_unavailable() {
 
 #[tokio::test]
 async fn a_provider_answer_without_the_expected_fields_is_provider_bad_response() {
+    // A 200 whose body does not parse has no message id and no completion either.
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, ResponseTemplate::new(200).set_body_json(json!({"messaging_product": "whatsapp"})))
-        .await;
-    mount_ai(&app.ai, ResponseTemplate::new(200).set_body_string("<html>not json</html>")).await;
+    app.fakes.set(FaultRule::new(Pillar::Providers, Fault::MalformedJson));
 
     app.execute(&whatsapp_request(&trace_id())).await.assert_failed("provider_bad_response");
     app.execute(&workflow(&trace_id(), json!({"action_type": "ai", "prompt": "hi"})))
@@ -297,7 +294,7 @@ async fn a_provider_answer_without_the_expected_fields_is_provider_bad_response(
 #[tokio::test]
 async fn an_smtp_550_is_provider_rejected() {
     let app = spawn_app(&[]).await;
-    app.smtp.set_mode(SmtpMode::RejectRecipients);
+    app.fakes.set(FaultRule::new(Pillar::Smtp, Fault::http_error(550)));
     let email =
         json!({"action_type": "email", "recipient": "nobody@example.com", "subject": "s", "body": "Hello nobody"});
 
@@ -305,13 +302,14 @@ async fn an_smtp_550_is_provider_rejected() {
 
     response.assert_failed("provider_rejected");
     assert!(response.result()["message"].as_str().unwrap_or_default().contains("550"), "{}", response.text);
-    assert!(app.smtp.messages().is_empty());
+    assert!(app.fakes.stack.smtp().messages().is_empty());
+    assert_eq!(app.fakes.smtp_transactions()[0].status, Some(550));
 }
 
 #[tokio::test]
 async fn a_silent_smtp_relay_is_provider_timeout() {
     let app = spawn_app(&[("SMTP_TIMEOUT", "0.2")]).await;
-    app.smtp.set_mode(SmtpMode::Silent);
+    app.fakes.set(FaultRule::new(Pillar::Smtp, Fault::Blackhole));
     let email = json!({"action_type": "email", "recipient": "carol@example.com", "subject": "s", "body": "Hi"});
 
     let response = app.execute(&workflow(&trace_id(), email)).await;
@@ -323,7 +321,6 @@ async fn a_silent_smtp_relay_is_provider_timeout() {
 #[tokio::test]
 async fn every_decision_but_workflow_is_skipped_and_executes_nothing() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("never")).await;
     for decision in ["respond", "task", "insight", "fallback"] {
         let trace = trace_id();
         let mut request = whatsapp_request(&trace);
@@ -337,7 +334,7 @@ async fn every_decision_but_workflow_is_skipped_and_executes_nothing() {
     let bare = app.execute(&json!({"trace_id": "core-1", "decision": "respond"})).await;
     assert_eq!(bare.body, json!({"trace_id": "core-1", "status": "skipped", "reason": "decision_not_workflow"}));
 
-    assert!(received(&app.whatsapp).await.is_empty(), "a skipped decision calls no provider");
+    assert!(app.fakes.whatsapp_calls().is_empty(), "a skipped decision calls no provider");
     let metrics = app.metrics().await;
     assert_eq!(metrics.get("workflow_events_enqueued_total", &[]), 0.0, "a skipped decision emits no event");
     assert_eq!(metrics.get("workflow_executions_total", &[]), 0.0);
@@ -351,11 +348,11 @@ pub async fn assert_only_marker_events_arrive(app: &TestApp, headers: &[(&str, &
     let marker = trace_id();
     app.execute_with(&task_request(&marker), headers).await.assert_success(&marker);
     eventually(secs(10.0), "the marker's events arrive", async || {
-        (!app.bucket.event_ids().is_empty() && !app.karma.event_ids().is_empty()).then_some(())
+        (!app.bucket().event_ids().is_empty() && !app.karma().event_ids().is_empty()).then_some(())
     })
     .await;
     app.wait_until_outboxes_drain().await;
-    for sink in [&app.bucket, &app.karma] {
+    for sink in [&app.bucket(), &app.karma()] {
         let traces = sink.trace_ids();
         assert_eq!(traces.into_iter().collect::<Vec<_>>(), vec![marker.clone()], "only the marker emitted events");
     }

@@ -292,14 +292,13 @@ async fn hostile_requests_get_structured_4xx_answers_and_the_service_keeps_servi
 #[tokio::test]
 async fn emoji_in_a_whatsapp_message_reaches_the_provider_intact() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.emoji")).await;
     let trace = trace_id();
     let text = "Namaste 🙏 your order 📦 ships today — धन्यवाद\nLine two";
     let request = workflow(&trace, json!({"action_type": "whatsapp", "recipient": "+919876543210", "message": text}));
 
     app.execute(&request).await.assert_success(&trace);
 
-    let body: Value = received(&app.whatsapp).await[0].body_json().expect("JSON");
+    let body: Value = app.fakes.whatsapp_calls()[0].body.clone();
     assert_eq!(body["text"]["body"], text);
 }
 

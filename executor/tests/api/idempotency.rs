@@ -8,7 +8,6 @@ use crate::helpers::*;
 #[tokio::test]
 async fn the_same_request_twice_returns_the_stored_answer_without_acting_again() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.once")).await;
     let trace = trace_id();
 
     let first = app.execute(&whatsapp_request(&trace)).await;
@@ -19,7 +18,7 @@ async fn the_same_request_twice_returns_the_stored_answer_without_acting_again()
     assert_eq!(second.status, 200);
     assert_eq!(second.header("idempotent-replayed"), Some("true"));
     assert_eq!(second.body, first.body, "the stored answer, byte for byte");
-    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider is called once");
+    assert_eq!(app.fakes.whatsapp_calls().len(), 1, "the provider is called once");
     let metrics = app.metrics().await;
     assert_eq!(metrics.get("workflow_idempotent_replays_total", &[]), 1.0);
     assert_eq!(metrics.get("workflow_events_enqueued_total", &[("sink", "bucket")]), 1.0, "a replay emits no event");
@@ -58,7 +57,6 @@ async fn the_same_idempotency_key_and_request_replays_the_stored_answer() {
 #[tokio::test]
 async fn an_idempotency_key_reused_with_a_different_payload_is_422() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.key")).await;
     let key = [("idempotency-key", "core-msg-77")];
     let trace = trace_id();
     app.execute_with(&whatsapp_request(&trace), &key).await.assert_success(&trace);
@@ -69,7 +67,7 @@ async fn an_idempotency_key_reused_with_a_different_payload_is_422() {
 
     reused.assert_rejected(422, "idempotency_key_reused");
     assert_eq!(reused.body["error"]["field"], "Idempotency-Key");
-    assert_eq!(received(&app.whatsapp).await.len(), 1, "nothing was sent for the reused key");
+    assert_eq!(app.fakes.whatsapp_calls().len(), 1, "nothing was sent for the reused key");
     let bad_key = app.execute_with(&whatsapp_request(&trace_id()), &[("idempotency-key", "has space")]).await;
     bad_key.assert_rejected(422, "invalid_idempotency_key");
 }
@@ -77,14 +75,14 @@ async fn an_idempotency_key_reused_with_a_different_payload_is_422() {
 #[tokio::test]
 async fn a_duplicate_arriving_while_the_first_still_runs_gets_409() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.slow").set_delay(secs(1.0))).await;
+    app.fakes.slow_whatsapp(secs(1.0));
     let trace = trace_id();
     let first = {
         let (http, url, body) = (app.http.clone(), app.url("/api/workflow/execute"), whatsapp_request(&trace));
         tokio::spawn(async move { http.post(url).json(&body).send().await.expect("answer").json::<Value>().await })
     };
     eventually(secs(5.0), "the first request reaches the provider", async || {
-        (!received(&app.whatsapp).await.is_empty()).then_some(())
+        (app.fakes.whatsapp_arrivals() > 0).then_some(())
     })
     .await;
 
@@ -97,7 +95,7 @@ async fn a_duplicate_arriving_while_the_first_still_runs_gets_409() {
     let later = app.execute(&whatsapp_request(&trace)).await;
     assert_eq!(later.header("idempotent-replayed"), Some("true"));
     assert_eq!(later.body, first);
-    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider is called once in all");
+    assert_eq!(app.fakes.whatsapp_arrivals(), 1, "the provider is called once in all");
 }
 
 #[tokio::test]
@@ -120,12 +118,12 @@ async fn a_stored_answer_is_forgotten_after_the_retention() {
 #[tokio::test]
 async fn a_caller_that_hangs_up_mid_call_does_not_cause_a_second_send() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.once").set_delay(secs(0.5))).await;
+    app.fakes.slow_whatsapp(secs(0.5));
     let trace = trace_id();
     let impatient = reqwest::Client::builder().timeout(secs(0.2)).build().expect("a client");
     let hung_up = impatient.post(app.url("/api/workflow/execute")).json(&whatsapp_request(&trace)).send().await;
     assert!(hung_up.is_err(), "the caller gave up before the provider answered");
-    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider call had started");
+    assert_eq!(app.fakes.whatsapp_arrivals(), 1, "the provider call had started");
 
     eventually(secs(5.0), "the abandoned request is no longer in flight", async || {
         (app.metrics().await.get("workflow_in_flight_requests", &[]) == 0.0).then_some(())
@@ -140,16 +138,16 @@ async fn a_caller_that_hangs_up_mid_call_does_not_cause_a_second_send() {
     assert_eq!(retried.status, 200, "{}", retried.text);
     assert_eq!(retried.header("idempotent-replayed"), Some("true"), "{}", retried.text);
     assert_eq!(retried.body["status"], "success", "{}", retried.text);
-    assert_eq!(received(&app.whatsapp).await.len(), 1, "the message is sent once, whatever the caller does");
+    assert_eq!(app.fakes.whatsapp_arrivals(), 1, "the message is sent once, whatever the caller does");
     app.wait_until_outboxes_drain().await;
-    assert_eq!(app.bucket.trace_ids().len(), 1, "and audited once");
-    assert_eq!(app.bucket.event_ids().len(), 1);
+    assert_eq!(app.bucket().trace_ids().len(), 1, "and audited once");
+    assert_eq!(app.bucket().event_ids().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_with_one_key_and_different_payloads_get_422_whether_the_first_runs_or_is_done() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.one").set_delay(secs(0.3))).await;
+    app.fakes.slow_whatsapp(secs(0.3));
     let key = "core-msg-race";
     let trace = trace_id();
     let answers = futures_util::future::join_all((0..50).map(|n| {
@@ -170,5 +168,5 @@ async fn concurrent_requests_with_one_key_and_different_payloads_get_422_whether
         .filter(|(status, body)| *status == 422 && body["error"]["code"] == "idempotency_key_reused")
         .count();
     assert_eq!((succeeded, reused), (1, 49), "one execution, 49 × 422 and no 409: {answers:#?}");
-    assert_eq!(received(&app.whatsapp).await.len(), 1, "the provider is called once");
+    assert_eq!(app.fakes.whatsapp_arrivals(), 1, "the provider is called once");
 }

@@ -168,7 +168,6 @@ const TOKENS: &str = "core:core-secret-token,ops:ops-secret-token";
 #[tokio::test]
 async fn without_a_caller_token_the_request_is_401_and_nothing_executes() {
     let app = spawn_app(&[("EXECUTOR_CALLER_TOKENS", TOKENS)]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("never")).await;
 
     let missing = app.execute(&whatsapp_request(&trace_id())).await;
     missing.assert_rejected(401, "missing_token");
@@ -176,14 +175,13 @@ async fn without_a_caller_token_the_request_is_401_and_nothing_executes() {
     let not_bearer = app.execute_with(&whatsapp_request(&trace_id()), &[("authorization", "Basic Y29yZTpw")]).await;
     not_bearer.assert_rejected(401, "missing_token");
 
-    assert!(received(&app.whatsapp).await.is_empty(), "no provider call");
+    assert!(app.fakes.whatsapp_calls().is_empty(), "no provider call");
     assert_only_marker_events_arrive(&app, &[("authorization", "Bearer core-secret-token")]).await;
 }
 
 #[tokio::test]
 async fn with_a_wrong_caller_token_the_request_is_403_and_nothing_executes() {
     let app = spawn_app(&[("EXECUTOR_CALLER_TOKENS", TOKENS)]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("never")).await;
 
     for token in ["Bearer wrong-token", "Bearer core-secret-tokeN", "Bearer core-secret-token-and-more", "Bearer core"]
     {
@@ -192,33 +190,32 @@ async fn with_a_wrong_caller_token_the_request_is_403_and_nothing_executes() {
         assert!(!response.text.contains("core-secret-token"), "{}", response.text);
     }
 
-    assert!(received(&app.whatsapp).await.is_empty(), "no provider call");
+    assert!(app.fakes.whatsapp_calls().is_empty(), "no provider call");
     assert_only_marker_events_arrive(&app, &[("authorization", "Bearer ops-secret-token")]).await;
 }
 
 #[tokio::test]
 async fn with_a_valid_caller_token_the_request_executes() {
     let app = spawn_app(&[("EXECUTOR_CALLER_TOKENS", TOKENS)]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.ok")).await;
     let trace = trace_id();
 
     let response = app.execute_with(&whatsapp_request(&trace), &[("authorization", "Bearer ops-secret-token")]).await;
 
     response.assert_success(&trace);
-    assert_eq!(received(&app.whatsapp).await.len(), 1);
+    assert_eq!(app.fakes.whatsapp_calls().len(), 1);
 }
 
 #[tokio::test]
 async fn beyond_the_concurrency_limit_requests_are_shed_with_503_and_retry_after() {
     let app = spawn_app(&[("EXECUTOR_MAX_CONCURRENT", "1")]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.slow").set_delay(secs(1.0))).await;
+    app.fakes.slow_whatsapp(secs(1.0));
     let slow_trace = trace_id();
     let slow = {
         let (http, url, body) = (app.http.clone(), app.url("/api/workflow/execute"), whatsapp_request(&slow_trace));
         tokio::spawn(async move { http.post(url).json(&body).send().await.expect("answer").json::<Value>().await })
     };
     eventually(secs(5.0), "the slow request reaches the provider", async || {
-        (!received(&app.whatsapp).await.is_empty()).then_some(())
+        (app.fakes.whatsapp_arrivals() > 0).then_some(())
     })
     .await;
 
@@ -237,7 +234,7 @@ async fn beyond_the_concurrency_limit_requests_are_shed_with_503_and_retry_after
 #[tokio::test]
 async fn an_execution_abandoned_by_its_caller_still_counts_against_the_concurrency_limit() {
     let app = spawn_app(&[("EXECUTOR_MAX_CONCURRENT", "1")]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.slow").set_delay(secs(1.0))).await;
+    app.fakes.slow_whatsapp(secs(1.0));
     let impatient = reqwest::Client::builder().timeout(secs(0.2)).build().expect("a client");
     let hung_up = impatient.post(app.url("/api/workflow/execute")).json(&whatsapp_request(&trace_id())).send().await;
     assert!(hung_up.is_err(), "the caller gave up while the provider call runs");
@@ -245,7 +242,7 @@ async fn an_execution_abandoned_by_its_caller_still_counts_against_the_concurren
     let next = app.execute(&whatsapp_request(&trace_id())).await;
 
     next.assert_rejected(503, "overloaded");
-    assert_eq!(received(&app.whatsapp).await.len(), 1, "never more provider calls at once than the limit");
+    assert_eq!(app.fakes.whatsapp_arrivals(), 1, "never more provider calls at once than the limit");
     eventually(secs(5.0), "the abandoned execution ends and frees its permit", async || {
         let trace = trace_id();
         let response = app.execute(&task_request(&trace)).await;

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use pillar_sim::Pillar;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use test_support::postgres::new_database;
-use wiremock::MockServer;
 
 use crate::helpers::*;
 
@@ -31,7 +31,7 @@ impl Replicas {
         let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().expect("a temp dir")).collect();
         let mut processes = Vec::new();
         for dir in &dirs {
-            processes.push(ExecutorProcess::start(dir.path(), &env).await);
+            processes.push(ExecutorProcess::start(EXECUTOR, dir.path(), &env).await);
         }
         Self { processes, _dirs: dirs }
     }
@@ -62,25 +62,21 @@ fn traced_whatsapp(trace: &str) -> Value {
     )
 }
 
-/// How many provider calls each trace caused.
-async fn calls_per_trace(whatsapp: &MockServer) -> BTreeMap<String, usize> {
+/// How many answered provider calls each trace caused.
+fn calls_per_trace(fakes: &Fakes) -> BTreeMap<String, usize> {
     let mut calls = BTreeMap::new();
-    for request in received(whatsapp).await {
-        let body: Value = serde_json::from_slice(&request.body).expect("a JSON send");
-        let text = body["text"]["body"].as_str().expect("a text message").to_owned();
+    for call in fakes.whatsapp_calls() {
+        let text = call.body["text"]["body"].as_str().expect("a text message").to_owned();
         *calls.entry(text.trim_start_matches("order ").to_owned()).or_insert(0) += 1;
     }
     calls
 }
 
-fn whatsapp_env(whatsapp: &MockServer, bucket: &SinkFake, karma: &SinkFake) -> Vec<(&'static str, String)> {
-    vec![
-        ("BUCKET_URL", bucket.uri()),
-        ("KARMA_URL", karma.uri()),
-        ("WHATSAPP_API_URL", whatsapp.uri()),
-        ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
-        ("WHATSAPP_TIMEOUT", "20".to_owned()),
-    ]
+/// The fakes' variables, with a provider timeout longer than any delay here.
+fn whatsapp_env(fakes: &Fakes) -> Vec<(&'static str, String)> {
+    let mut env = fakes.env();
+    env.push(("WHATSAPP_TIMEOUT", "20".to_owned()));
+    env
 }
 
 /// `(status, replayed, body)` of one execute call.
@@ -92,8 +88,8 @@ async fn send(url: String, body: Value) -> reqwest::Result<(u16, bool, Value)> {
 }
 
 /// Every sink has exactly one event for each of `traces` (and the executions' events only).
-async fn assert_one_event_each(sinks: [(&str, &SinkFake); 2], traces: &BTreeSet<String>) {
-    for (name, sink) in sinks {
+async fn assert_one_event_each(fakes: &Fakes, traces: &BTreeSet<String>) {
+    for (name, sink) in [("bucket", fakes.bucket()), ("karma", fakes.karma())] {
         eventually(secs(30.0), &format!("{name} has an event of every execution"), async || {
             traces.is_subset(&sink.trace_ids()).then_some(())
         })
@@ -111,10 +107,9 @@ async fn assert_one_event_each(sinks: [(&str, &SinkFake); 2], traces: &BTreeSet<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_racing_duplicates_over_three_replicas_call_the_provider_once_per_key() {
     let url = new_database().await;
-    let whatsapp = MockServer::builder().start().await;
-    mount_whatsapp(&whatsapp, whatsapp_accepted("wamid.race").set_delay(secs(0.2))).await;
-    let (bucket, karma) = (SinkFake::up(BUCKET_PATH).await, SinkFake::up(KARMA_PATH).await);
-    let replicas = Replicas::start(&url, &whatsapp_env(&whatsapp, &bucket, &karma)).await;
+    let fakes = Fakes::start().await;
+    fakes.slow_whatsapp(secs(0.2));
+    let replicas = Replicas::start(&url, &whatsapp_env(&fakes)).await;
 
     // 20 keys, 10 copies of each, spread over the replicas and sent at once.
     let traces: Vec<String> = (0..20).map(|_| trace_id()).collect();
@@ -138,7 +133,7 @@ async fn two_hundred_racing_duplicates_over_three_replicas_call_the_provider_onc
             other => panic!("a racing duplicate got {other}: {body}"),
         }
     }
-    let calls = calls_per_trace(&whatsapp).await;
+    let calls = calls_per_trace(&fakes);
     assert_eq!(calls.len(), 20, "every key reached the provider: {calls:?}");
     assert!(calls.values().all(|n| *n == 1), "one provider call per key: {calls:?}");
 
@@ -151,17 +146,16 @@ async fn two_hundred_racing_duplicates_over_three_replicas_call_the_provider_onc
             assert_eq!(*first, body, "replica {n} answers {trace} like the others");
         }
     }
-    assert_eq!(received(&whatsapp).await.len(), 20, "the replays called nobody");
-    assert_one_event_each([("bucket", &bucket), ("karma", &karma)], &traces.into_iter().collect()).await;
+    assert_eq!(fakes.whatsapp_arrivals(), 20, "the replays called nobody");
+    assert_one_event_each(&fakes, &traces.into_iter().collect()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_loses_nothing_and_its_interrupted_calls_become_outcome_unknown() {
     let url = new_database().await;
-    let whatsapp = MockServer::builder().start().await;
-    mount_whatsapp(&whatsapp, whatsapp_accepted("wamid.load").set_delay(secs(0.3))).await;
-    let (bucket, karma) = (SinkFake::up(BUCKET_PATH).await, SinkFake::up(KARMA_PATH).await);
-    let mut replicas = Replicas::start(&url, &whatsapp_env(&whatsapp, &bucket, &karma)).await;
+    let fakes = Fakes::start().await;
+    fakes.slow_whatsapp(secs(0.3));
+    let mut replicas = Replicas::start(&url, &whatsapp_env(&fakes)).await;
 
     // Two callers per replica; each remembers what was acknowledged and what never was.
     let acknowledged = Arc::new(Mutex::new(BTreeMap::<String, Value>::new()));
@@ -236,19 +230,26 @@ async fn a_replica_killed_under_load_loses_nothing_and_its_interrupted_calls_bec
             assert_eq!(&replay, body, "replica {n} replays {trace}'s answer");
         }
     }
-    let calls = calls_per_trace(&whatsapp).await;
+    let calls = calls_per_trace(&fakes);
     assert!(calls.values().all(|n| *n == 1), "no message was sent twice: {calls:?}");
+    // A send the kill interrupted reached the fake but was never answered, so only the fake's
+    // count of arrivals holds it: any arrival beyond the answered sends and those is a re-send.
+    let interrupted = unanswered.iter().filter(|trace| !calls.contains_key(*trace)).count();
+    let answered: usize = calls.values().sum();
+    let arrivals = fakes.whatsapp_arrivals();
+    assert!(
+        arrivals <= (answered + interrupted) as u64,
+        "{arrivals} sends for {answered} answered and {interrupted} cut"
+    );
     let everything: BTreeSet<String> = acknowledged.keys().chain(&unanswered).cloned().collect();
-    assert_one_event_each([("bucket", &bucket), ("karma", &karma)], &everything).await;
+    assert_one_event_each(&fakes, &everything).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_outage_with_three_replicas_loses_nothing_and_delivers_each_event_once() {
     let url = new_database().await;
-    let mut bucket = SinkFake::refused(BUCKET_PATH);
-    let karma = SinkFake::up(KARMA_PATH).await;
-    let env = [("BUCKET_URL", bucket.uri()), ("KARMA_URL", karma.uri())];
-    let replicas = Replicas::start(&url, &env).await;
+    let fakes = Fakes::with_bucket_refused().await;
+    let replicas = Replicas::start(&url, &fakes.env()).await;
 
     let mut traces = BTreeSet::new();
     for n in 0..60 {
@@ -260,19 +261,21 @@ async fn a_bucket_outage_with_three_replicas_loses_nothing_and_delivers_each_eve
     // Every replica reports the shared outbox, not its own share of it.
     replicas.each_reports_bucket_depth(60).await;
 
-    bucket.come_up().await;
-    assert_one_event_each([("bucket", &bucket), ("karma", &karma)], &traces).await;
+    fakes.bucket().come_up();
+    assert_one_event_each(&fakes, &traces).await;
     replicas.each_reports_bucket_depth(0).await;
-    assert_eq!(bucket.delivered().len(), 60, "no event was delivered twice");
+    assert_eq!(fakes.bucket().delivered().len(), 60, "no event was delivered twice");
 }
 
 #[tokio::test]
 async fn an_unreachable_database_stops_the_start_naming_its_variable_without_the_password() {
-    let nobody = ReservedPort::new();
+    // A stack's port that refuses connections: nobody listens there.
+    let fakes = Fakes::start().await;
+    fakes.bucket().refuse();
     let data_dir = TempDir::new().expect("a temp dir");
-    let url = format!("postgres://exec:s3cret-pw@{}/executor", nobody.address());
+    let url = format!("postgres://exec:s3cret-pw@{}/executor", fakes.stack.addr(Pillar::Bucket));
 
-    let refused = ExecutorProcess::try_start(data_dir.path(), &[("DATABASE_URL", url)]).await;
+    let refused = ExecutorProcess::try_start(EXECUTOR, data_dir.path(), &[("DATABASE_URL", url)]).await;
 
     let Err(NotServing { status: Some(status), logs }) = refused else { panic!("the executor must not start") };
     assert!(!status.success(), "{status}");

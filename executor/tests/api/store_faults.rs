@@ -25,8 +25,6 @@ use std::time::Instant;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, Request, Respond};
 
 use crate::helpers::*;
 
@@ -36,7 +34,7 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_any_store_file_never_loses_or_repeats_an_acknowledged_execution() {
-    let neighbours = Neighbours::start(numbered_whatsapp_ids()).await;
+    let neighbours = Neighbours::start().await;
     let pristines = [Pristine::make(&neighbours, Stop::Kill).await, Pristine::make(&neighbours, Stop::Term).await];
     for pristine in &pristines {
         pristine.assert_an_undamaged_copy_replays_everything(&neighbours).await;
@@ -71,7 +69,7 @@ async fn a_flipped_byte_in_any_store_file_never_loses_or_repeats_an_acknowledged
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_cut_short_never_loses_or_repeats_an_acknowledged_execution() {
-    let neighbours = Neighbours::start(numbered_whatsapp_ids()).await;
+    let neighbours = Neighbours::start().await;
     let pristines = [Pristine::make(&neighbours, Stop::Kill).await, Pristine::make(&neighbours, Stop::Term).await];
 
     let (mut summary, mut breaches) = (Vec::new(), Vec::new());
@@ -134,8 +132,8 @@ async fn a_full_disk_refuses_new_executions_before_any_provider_call_and_recover
         }
     };
     let data_dir = tmpfs.data_dir();
-    let neighbours = Neighbours::start(numbered_whatsapp_ids()).await;
-    let mut process = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+    let neighbours = Neighbours::start().await;
+    let mut process = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
     let http = client();
     let mut acknowledged = acknowledge(&process, 3, 2).await;
 
@@ -197,7 +195,7 @@ async fn a_full_disk_refuses_new_executions_before_any_provider_call_and_recover
     neighbours.assert_events_arrive(&acknowledged).await;
     // Nothing was answered `success` without being recorded: it survives a kill and replays.
     process.kill();
-    let restarted = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+    let restarted = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
     assert_replays_identically(&http, &restarted, &acknowledged, "after the disk was full and a kill").await;
     assert_eq!(neighbours.provider_calls(&message).await, 1, "a replay sends nothing");
     assert!(
@@ -217,8 +215,9 @@ async fn an_outcome_reached_while_the_disk_is_full_is_recorded_once_the_disk_has
         }
     };
     let data_dir = tmpfs.data_dir();
-    let neighbours = Neighbours::start(whatsapp_accepted("wamid.kept-while-full").set_delay(secs(1.5))).await;
-    let process = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+    let neighbours = Neighbours::start().await;
+    neighbours.fakes.slow_whatsapp(secs(1.5));
+    let process = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
     let http = client();
     let message = trace_id();
     // A message longer than a page: on a full disk, its outcome cannot fit in what is left of the
@@ -230,7 +229,7 @@ async fn an_outcome_reached_while_the_disk_is_full_is_recorded_once_the_disk_has
         tokio::spawn(async move { call(&http, &url, &request).await })
     };
     eventually(secs(10.0), "the provider call is in flight", async || {
-        (neighbours.provider_calls(&message).await == 1).then_some(())
+        (neighbours.fakes.whatsapp_arrivals() == 1).then_some(())
     })
     .await;
 
@@ -247,7 +246,7 @@ async fn an_outcome_reached_while_the_disk_is_full_is_recorded_once_the_disk_has
             _ => panic!("a retry while the disk is full answered {}: {}", retry.status, retry.text),
         }
     }
-    assert_eq!(neighbours.provider_calls(&message).await, 1, "retries while the disk is full send nothing");
+    assert_eq!(neighbours.fakes.whatsapp_arrivals(), 1, "retries while the disk is full send nothing");
     let health = call_get(&http, &format!("{}/healthz", process.base_url())).await;
     assert_eq!(health["store"], "failing", "{health}");
 
@@ -263,8 +262,9 @@ async fn an_outcome_reached_while_the_disk_is_full_is_recorded_once_the_disk_has
     })
     .await;
     replay.assert_success(&message);
-    assert_eq!(replay.result()["whatsapp_message_id"], "wamid.kept-while-full", "{}", replay.text);
-    assert_eq!(neighbours.provider_calls(&message).await, 1, "the message was sent once");
+    let sent = neighbours.fakes.stack.providers().whatsapp_messages();
+    assert_eq!(replay.result()["whatsapp_message_id"], sent[0].message_id.as_str(), "{}", replay.text);
+    assert_eq!(neighbours.fakes.whatsapp_arrivals(), 1, "the message was sent once");
     neighbours.assert_events_arrive(&[Acknowledged { trace: message, request, answer: replay.body }]).await;
 }
 
@@ -274,12 +274,12 @@ async fn an_outcome_reached_while_the_disk_is_full_is_recorded_once_the_disk_has
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_five_times_loses_nothing_and_executes_nothing_twice() {
-    let neighbours = Neighbours::start(numbered_whatsapp_ids()).await;
+    let neighbours = Neighbours::start().await;
     let data_dir = TempDir::new().expect("a temp dir");
     let acknowledged = Arc::new(Mutex::new(Vec::<Acknowledged>::new()));
     let mut per_cycle = Vec::new();
     for _cycle in 0..5 {
-        let mut process = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+        let mut process = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
         let (stop, in_cycle) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
         let mut workers = Vec::new();
         for worker in 0..8 {
@@ -317,7 +317,7 @@ async fn kill_9_under_load_five_times_loses_nothing_and_executes_nothing_twice()
     let acknowledged = acknowledged.lock().expect("lock").clone();
     eprintln!("acknowledged per cycle before each kill: {per_cycle:?}");
 
-    let last = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+    let last = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
     assert_replays_identically(&client(), &last, &acknowledged, "after five kills").await;
     let repeated: Vec<(String, usize)> =
         neighbours.provider_calls_by_trace().await.into_iter().filter(|(_, calls)| *calls > 1).collect();
@@ -327,17 +327,18 @@ async fn kill_9_under_load_five_times_loses_nothing_and_executes_nothing_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_events_are_not_sent_again_after_a_kill() {
-    let neighbours = Neighbours::start(numbered_whatsapp_ids()).await;
+    let neighbours = Neighbours::start().await;
     let data_dir = TempDir::new().expect("a temp dir");
-    let mut process = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+    let mut process = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
     let acknowledged = acknowledge(&process, 100, 0).await;
     let traces: BTreeSet<String> = acknowledged.iter().map(|a| a.trace.clone()).collect();
     eventually(secs(20.0), "both sinks have every event", async || {
-        (traces.is_subset(&neighbours.bucket.trace_ids()) && traces.is_subset(&neighbours.karma.trace_ids()))
-            .then_some(())
+        (traces.is_subset(&neighbours.fakes.bucket().trace_ids())
+            && traces.is_subset(&neighbours.fakes.karma().trace_ids()))
+        .then_some(())
     })
     .await;
-    let delivered_before = neighbours.bucket.event_ids().len() + neighbours.karma.event_ids().len();
+    let delivered_before = neighbours.fakes.bucket().event_ids().len() + neighbours.fakes.karma().event_ids().len();
     assert_eq!(delivered_before, 200, "one event per execution and sink");
 
     // Acknowledgements are written without a sync of their own and become durable with the next
@@ -345,7 +346,7 @@ async fn delivered_events_are_not_sent_again_after_a_kill() {
     let later = trace_id();
     post(&client(), &process, &task_request(&later)).await.assert_success(&later);
     process.kill();
-    let restarted = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+    let restarted = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
     let http = client();
     eventually(secs(20.0), "the restarted executor's outboxes are empty", async || {
         let status = call_get(&http, &format!("{}/api/integration/status", restarted.base_url())).await;
@@ -355,7 +356,7 @@ async fn delivered_events_are_not_sent_again_after_a_kill() {
     .await;
 
     // The 200 events delivered before the kill (the later execution's own may be sent twice).
-    let before: Vec<Vec<Delivery>> = [&neighbours.bucket, &neighbours.karma]
+    let before: Vec<Vec<Delivery>> = [neighbours.fakes.bucket(), neighbours.fakes.karma()]
         .iter()
         .map(|sink| sink.delivered().into_iter().filter(|d| traces.contains(&d.trace_id())).collect())
         .collect();
@@ -420,7 +421,7 @@ async fn check_never_loses_or_repeats(
         }
         breaches
     };
-    let mut process = match ExecutorProcess::try_start(data_dir, &neighbours.env()).await {
+    let mut process = match ExecutorProcess::try_start(EXECUTOR, data_dir, &neighbours.env()).await {
         Ok(process) => process,
         Err(NotServing { status, logs }) => return (Verdict::Refused, refusal(status, &logs)),
     };
@@ -500,7 +501,7 @@ struct Pristine {
 impl Pristine {
     async fn make(neighbours: &Neighbours, stop: Stop) -> Self {
         let data_dir = TempDir::new().expect("a temp dir");
-        let mut process = ExecutorProcess::start(&data_dir, &neighbours.env()).await;
+        let mut process = ExecutorProcess::start(EXECUTOR, &data_dir, &neighbours.env()).await;
         let acknowledged = acknowledge(&process, 40, 10).await;
         match stop {
             Stop::Kill => process.kill(),
@@ -515,7 +516,7 @@ impl Pristine {
     /// The control: an undamaged copy serves every acknowledged answer again.
     async fn assert_an_undamaged_copy_replays_everything(&self, neighbours: &Neighbours) {
         let data_dir = self.snapshot.restore();
-        let process = ExecutorProcess::start(data_dir.path(), &neighbours.env()).await;
+        let process = ExecutorProcess::start(EXECUTOR, data_dir.path(), &neighbours.env()).await;
         let what = format!("an undamaged copy of a data directory stopped by {}", self.stop.name());
         assert_replays_identically(&client(), &process, &self.acknowledged, &what).await;
     }
@@ -642,37 +643,26 @@ fn spread_across_kinds(pristines: &[Pristine], cap: usize) -> Vec<(&Pristine, &S
 // The neighbours, calls and what was acknowledged
 // ---------------------------------------------------------------------------------------------
 
-/// The executor's neighbours here: a WhatsApp provider, Bucket and Karma accepting everything.
+/// The executor's neighbours here: the stack's fakes, accepting everything. Its WhatsApp fake
+/// answers each send with a new message id, so a repeated execution cannot pass for a replay.
 struct Neighbours {
-    whatsapp: MockServer,
-    bucket: SinkFake,
-    karma: SinkFake,
+    fakes: Fakes,
 }
 
 impl Neighbours {
-    async fn start(whatsapp: impl Respond + 'static) -> Self {
-        let server = MockServer::builder().start().await;
-        Mock::given(method("POST")).and(path(WHATSAPP_PATH)).respond_with(whatsapp).mount(&server).await;
-        Self { whatsapp: server, bucket: SinkFake::up(BUCKET_PATH).await, karma: SinkFake::up(KARMA_PATH).await }
+    async fn start() -> Self {
+        Self { fakes: Fakes::start().await }
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("BUCKET_URL", self.bucket.uri()),
-            ("KARMA_URL", self.karma.uri()),
-            ("WHATSAPP_API_URL", self.whatsapp.uri()),
-            ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
-            ("WHATSAPP_ACCESS_TOKEN", WHATSAPP_TOKEN.to_owned()),
-            ("WHATSAPP_TIMEOUT", "5".to_owned()),
-        ]
+        self.fakes.env()
     }
 
-    /// Sends the provider received, per trace (`X-Trace-Id`).
+    /// The sends the provider answered, per trace (`X-Trace-Id`).
     async fn provider_calls_by_trace(&self) -> BTreeMap<String, usize> {
         let mut calls = BTreeMap::new();
-        for request in received(&self.whatsapp).await {
-            let trace = request.headers.get("x-trace-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-            *calls.entry(trace.to_owned()).or_default() += 1;
+        for call in self.fakes.whatsapp_calls() {
+            *calls.entry(call.trace_id.unwrap_or_default()).or_default() += 1;
         }
         calls
     }
@@ -684,20 +674,13 @@ impl Neighbours {
     /// Waits until every acknowledged execution's events have reached both sinks.
     async fn assert_events_arrive(&self, acknowledged: &[Acknowledged]) {
         let traces: BTreeSet<String> = acknowledged.iter().map(|a| a.trace.clone()).collect();
-        for (name, sink) in [("bucket", &self.bucket), ("karma", &self.karma)] {
+        for (name, sink) in [("bucket", self.fakes.bucket()), ("karma", self.fakes.karma())] {
             eventually(secs(20.0), &format!("{name} has the events of {} executions", traces.len()), async || {
                 traces.is_subset(&sink.trace_ids()).then_some(())
             })
             .await;
         }
     }
-}
-
-/// A WhatsApp provider answering each send with a new message id (`wamid.0`, `wamid.1`, ...),
-/// so a repeated execution cannot pass for a replay.
-fn numbered_whatsapp_ids() -> impl Respond + 'static {
-    let sent = AtomicUsize::new(0);
-    move |_: &Request| whatsapp_accepted(&format!("wamid.{}", sent.fetch_add(1, Ordering::SeqCst)))
 }
 
 /// An acknowledged execution: the request and the answer it got.
@@ -716,13 +699,7 @@ impl Acknowledged {
 
 /// `POST`s `body` to `url`; `None` if no answer came (the executor died or hung).
 async fn call(http: &reqwest::Client, url: &str, body: &Value) -> Option<TestResponse> {
-    let started = Instant::now();
-    let response = http.post(url).json(body).send().await.ok()?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.ok()?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Some(TestResponse { status, headers, body, text, elapsed: started.elapsed() })
+    TestResponse::try_send(http.post(url).json(body)).await.ok()
 }
 
 /// `POST`s `body` to `process`, failing the test with its last log lines if no answer comes.

@@ -22,7 +22,7 @@ async fn execute_tasks(app: &TestApp, count: usize, budget: std::time::Duration)
 }
 
 /// Waits until `sink` acknowledged an event of each of `traces`; returns its distinct event ids.
-async fn wait_for_events(sink: &SinkFake, traces: &[String]) -> BTreeSet<String> {
+async fn wait_for_events(sink: &Sink<'_>, traces: &[String]) -> BTreeSet<String> {
     let wanted: BTreeSet<String> = traces.iter().cloned().collect();
     eventually(secs(15.0), "every event reaches the sink", async || wanted.is_subset(&sink.trace_ids()).then_some(()))
         .await;
@@ -32,7 +32,6 @@ async fn wait_for_events(sink: &SinkFake, traces: &[String]) -> BTreeSet<String>
 #[tokio::test]
 async fn events_reach_bucket_and_karma_with_the_documented_shapes_and_headers() {
     let app = spawn_app(&[]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.shape")).await;
     let trace = trace_id();
     let secret_text = "Your one-time code is 424242";
     let metadata = json!({"campaign": "diwali-2026", "channel": "core", "attempt": 1});
@@ -43,10 +42,10 @@ async fn events_reach_bucket_and_karma_with_the_documented_shapes_and_headers() 
     );
 
     app.execute(&request).await.assert_success(&trace);
-    wait_for_events(&app.bucket, std::slice::from_ref(&trace)).await;
-    wait_for_events(&app.karma, std::slice::from_ref(&trace)).await;
+    wait_for_events(&app.bucket(), std::slice::from_ref(&trace)).await;
+    wait_for_events(&app.karma(), std::slice::from_ref(&trace)).await;
 
-    let bucket = app.bucket.event_for(&trace).expect("a bucket event");
+    let bucket = app.bucket().event_for(&trace).expect("a bucket event");
     assert_eq!(bucket.body["requester_id"], "workflow_executor");
     let data = &bucket.body["event_data"];
     let keys: BTreeSet<&str> = data.as_object().expect("an object").keys().map(String::as_str).collect();
@@ -77,7 +76,8 @@ async fn events_reach_bucket_and_karma_with_the_documented_shapes_and_headers() 
     assert_eq!(data["metadata"], metadata, "the caller's metadata object, and only it");
     let result = &data["execution_result"];
     assert_eq!(result["success"], true);
-    assert_eq!(result["whatsapp_message_id"], "wamid.shape");
+    let sent = app.fakes.stack.providers().whatsapp_messages();
+    assert_eq!(result["whatsapp_message_id"], sent[0].message_id.as_str());
     assert_eq!(result["recipient"], "+91******3210", "the recipient is masked");
     let serialized = bucket.body.to_string();
     assert!(!serialized.contains(secret_text), "the message body leaked into the audit trail: {serialized}");
@@ -89,7 +89,7 @@ async fn events_reach_bucket_and_karma_with_the_documented_shapes_and_headers() 
     assert_eq!(bucket.header("idempotency-key"), data["event_id"].as_str());
     assert!(uuid::Uuid::parse_str(&bucket.event_id()).is_ok(), "{}", bucket.event_id());
 
-    let karma = app.karma.event_for(&trace).expect("a karma event");
+    let karma = app.karma().event_for(&trace).expect("a karma event");
     assert_eq!(karma.body["type"], "life_event");
     assert_eq!(karma.body["source"], "workflow_executor");
     let data = &karma.body["data"];
@@ -117,16 +117,16 @@ async fn a_failed_execution_is_audited_as_failed_and_is_a_workflow_failure_for_k
     );
 
     app.execute(&request).await.assert_failed("missing_body");
-    wait_for_events(&app.bucket, std::slice::from_ref(&trace)).await;
-    wait_for_events(&app.karma, std::slice::from_ref(&trace)).await;
+    wait_for_events(&app.bucket(), std::slice::from_ref(&trace)).await;
+    wait_for_events(&app.karma(), std::slice::from_ref(&trace)).await;
 
-    let data = app.bucket.event_for(&trace).expect("bucket event").body["event_data"].clone();
+    let data = app.bucket().event_for(&trace).expect("bucket event").body["event_data"].clone();
     assert_eq!(data["status"], "failed");
     assert_eq!(data["action_type"], "email");
     assert_eq!(data["execution_result"]["error_code"], "missing_body");
     assert_eq!(data["metadata"], json!({}));
     assert_eq!(data["product"], "unknown");
-    let karma = app.karma.event_for(&trace).expect("karma event").body;
+    let karma = app.karma().event_for(&trace).expect("karma event").body;
     assert_eq!(karma["data"]["action"], "workflow_failure");
     assert_eq!(karma["data"]["note"], "Workflow execution: email");
     assert_eq!(karma["data"]["user_id"], "u-9");
@@ -135,26 +135,25 @@ async fn a_failed_execution_is_audited_as_failed_and_is_a_workflow_failure_for_k
 #[tokio::test]
 async fn audit_events_mask_email_recipients_and_drop_content() {
     let app = spawn_app(&[]).await;
-    mount_ai(&app.ai, ai_completion("the model's private answer")).await;
     let (mail, ai) = (trace_id(), trace_id());
     let email = json!({"action_type": "email", "recipient": "alice@example.com", "subject": "Invoice",
                        "body": "confidential body text"});
     app.execute(&workflow(&mail, email)).await.assert_success(&mail);
     app.execute(&workflow(&ai, json!({"action_type": "ai", "prompt": "my private prompt"}))).await.assert_success(&ai);
-    wait_for_events(&app.bucket, &[mail.clone(), ai.clone()]).await;
+    wait_for_events(&app.bucket(), &[mail.clone(), ai.clone()]).await;
 
-    let mail_event = app.bucket.event_for(&mail).expect("event").body;
+    let mail_event = app.bucket().event_for(&mail).expect("event").body;
     assert_eq!(mail_event["event_data"]["execution_result"]["recipient"], "a***@example.com");
     assert!(!mail_event.to_string().contains("alice@"), "{mail_event}");
     assert!(!mail_event.to_string().contains("confidential body text"), "{mail_event}");
-    let ai_event = app.bucket.event_for(&ai).expect("event").body;
+    let ai_event = app.bucket().event_for(&ai).expect("event").body;
     assert!(!ai_event.to_string().contains("my private prompt"), "{ai_event}");
-    assert!(!ai_event.to_string().contains("private answer"), "{ai_event}");
+    assert!(!ai_event.to_string().contains("[AI_RESPONSE]"), "the model's answer is dropped: {ai_event}");
 }
 
 #[tokio::test]
 async fn responses_stay_fast_and_no_event_is_lost_while_bucket_refuses_connections() {
-    let mut app = spawn_app_with(Fakes::with_bucket_refused().await, &[]).await;
+    let app = spawn_app_with(Fakes::with_bucket_refused().await, &[]).await;
 
     let traces = execute_tasks(&app, 10, secs(1.0)).await;
 
@@ -172,11 +171,11 @@ async fn responses_stay_fast_and_no_event_is_lost_while_bucket_refuses_connectio
     assert!(status["alerts"].as_array().is_some_and(|a| a.iter().any(|x| x["pillar"] == "bucket")), "{status}");
     assert!(app.metrics().await.get("workflow_outbox_depth", &[("sink", "bucket")]) >= 10.0);
 
-    app.bucket.come_up().await;
+    app.bucket().come_up();
 
-    let bucket_ids = wait_for_events(&app.bucket, &traces).await;
+    let bucket_ids = wait_for_events(&app.bucket(), &traces).await;
     assert_eq!(bucket_ids.len(), 10, "one event per execution, none lost");
-    assert_eq!(wait_for_events(&app.karma, &traces).await.len(), 10);
+    assert_eq!(wait_for_events(&app.karma(), &traces).await.len(), 10);
     eventually(secs(10.0), "healthz reports ok again", async || {
         let health = app.healthz().await.body;
         (health["status"] == "ok" && health["pillars"]["bucket"] == "up").then_some(())
@@ -188,22 +187,22 @@ async fn responses_stay_fast_and_no_event_is_lost_while_bucket_refuses_connectio
 #[tokio::test]
 async fn responses_stay_fast_and_every_event_arrives_after_a_hanging_sink_recovers() {
     let app = spawn_app(&[]).await;
-    app.bucket.set_mode(SinkMode::Hang);
-    app.karma.set_mode(SinkMode::Hang);
+    app.bucket().hang();
+    app.karma().hang();
 
     let traces = execute_tasks(&app, 12, secs(1.0)).await;
     eventually(secs(5.0), "the sinks were tried", async || {
-        (app.bucket.attempts() > 0 && app.karma.attempts() > 0).then_some(())
+        (app.bucket().attempts() > 0 && app.karma().attempts() > 0).then_some(())
     })
     .await;
     let more = execute_tasks(&app, 3, secs(1.0)).await;
 
-    app.bucket.set_mode(SinkMode::Accept);
-    app.karma.set_mode(SinkMode::Accept);
+    app.bucket().accept();
+    app.karma().accept();
 
     let all: Vec<String> = traces.into_iter().chain(more).collect();
-    assert_eq!(wait_for_events(&app.bucket, &all).await.len(), 15);
-    assert_eq!(wait_for_events(&app.karma, &all).await.len(), 15);
+    assert_eq!(wait_for_events(&app.bucket(), &all).await.len(), 15);
+    assert_eq!(wait_for_events(&app.karma(), &all).await.len(), 15);
     let metrics = app.metrics().await;
     assert!(metrics.get("workflow_events_retried_total", &[("sink", "bucket"), ("kind", "unreachable")]) >= 1.0);
 }
@@ -211,9 +210,20 @@ async fn responses_stay_fast_and_every_event_arrives_after_a_hanging_sink_recove
 #[tokio::test]
 async fn sinks_that_refuse_events_are_dead_lettered_and_reported_while_executions_keep_succeeding() {
     // A generous attempt timeout: a slow answer must not count as "unreachable" here.
-    let app = spawn_app(&[("EXECUTOR_DELIVERY_MAX_ATTEMPTS", "2"), ("WORKFLOW_TIMEOUT", "2")]).await;
-    app.bucket.set_mode(SinkMode::SuccessFalse);
-    app.karma.set_mode(SinkMode::ServerError);
+    // Bucket refuses an unauthorised requester with 200 `success: false`; the executor always
+    // names itself and the fake Bucket knows it, so a canned answer plays that Bucket here.
+    let refusing_bucket = CannedAnswer::start(
+        200,
+        json!({"success": false, "message": "403: Unauthorized requester: workflow_executor"}),
+    )
+    .await;
+    let app = spawn_app(&[
+        ("EXECUTOR_DELIVERY_MAX_ATTEMPTS", "2"),
+        ("WORKFLOW_TIMEOUT", "2"),
+        ("BUCKET_URL", &refusing_bucket.uri()),
+    ])
+    .await;
+    app.karma().fail(500);
 
     let traces = execute_tasks(&app, 3, secs(1.0)).await;
 
@@ -239,8 +249,8 @@ async fn sinks_that_refuse_events_are_dead_lettered_and_reported_while_execution
         "{status}"
     );
     assert!(status["pillars"]["karma"]["last_error"].as_str().unwrap_or_default().contains("500"), "{status}");
-    assert_eq!(app.bucket.attempts(), 6, "two attempts per event, then dead-lettered");
-    assert_eq!(app.karma.attempts(), 6, "two attempts per event, then dead-lettered");
+    assert_eq!(refusing_bucket.requests(), 6, "two attempts per event, then dead-lettered");
+    assert_eq!(app.karma().attempts(), 6, "two attempts per event, then dead-lettered");
 
     let metrics = app.metrics().await;
     assert_eq!(metrics.get("workflow_events_dead_lettered_total", &[("sink", "bucket")]), 3.0);
@@ -263,9 +273,9 @@ async fn a_disabled_sink_gets_no_events_and_is_reported_as_disabled() {
 
     let traces = execute_tasks(&app, 2, secs(1.0)).await;
 
-    wait_for_events(&app.bucket, &traces).await;
+    wait_for_events(&app.bucket(), &traces).await;
     app.wait_until_outboxes_drain().await;
-    assert_eq!(app.karma.attempts(), 0);
+    assert_eq!(app.karma().attempts(), 0);
     let health = app.healthz().await.body;
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["pillars"]["karma"], "disabled", "{health}");
@@ -274,22 +284,20 @@ async fn a_disabled_sink_gets_no_events_and_is_reported_as_disabled() {
 
 #[tokio::test]
 async fn a_full_audit_outbox_fails_closed_with_503_audit_spool_full() {
-    let mut app =
-        spawn_app_with(Fakes::with_bucket_refused().await, &[("EXECUTOR_BUCKET_OUTBOX_MAX_EVENTS", "2")]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.never")).await;
+    let app = spawn_app_with(Fakes::with_bucket_refused().await, &[("EXECUTOR_BUCKET_OUTBOX_MAX_EVENTS", "2")]).await;
     let accepted = execute_tasks(&app, 2, secs(1.0)).await;
 
     let refused = app.execute(&whatsapp_request(&trace_id())).await;
 
     refused.assert_rejected(503, "audit_spool_full");
     assert!(refused.header("retry-after").is_some(), "503 carries Retry-After");
-    assert!(received(&app.whatsapp).await.is_empty(), "an execution that cannot be audited does not happen");
+    assert!(app.fakes.whatsapp_calls().is_empty(), "an execution that cannot be audited does not happen");
     let metrics = app.metrics().await;
     assert_eq!(metrics.get("workflow_rejected_requests_total", &[("reason", "audit_spool_full")]), 1.0);
     assert_eq!(metrics.get("workflow_executions_total", &[]), 2.0);
 
-    app.bucket.come_up().await;
-    assert_eq!(wait_for_events(&app.bucket, &accepted).await.len(), 2);
+    app.bucket().come_up();
+    assert_eq!(wait_for_events(&app.bucket(), &accepted).await.len(), 2);
     app.wait_until_outboxes_drain().await;
     let trace = trace_id();
     app.execute(&whatsapp_request(&trace)).await.assert_success(&trace);
@@ -297,7 +305,7 @@ async fn a_full_audit_outbox_fails_closed_with_503_audit_spool_full() {
 
 #[tokio::test]
 async fn a_full_behavioural_outbox_drops_the_oldest_events_and_counts_them() {
-    let mut app = spawn_app_with(Fakes::with_karma_refused().await, &[("EXECUTOR_KARMA_OUTBOX_MAX_EVENTS", "2")]).await;
+    let app = spawn_app_with(Fakes::with_karma_refused().await, &[("EXECUTOR_KARMA_OUTBOX_MAX_EVENTS", "2")]).await;
 
     let traces = execute_tasks(&app, 5, secs(1.0)).await;
 
@@ -309,13 +317,13 @@ async fn a_full_behavioural_outbox_drops_the_oldest_events_and_counts_them() {
     .await;
     assert_eq!(metrics.get("workflow_events_dropped_total", &[("sink", "bucket")]), 0.0);
     assert_eq!(app.status().await.body["pillars"]["karma"]["outbox_depth"], 2);
-    assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 5, "the audit trail is complete");
+    assert_eq!(wait_for_events(&app.bucket(), &traces).await.len(), 5, "the audit trail is complete");
 
-    app.karma.come_up().await;
+    app.karma().come_up();
     let newest = &traces[3..];
-    wait_for_events(&app.karma, newest).await;
+    wait_for_events(&app.karma(), newest).await;
     app.wait_until_outboxes_drain().await;
-    assert_eq!(app.karma.trace_ids(), newest.iter().cloned().collect(), "the oldest events were the ones dropped");
+    assert_eq!(app.karma().trace_ids(), newest.iter().cloned().collect(), "the oldest events were the ones dropped");
 }
 
 #[tokio::test]
@@ -369,7 +377,7 @@ async fn metrics_and_status_move_with_executions_deliveries_and_replays() {
 #[tokio::test]
 async fn a_permanent_4xx_from_a_sink_is_dead_lettered_at_once_with_its_reason() {
     let app = spawn_app(&[("EXECUTOR_DELIVERY_MAX_ATTEMPTS", "5"), ("WORKFLOW_TIMEOUT", "2")]).await;
-    app.karma.set_mode(SinkMode::Unprocessable);
+    app.karma().fail(422);
 
     let traces = execute_tasks(&app, 2, secs(1.0)).await;
 
@@ -378,9 +386,9 @@ async fn a_permanent_4xx_from_a_sink_is_dead_lettered_at_once_with_its_reason() 
         (status["pillars"]["karma"]["dead_lettered"] == 2).then_some(status)
     })
     .await;
-    assert_eq!(app.karma.attempts(), 2, "a permanent refusal is not retried");
+    assert_eq!(app.karma().attempts(), 2, "a permanent refusal is not retried");
     assert!(status["pillars"]["karma"]["last_error"].as_str().unwrap_or_default().contains("422"), "{status}");
-    assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 2, "the other sink is unaffected");
+    assert_eq!(wait_for_events(&app.bucket(), &traces).await.len(), 2, "the other sink is unaffected");
 
     // Operators can read what was given up on, and why.
     let listed = app.dead_letters("sink=karma&limit=10").await;
@@ -408,20 +416,19 @@ async fn a_permanent_4xx_from_a_sink_is_dead_lettered_at_once_with_its_reason() 
 #[tokio::test]
 async fn recipients_stay_unmasked_in_audit_events_when_so_configured() {
     let app = spawn_app(&[("EXECUTOR_AUDIT_MASK_RECIPIENTS", "false")]).await;
-    mount_whatsapp(&app.whatsapp, whatsapp_accepted("wamid.raw")).await;
     let trace = trace_id();
 
     app.execute(&whatsapp_request(&trace)).await.assert_success(&trace);
 
-    wait_for_events(&app.bucket, std::slice::from_ref(&trace)).await;
-    let event = app.bucket.event_for(&trace).expect("an event").body;
+    wait_for_events(&app.bucket(), std::slice::from_ref(&trace)).await;
+    let event = app.bucket().event_for(&trace).expect("an event").body;
     assert_eq!(event["event_data"]["execution_result"]["recipient"], "+919876543210");
     assert!(!event.to_string().contains("Your order has shipped"), "content is still dropped: {event}");
 }
 
 #[tokio::test]
 async fn an_outage_longer_than_one_delivery_batch_loses_nothing() {
-    let mut app = spawn_app_with(Fakes::with_bucket_refused().await, &[]).await;
+    let app = spawn_app_with(Fakes::with_bucket_refused().await, &[]).await;
     let mut load = tokio::task::JoinSet::new();
     let (traces, per_caller) = (std::sync::Arc::new(std::sync::Mutex::new(Vec::new())), 75);
     for _ in 0..4 {
@@ -450,9 +457,9 @@ async fn an_outage_longer_than_one_delivery_batch_loses_nothing() {
     assert_eq!(traces.len(), 300, "more than one delivery batch (256)");
     assert_eq!(app.status().await.body["pillars"]["bucket"]["outbox_depth"], 300);
 
-    app.bucket.come_up().await;
+    app.bucket().come_up();
 
-    assert_eq!(wait_for_events(&app.bucket, &traces).await.len(), 300);
+    assert_eq!(wait_for_events(&app.bucket(), &traces).await.len(), 300);
     app.wait_until_outboxes_drain().await;
 }
 
@@ -493,7 +500,7 @@ async fn concurrent_requests_cannot_overfill_a_fail_closed_outbox() {
 #[tokio::test]
 async fn dead_letters_are_counted_and_alerted_in_the_status_after_a_restart() {
     let app = spawn_app(&[("WORKFLOW_TIMEOUT", "2")]).await;
-    app.karma.set_mode(SinkMode::Unprocessable);
+    app.karma().fail(422);
     execute_tasks(&app, 2, secs(1.0)).await;
     eventually(secs(10.0), "karma's events are dead-lettered", async || {
         (app.status().await.body["pillars"]["karma"]["dead_lettered"] == 2).then_some(())

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,11 +76,12 @@ pub(crate) const DEFAULT_LIMITS: Limits = Limits::new(5_000, 16);
 pub struct SmtpSink {
     sim: Arc<Sim>,
     messages: Mutex<Ring<SmtpMessage>>,
+    sessions: AtomicU64,
 }
 
 impl SmtpSink {
     pub(crate) fn new(sim: Arc<Sim>, limits: Limits) -> Self {
-        Self { sim, messages: Mutex::new(Ring::new(limits)) }
+        Self { sim, messages: Mutex::new(Ring::new(limits)), sessions: AtomicU64::new(0) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring<SmtpMessage>> {
@@ -94,6 +96,12 @@ impl SmtpSink {
     /// One page of kept messages after cursor `after` (optionally of one trace), oldest first.
     pub fn page(&self, after: u64, limit: usize, trace_id: Option<&str>) -> Page<SmtpMessage> {
         self.lock().page(after, limit, |m| trace_id.is_none_or(|t| m.trace_id.as_deref() == Some(t)), |_, m| m.clone())
+    }
+
+    /// How many connections the sink served since the stack started (the stack's own
+    /// readiness check is one), whether or not they sent a message.
+    pub fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// How many messages were dropped to bound memory since the stack started.
@@ -119,6 +127,7 @@ impl ConnectionHandler for SmtpHandler {
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         let sink = self.0.clone();
+        sink.sessions.fetch_add(1, Ordering::Relaxed);
         async move {
             let mut session =
                 Session { io: BufReader::new(io), sink, conn, from: None, to: Vec::new(), auth_user: None };
