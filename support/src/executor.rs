@@ -1,7 +1,7 @@
 //! One way to point an executor at a [`pillar_sim::Stack`]: the fast settings every suite starts
-//! from ([`FAST_EXECUTOR`]), a stack whose providers expect known credentials
-//! ([`neighbours_builder`]) and the variables that send an executor to that stack's fakes
-//! ([`neighbours_env`]).
+//! from ([`FAST_EXECUTOR`]) and a stack of fakes whose providers expect known credentials
+//! ([`neighbours_builder`]); [`Stack::neighbours_env`] gives the variables that send an executor
+//! to them.
 
 use pillar_sim::{Stack, StackBuilder};
 
@@ -20,17 +20,10 @@ pub const FAST_EXECUTOR: [(&str, &str); 9] = [
     ("SMTP_TIMEOUT", "5"),
 ];
 
-/// The WhatsApp Cloud API version the executor is given.
-pub const WHATSAPP_VERSION: &str = "v21.0";
-/// The WhatsApp sender id the executor is given.
-pub const WHATSAPP_PHONE_NUMBER_ID: &str = "123456789012345";
 /// The bearer token the stack's WhatsApp fake requires and the executor sends.
 pub const WHATSAPP_TOKEN: &str = "wa-test-token-not-a-secret";
 /// The bearer key the stack's AI fake requires and the executor sends.
 pub const AI_KEY: &str = "sk-test-key-not-a-secret";
-/// The model the executor asks for.
-pub const AI_MODEL: &str = "gpt-test-mini";
-
 /// A stack of fakes only (no executor, no control API), on `127.0.0.1:0`, whose providers
 /// require [`WHATSAPP_TOKEN`] and [`AI_KEY`].
 pub fn neighbours_builder() -> StackBuilder {
@@ -39,25 +32,4 @@ pub fn neighbours_builder() -> StackBuilder {
         .control(false)
         .whatsapp_token(Some(WHATSAPP_TOKEN.to_owned()))
         .ai_api_key(Some(AI_KEY.to_owned()))
-}
-
-/// The variables that point an executor at `stack`'s Bucket, Karma, providers and SMTP sink,
-/// with the credentials of [`neighbours_builder`].
-pub fn neighbours_env(stack: &Stack) -> Vec<(&'static str, String)> {
-    let providers = stack.providers_url();
-    let smtp = stack.smtp_addr();
-    vec![
-        ("BUCKET_URL", stack.bucket_url()),
-        ("KARMA_URL", stack.karma_url()),
-        ("WHATSAPP_API_URL", providers.clone()),
-        ("WHATSAPP_API_VERSION", WHATSAPP_VERSION.to_owned()),
-        ("WHATSAPP_PHONE_NUMBER_ID", WHATSAPP_PHONE_NUMBER_ID.to_owned()),
-        ("WHATSAPP_ACCESS_TOKEN", WHATSAPP_TOKEN.to_owned()),
-        ("AI_API_URL", providers),
-        ("AI_API_KEY", AI_KEY.to_owned()),
-        ("AI_MODEL", AI_MODEL.to_owned()),
-        ("SMTP_HOST", smtp.ip().to_string()),
-        ("SMTP_PORT", smtp.port().to_string()),
-        ("SMTP_TLS", "none".to_owned()),
-    ]
 }

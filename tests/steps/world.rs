@@ -42,20 +42,22 @@ pub fn external_mode() -> bool {
     std::env::var("BHIV_EXTERNAL").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
-/// The executor settings every in-process stack starts with: short timeouts and fast retries, so
-/// outages and recoveries play out in well under a second.
-pub const FAST_EXECUTOR: [(&str, &str); 10] = [
+/// What the scenarios' executors change in the suites' fast settings
+/// ([`test_support::FAST_EXECUTOR`]): a workflow gets 1 s and a provider 2 s (the timing features
+/// measure against these), an open breaker waits 0.2 s, and logs are text.
+const SCENARIO_EXECUTOR: [(&str, &str); 6] = [
     ("WORKFLOW_TIMEOUT", "1.0"),
-    ("EXECUTOR_DRAIN_DELAY", "0"),
-    ("EXECUTOR_DELIVERY_BACKOFF_BASE", "0.01"),
-    ("EXECUTOR_DELIVERY_BACKOFF_MAX", "0.2"),
     ("EXECUTOR_BREAKER_OPEN", "0.2"),
-    ("EXECUTOR_SHUTDOWN_GRACE", "0.5"),
     ("WHATSAPP_TIMEOUT", "2"),
     ("AI_TIMEOUT", "2"),
     ("SMTP_TIMEOUT", "2"),
     ("EXECUTOR_LOG_FORMAT", "text"),
 ];
+
+/// The settings every executor of a scenario starts with (later pairs win).
+pub fn scenario_executor_env() -> impl Iterator<Item = (&'static str, &'static str)> {
+    test_support::FAST_EXECUTOR.into_iter().chain(SCENARIO_EXECUTOR)
+}
 
 /// Which of the external Karma, Bucket and Core are the simulator's (all of them in-process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,9 +399,8 @@ impl BhivWorld {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
         let external = external_mode().then(Endpoints::from_env);
         let pending = external.is_none().then(|| {
-            FAST_EXECUTOR
-                .iter()
-                .fold(Stack::builder().seed(7).executor(true), |b, (name, value)| b.executor_env(*name, *value))
+            scenario_executor_env()
+                .fold(Stack::builder().seed(7).executor(true), |b, (name, value)| b.executor_env(name, value))
         });
         Self {
             user: format!("user-{id}"),
@@ -823,25 +824,11 @@ impl BhivWorld {
         let stack = self.stack();
         let data_dir = std::env::temp_dir().join(format!("bhiv-bdd-executor-{}", self.id));
         std::fs::create_dir_all(&data_dir).expect("a temporary directory");
-        let smtp = stack.smtp_addr();
         let mut env: HashMap<String, String> =
-            FAST_EXECUTOR.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        env.extend(
-            [
-                ("EXECUTOR_BIND", "127.0.0.1:0".to_owned()),
-                ("EXECUTOR_DATA_DIR", data_dir.display().to_string()),
-                ("BUCKET_URL", stack.bucket_url()),
-                ("KARMA_URL", stack.karma_url()),
-                ("WHATSAPP_API_URL", stack.providers_url()),
-                ("WHATSAPP_ACCESS_TOKEN", "sim-whatsapp-token".to_owned()),
-                ("AI_API_URL", stack.providers_url()),
-                ("AI_API_KEY", "sim-ai-key".to_owned()),
-                ("SMTP_HOST", smtp.ip().to_string()),
-                ("SMTP_PORT", smtp.port().to_string()),
-                ("SMTP_TLS", "none".to_owned()),
-            ]
-            .map(|(k, v)| (k.to_owned(), v)),
-        );
+            scenario_executor_env().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
+        env.extend(stack.neighbours_env().into_iter().map(|(name, value)| (name.to_owned(), value)));
+        env.insert("EXECUTOR_BIND".to_owned(), "127.0.0.1:0".to_owned());
+        env.insert("EXECUTOR_DATA_DIR".to_owned(), data_dir.display().to_string());
         let settings = workflow_executor::Settings::from_lookup(|name| env.get(name).cloned()).expect("valid settings");
         let app =
             bounded("building the executor", Duration::from_secs(30), workflow_executor::Application::build(settings))

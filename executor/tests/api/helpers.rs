@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use workflow_executor::{Application, Settings, StartError};
 
-pub use test_support::executor::{AI_KEY, AI_MODEL, WHATSAPP_TOKEN};
+pub use test_support::executor::{AI_KEY, WHATSAPP_TOKEN};
 pub use test_support::{
     ExecutorProcess, MetricsText, NotServing, TestResponse, assert_traceparent, eventually, read_raw_answer,
 };
@@ -35,6 +35,8 @@ pub const EXECUTOR: &str = env!("CARGO_BIN_EXE_workflow-executor");
 pub const WHATSAPP_PATH: &str = "/v21.0/123456789012345/messages";
 /// Where the executor asks for chat completions.
 pub const AI_PATH: &str = "/v1/chat/completions";
+/// The model the executor asks for.
+pub const AI_MODEL: &str = "gpt-test-mini";
 /// Where Bucket events are posted.
 pub const BUCKET_PATH: &str = "/core/write-event";
 /// Where Karma events are posted.
@@ -113,9 +115,16 @@ impl Fakes {
         fakes
     }
 
-    /// The variables that point an executor at these fakes.
+    /// The variables that point an executor at these fakes, with the suite's WhatsApp sender
+    /// ([`WHATSAPP_PATH`]) and model ([`AI_MODEL`]).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        test_support::neighbours_env(&self.stack)
+        let mut env = self.stack.neighbours_env();
+        env.extend([
+            ("WHATSAPP_API_VERSION", "v21.0".to_owned()),
+            ("WHATSAPP_PHONE_NUMBER_ID", "123456789012345".to_owned()),
+            ("AI_MODEL", AI_MODEL.to_owned()),
+        ]);
+        env
     }
 
     /// Bucket, as the executor's audit sink.

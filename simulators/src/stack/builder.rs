@@ -294,6 +294,9 @@ impl StackBuilder {
 pub struct Stack {
     shared: Arc<Shared>,
     control_addr: Option<SocketAddr>,
+    /// The credentials the providers require, handed to every executor pointed at them.
+    whatsapp_token: Option<String>,
+    ai_api_key: Option<String>,
 }
 
 impl fmt::Debug for Stack {
@@ -441,7 +444,12 @@ impl Stack {
         });
         guard.disarm();
         // From here on, dropping `stack` (an early return) stops everything.
-        let mut stack = Stack { shared: shared.clone(), control_addr: None };
+        let mut stack = Stack {
+            shared: shared.clone(),
+            control_addr: None,
+            whatsapp_token: b.whatsapp_token.clone(),
+            ai_api_key: b.ai_api_key.clone(),
+        };
 
         // The control port is bound before the executor starts: it receives the executor's spans.
         let control_listener = if b.control {
@@ -497,36 +505,15 @@ impl Stack {
         data_dir: &std::path::Path,
         control: Option<SocketAddr>,
     ) -> HashMap<String, String> {
-        let providers = self.providers_url();
-        let smtp = self.smtp_addr();
-        let mut env: HashMap<String, String> = [
-            ("EXECUTOR_DATA_DIR", data_dir.display().to_string()),
-            ("BUCKET_URL", self.bucket_url()),
-            ("KARMA_URL", self.karma_url()),
-            ("WHATSAPP_API_URL", providers.clone()),
-            ("WHATSAPP_PHONE_NUMBER_ID", "100000000000001".to_owned()),
-            ("SMTP_HOST", smtp.ip().to_string()),
-            ("SMTP_PORT", smtp.port().to_string()),
-            ("SMTP_TLS", "none".to_owned()),
-            ("SMTP_FROM", "executor@bhiv.local".to_owned()),
-            ("AI_API_URL", providers),
-            ("AI_MODEL", "sim-model".to_owned()),
-            // No load balancer in front of the simulator: stop without a readiness drain.
-            ("EXECUTOR_DRAIN_DELAY", "0".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let mut env: HashMap<String, String> =
+            self.neighbours_env().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
+        env.insert("EXECUTOR_DATA_DIR".into(), data_dir.display().to_string());
+        // No load balancer in front of the simulator: stop without a readiness drain.
+        env.insert("EXECUTOR_DRAIN_DELAY".into(), "0".into());
         if let Some(control) = control {
             // Spans go to the control port's OTLP receiver, a fifth of a second after they end.
             env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), format!("http://{control}"));
             env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into());
-        }
-        if let Some(token) = &b.whatsapp_token {
-            env.insert("WHATSAPP_ACCESS_TOKEN".into(), token.clone());
-        }
-        if let Some(key) = &b.ai_api_key {
-            env.insert("AI_API_KEY".into(), key.clone());
         }
         env.extend(b.executor_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         env
@@ -681,6 +668,29 @@ impl Stack {
     /// The control API's base URL, when it is served.
     pub fn control_url(&self) -> Option<String> {
         self.control_addr.map(|a| format!("http://{a}"))
+    }
+
+    /// The variables that point an executor at this stack's fakes: Bucket, Karma, the WhatsApp
+    /// and AI providers (with the credentials they require) and the SMTP sink. The stack's own
+    /// executors start from these; a test that runs an executor of its own starts from them too.
+    pub fn neighbours_env(&self) -> Vec<(&'static str, String)> {
+        let providers = self.providers_url();
+        let smtp = self.smtp_addr();
+        let mut env = vec![
+            ("BUCKET_URL", self.bucket_url()),
+            ("KARMA_URL", self.karma_url()),
+            ("WHATSAPP_API_URL", providers.clone()),
+            ("WHATSAPP_PHONE_NUMBER_ID", "100000000000001".to_owned()),
+            ("AI_API_URL", providers),
+            ("AI_MODEL", "sim-model".to_owned()),
+            ("SMTP_HOST", smtp.ip().to_string()),
+            ("SMTP_PORT", smtp.port().to_string()),
+            ("SMTP_TLS", "none".to_owned()),
+            ("SMTP_FROM", "executor@bhiv.local".to_owned()),
+        ];
+        env.extend(self.whatsapp_token.clone().map(|token| ("WHATSAPP_ACCESS_TOKEN", token)));
+        env.extend(self.ai_api_key.clone().map(|key| ("AI_API_KEY", key)));
+        env
     }
 
     /// The fault rules.
