@@ -18,8 +18,8 @@ use workflow_executor::{Application, Settings};
 
 use crate::helpers::*;
 
-/// Writes `request` whole, then reads the answer until the server closes (or 10 s pass).
-async fn send_then_read(address: SocketAddr, request: &[u8]) -> (u16, Value) {
+/// Writes `request` whole, then reads the answer.
+async fn send_then_read(address: SocketAddr, request: &[u8]) -> TestResponse {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream.write_all(request).await.expect("the executor reads the whole body");
     read_raw_answer(&mut stream).await
@@ -65,10 +65,10 @@ async fn a_2_mib_body_sent_whole_before_reading_gets_the_json_413() {
     .into_bytes();
     request.extend_from_slice(&body);
 
-    let (status, answer) = send_then_read(app.address, &request).await;
+    let answer = send_then_read(app.address, &request).await;
 
-    assert_eq!(status, 413, "{answer}");
-    assert_eq!(answer["error"]["code"], "body_too_large", "{answer}");
+    assert_eq!(answer.status, 413, "{}", answer.text);
+    assert_eq!(answer.error_code(), Some("body_too_large"), "{}", answer.text);
 }
 
 #[tokio::test]
@@ -87,10 +87,10 @@ async fn a_chunked_body_over_the_limit_sent_whole_gets_the_json_413() {
     }
     request.extend_from_slice(b"0\r\n\r\n");
 
-    let (status, answer) = send_then_read(app.address, &request).await;
+    let answer = send_then_read(app.address, &request).await;
 
-    assert_eq!(status, 413, "{answer}");
-    assert_eq!(answer["error"]["code"], "body_too_large", "{answer}");
+    assert_eq!(answer.status, 413, "{}", answer.text);
+    assert_eq!(answer.error_code(), Some("body_too_large"), "{}", answer.text);
 }
 
 #[tokio::test]
@@ -207,11 +207,11 @@ async fn at_the_connection_cap_with_every_connection_busy_a_new_one_gets_503() {
     eventually(secs(5.0), "four requests are in flight", async || (app.fakes.whatsapp_arrivals() == 4).then_some(()))
         .await;
 
-    let (status, answer) =
+    let answer =
         send_then_read(app.address, format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", app.address).as_bytes()).await;
 
-    assert_eq!(status, 503, "{answer}");
-    assert_eq!(answer["error"]["code"], "too_many_connections", "{answer}");
+    assert_eq!(answer.status, 503, "{}", answer.text);
+    assert_eq!(answer.error_code(), Some("too_many_connections"), "{}", answer.text);
     for request in busy {
         assert_eq!(request.await.expect("no panic").expect("an answer"), 200, "busy requests finish");
     }

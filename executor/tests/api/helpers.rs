@@ -457,8 +457,8 @@ impl TestApp {
     }
 
     /// `POST /api/workflow/execute` with a chunked body (no `Content-Length`), over a raw
-    /// connection; returns the status and the JSON body.
-    pub async fn execute_chunked(&self, chunks: &[Vec<u8>]) -> (u16, Value) {
+    /// connection.
+    pub async fn execute_chunked(&self, chunks: &[Vec<u8>]) -> TestResponse {
         let mut stream = TcpStream::connect(self.address).await.expect("connect");
         let mut request = format!(
             "POST /api/workflow/execute HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\

@@ -46,15 +46,11 @@ async fn a_body_over_the_limit_is_413_whether_its_length_is_declared_or_chunked(
 
     let bytes = serde_json::to_vec(&big).expect("serializable");
     let chunks: Vec<Vec<u8>> = bytes.chunks(300).map(<[u8]>::to_vec).collect();
-    let (status, body) = app.execute_chunked(&chunks).await;
-    assert_eq!(status, 413, "{body}");
-    assert_eq!(body["error"]["code"], "body_too_large", "{body}");
+    app.execute_chunked(&chunks).await.assert_rejected(413, "body_too_large");
 
     // Under the limit, chunked or not, it executes.
     let small = serde_json::to_vec(&task_request(&trace)).expect("serializable");
-    let (status, body) = app.execute_chunked(&[small[..40].to_vec(), small[40..].to_vec()]).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["status"], "success", "{body}");
+    app.execute_chunked(&[small[..40].to_vec(), small[40..].to_vec()]).await.assert_success(&trace);
 }
 
 #[tokio::test]
