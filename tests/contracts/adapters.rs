@@ -5,7 +5,7 @@
 use pillar_sim::Pillar;
 use serde_json::{Value, json};
 
-use crate::support::{TestStack, assert_contract, sent, sent_mail, workflow};
+use crate::support::{Contract, TestStack, assert_contract, sent, sent_mail, workflow};
 
 /// Executes `payload` under `trace`; snapshots the answer and both events it produced.
 async fn executes_and_reports(app: &TestStack, name: &str, trace: &str, payload: Value) -> Value {
@@ -104,7 +104,7 @@ async fn every_adapter_answers_success_and_emits_its_provider_call_and_events() 
         &replay.contract(),
     );
     replay.expect_status(200);
-    assert_eq!(replay.headers.get("idempotent-replayed").map(String::as_str), Some("true"));
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
 
     for decision in ["respond", "task", "insight", "fallback"] {
         let skipped =

@@ -6,8 +6,9 @@
 use pillar_sim::{Pillar, Profile, Stack};
 use reqwest::Method;
 use serde_json::json;
+use test_support::TestResponse;
 
-use crate::support::{Answer, TestStack, assert_contract, sent, workflow};
+use crate::support::{Contract, TestStack, assert_contract, sent, workflow};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_as_built_pillars_and_the_as_built_karma_encoding() {
@@ -58,11 +59,8 @@ async fn the_as_built_pillars_and_the_as_built_karma_encoding() {
         .http
         .post(format!("{}/core/write-event", app.stack.bucket_url()))
         .header("content-type", "application/json")
-        .body("{bad json")
-        .send()
-        .await
-        .expect("Bucket answers");
-    let answer = Answer::read(malformed).await;
+        .body("{bad json");
+    let answer = TestResponse::send(malformed).await;
     assert_contract(
         "bucket_as_built_malformed_json",
         "as-built Bucket: POST /core/write-event with the body `{bad json` (FastAPI's 422)",

@@ -5,7 +5,7 @@
 use pillar_sim::{Fault, FaultRule, Pillar, Stack};
 use serde_json::{Value, json};
 
-use crate::support::{TestStack, assert_contract, sent, workflow};
+use crate::support::{Contract, TestStack, assert_contract, sent, workflow};
 
 /// The route of the WhatsApp Cloud API on the providers' port.
 const WHATSAPP_ROUTE: &str = "/v21.0/*";

@@ -5,7 +5,7 @@
 use pillar_sim::{Fault, FaultRule, Pillar, Stack};
 use serde_json::{Value, json};
 
-use crate::support::{TestStack, assert_contract, metric_families, workflow};
+use crate::support::{Contract, TestStack, assert_contract, metric_families, workflow};
 
 fn task(trace: &str) -> Value {
     workflow(trace, json!({"action_type": "task", "title": "Call the bank", "user_id": "learner-7"}))

@@ -4,15 +4,15 @@
 
 use pillar_sim::{Fault, FaultRule, Pillar, Stack};
 use serde_json::{Value, json};
-use test_support::eventually;
+use test_support::{TestResponse, eventually};
 
-use crate::support::{Answer, TestStack, WAIT, assert_contract, spawn, workflow};
+use crate::support::{Contract, TestStack, WAIT, assert_contract, spawn, workflow};
 
 fn task(trace: &str) -> Value {
     workflow(trace, json!({"action_type": "task", "title": "Call the bank"}))
 }
 
-fn rejected(name: &str, why: &str, answer: &Answer, status: u16, code: &str) {
+fn rejected(name: &str, why: &str, answer: &TestResponse, status: u16, code: &str) {
     assert_contract(&format!("rejected_{status}_{name}"), why, &answer.contract());
     answer.expect_status(status);
     assert_eq!(answer.body["error"]["code"], code, "{:#}", answer.body);
@@ -142,7 +142,7 @@ async fn concurrent_duplicates_get_409_and_overload_gets_503() {
     let slow_request = |trace: &str| {
         let body = workflow(trace, json!({"action_type": "whatsapp", "recipient": "+919876543210", "message": "hi"}));
         let (http, url) = (app.http.clone(), app.executor_url("/api/workflow/execute"));
-        spawn(async move { Answer::read(http.post(url).json(&body).send().await.expect("an answer")).await })
+        spawn(async move { TestResponse::send(http.post(url).json(&body)).await })
     };
     let in_flight = async |n: f64| {
         eventually(WAIT, &format!("{n} execute requests are in flight"), async || {

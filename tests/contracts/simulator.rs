@@ -5,10 +5,11 @@
 use pillar_sim::Pillar;
 use reqwest::Method;
 use serde_json::json;
+use test_support::TestResponse;
 
-use crate::support::{Answer, TestStack, assert_contract};
+use crate::support::{Contract, TestStack, assert_contract};
 
-fn control(name: &str, why: &str, answer: &Answer, status: u16) {
+fn control(name: &str, why: &str, answer: &TestResponse, status: u16) {
     assert_contract(&format!("control_{name}"), why, &answer.contract());
     answer.expect_status(status);
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use pillar_sim::{JournalEntry, JournalQuery, Pillar, Stack, StackBuilder};
 use serde_json::{Map, Value, json};
-use test_support::eventually;
+use test_support::{TestResponse, eventually, read_raw_answer};
 
 /// How long anything the tests wait for may take.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -44,43 +44,28 @@ pub struct TestStack {
     executor: String,
 }
 
-/// One HTTP answer: status, headers (minus [`VOLATILE_HEADERS`]) and body.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    /// HTTP status.
-    pub status: u16,
-    /// Header names (lower case) and values.
-    pub headers: BTreeMap<String, String>,
-    /// JSON when it parses, else the text; `null` when empty.
-    pub body: Value,
-}
-
-impl Answer {
-    /// Reads a response.
-    pub async fn read(response: reqwest::Response) -> Self {
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter(|(name, _)| !VOLATILE_HEADERS.contains(&name.as_str()))
-            .map(|(name, value)| (name.as_str().to_owned(), value.to_str().unwrap_or("<binary>").to_owned()))
-            .collect();
-        let bytes = response.bytes().await.expect("the answer's body is readable");
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        Self { status, headers, body }
-    }
-
-    /// The answer as it is snapshotted: `{status, headers, body}`.
-    pub fn contract(&self) -> Value {
-        json!({"status": self.status, "headers": self.headers, "body": self.body})
-    }
+/// What the snapshots see of an answer.
+pub trait Contract {
+    /// The answer as it is snapshotted: `{status, headers, body}`, headers (lower case, sorted)
+    /// without [`VOLATILE_HEADERS`].
+    fn contract(&self) -> Value;
 
     /// Asserts the HTTP status, showing the answer when it differs.
-    pub fn expect_status(&self, status: u16) -> &Self {
+    fn expect_status(&self, status: u16) -> &Self;
+}
+
+impl Contract for TestResponse {
+    fn contract(&self) -> Value {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| !VOLATILE_HEADERS.contains(&name.as_str()))
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap_or("<binary>")))
+            .collect();
+        json!({"status": self.status, "headers": headers, "body": self.body})
+    }
+
+    fn expect_status(&self, status: u16) -> &Self {
         assert_eq!(self.status, status, "unexpected answer: {:#}", self.contract());
         self
     }
@@ -113,18 +98,23 @@ impl TestStack {
     }
 
     /// `POST /api/workflow/execute` with a JSON body.
-    pub async fn execute(&self, body: &Value) -> Answer {
+    pub async fn execute(&self, body: &Value) -> TestResponse {
         self.execute_with(body, &[]).await
     }
 
     /// `POST /api/workflow/execute` with a JSON body and extra headers.
-    pub async fn execute_with(&self, body: &Value, headers: &[(&str, &str)]) -> Answer {
+    pub async fn execute_with(&self, body: &Value, headers: &[(&str, &str)]) -> TestResponse {
         let bytes = serde_json::to_vec(body).expect("a JSON value serializes");
         self.execute_raw(bytes, Some("application/json"), headers).await
     }
 
     /// `POST /api/workflow/execute` with any bytes and content type.
-    pub async fn execute_raw(&self, body: Vec<u8>, content_type: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    pub async fn execute_raw(
+        &self,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> TestResponse {
         let mut request = self.http.post(self.executor_url("/api/workflow/execute")).body(body);
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
@@ -132,48 +122,36 @@ impl TestStack {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        Answer::read(request.send().await.expect("the executor answers")).await
+        TestResponse::send(request).await
     }
 
     /// Sends `head` (a request line and headers, no body) to the executor over a plain TCP
     /// connection and reads the answer. For answers given before the body is read (413 on a
     /// declared `Content-Length`): a client that also sent the body could meet a reset instead.
-    pub async fn execute_head_only(&self, head: &str) -> Answer {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    pub async fn execute_head_only(&self, head: &str) -> TestResponse {
+        use tokio::io::AsyncWriteExt;
         let addr = self.executor.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the executor accepts");
         stream.write_all(head.as_bytes()).await.expect("the request head is sent");
-        let mut raw = Vec::new();
-        let read = async {
-            loop {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await.expect("the answer is readable");
-                raw.extend_from_slice(&chunk[..n]);
-                if n == 0 || parse_http_answer(&raw).is_some() {
-                    break;
-                }
-            }
-        };
-        tokio::time::timeout(WAIT, read).await.expect("the executor answers in time");
-        parse_http_answer(&raw).unwrap_or_else(|| panic!("not an HTTP answer: {}", String::from_utf8_lossy(&raw)))
+        read_raw_answer(&mut stream).await
     }
 
     /// Any request to any URL.
-    pub async fn request(&self, method: reqwest::Method, url: String, body: Option<&Value>) -> Answer {
+    pub async fn request(&self, method: reqwest::Method, url: String, body: Option<&Value>) -> TestResponse {
         let mut request = self.http.request(method, url);
         if let Some(body) = body {
             request = request.json(body);
         }
-        Answer::read(request.send().await.expect("the server answers")).await
+        TestResponse::send(request).await
     }
 
     /// `GET` on the executor.
-    pub async fn get(&self, path: &str) -> Answer {
+    pub async fn get(&self, path: &str) -> TestResponse {
         self.request(reqwest::Method::GET, self.executor_url(path), None).await
     }
 
     /// A control-API request.
-    pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Answer {
+    pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> TestResponse {
         self.request(method, self.control_url(path), body).await
     }
 
@@ -243,25 +221,6 @@ impl TestStack {
         })
         .await
     }
-}
-
-/// A complete HTTP/1.1 answer with a `Content-Length` body, once `raw` holds all of it.
-fn parse_http_answer(raw: &[u8]) -> Option<Answer> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    let length: usize = headers.get("content-length")?.parse().ok()?;
-    if body.len() < length {
-        return None;
-    }
-    let body = serde_json::from_str(&body[..length]).unwrap_or_else(|_| Value::String(body[..length].to_owned()));
-    let headers = headers.into_iter().filter(|(name, _)| !VOLATILE_HEADERS.contains(&name.as_str())).collect();
-    Some(Answer { status, headers, body })
 }
 
 /// Runs `future` in the background (for requests that must overlap).

@@ -9,7 +9,7 @@ use pillar_sim::{JournalEntry, Pillar};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestStack, assert_contract, shape, workflow};
+use crate::support::{Contract, TestStack, assert_contract, shape, workflow};
 
 /// What one call looks like, values left out.
 fn signature(entry: &JournalEntry) -> Value {
@@ -61,7 +61,7 @@ async fn the_executor_calls_exactly_these_endpoints_with_these_shapes() {
     );
     app.execute(&direct).await.expect_status(200);
     let replay = app.execute(&direct).await;
-    assert_eq!(replay.headers.get("idempotent-replayed").map(String::as_str), Some("true"));
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
 
     // Six executions: six audit events, six life events, two HTTP provider calls, one mail.
     for (pillar, n) in [(Pillar::Bucket, 6), (Pillar::Karma, 6), (Pillar::Providers, 2), (Pillar::Smtp, 1)] {
