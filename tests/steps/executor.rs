@@ -6,11 +6,12 @@ use cucumber::gherkin::Step;
 use cucumber::{given, then, when};
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
+use test_support::TestResponse;
 
 use super::BhivWorld;
 use super::params::{Action, Outcome};
 use super::payloads::{action_fields, execute_body, hostile, missing_field};
-use super::world::{Execution, Reply, Sent};
+use super::world::{Execution, Sent};
 
 /// The actions a "mixing" batch cycles through.
 fn mix(spec: &str) -> Vec<Action> {
@@ -37,7 +38,7 @@ impl BhivWorld {
     }
 
     /// Sends an execute request (without recording it as a workflow).
-    pub async fn send_execute(&self, sent: &Sent) -> Reply {
+    pub async fn send_execute(&self, sent: &Sent) -> TestResponse {
         let mut request = self.http.post(format!("{}/api/workflow/execute", self.executor_url())).json(&sent.body);
         for (name, value) in &sent.headers {
             request = request.header(name, value);
@@ -46,7 +47,7 @@ impl BhivWorld {
     }
 
     /// Records an answer: the last one, and a workflow to follow when the executor executed it.
-    pub fn record(&mut self, sent: Sent, action: Action, reply: Reply) {
+    pub fn record(&mut self, sent: Sent, action: Action, reply: TestResponse) {
         let executed = reply.status == 200 && matches!(reply.body["status"].as_str(), Some("success" | "failed"));
         if executed && !self.executions.iter().any(|e| e.trace == sent.trace) {
             self.executions.push(Execution {
@@ -68,7 +69,7 @@ impl BhivWorld {
         product: Option<&str>,
         trace: Option<String>,
         headers: Vec<(String, String)>,
-    ) -> Reply {
+    ) -> TestResponse {
         self.start().await;
         let trace = trace.unwrap_or_else(|| self.fresh_trace());
         let body = execute_body(&trace, "workflow", self.payload(action, outcome, product));
@@ -90,7 +91,7 @@ impl BhivWorld {
             })
             .collect();
         let world = &*self;
-        let replies: Vec<(Action, Sent, Reply)> = futures_util::stream::iter(batch)
+        let replies: Vec<(Action, Sent, TestResponse)> = futures_util::stream::iter(batch)
             .map(|(action, sent)| async move {
                 let reply = world.send_execute(&sent).await;
                 (action, sent, reply)
@@ -104,7 +105,7 @@ impl BhivWorld {
     }
 
     /// The last answer; panics when there is none.
-    pub fn last_reply(&self) -> &Reply {
+    pub fn last_reply(&self) -> &TestResponse {
         self.last.as_ref().expect("no request was sent yet")
     }
 

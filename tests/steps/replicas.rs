@@ -5,14 +5,15 @@
 use std::collections::BTreeSet;
 
 use cucumber::{given, then, when};
+use test_support::TestResponse;
 
 use super::BhivWorld;
 use super::params::{Action, Outcome};
 use super::payloads::execute_body;
-use super::world::{Reply, Sent};
+use super::world::Sent;
 
 /// The replica that served an answer (the front's `x-executor-replica` header).
-fn replica_of(reply: &Reply) -> usize {
+fn replica_of(reply: &TestResponse) -> usize {
     let header = reply.headers.get("x-executor-replica").expect("the front names the replica that answered");
     header.to_str().ok().and_then(|v| v.parse().ok()).expect("a replica number")
 }

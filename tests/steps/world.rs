@@ -24,12 +24,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use pillar_sim::{FaultRule, JournalQuery, Pillar, Stack, StackBuilder};
-use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use test_support::TestResponse;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -142,33 +142,6 @@ impl Endpoints {
     }
 }
 
-/// An HTTP answer as a step saw it.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    /// Status code.
-    pub status: u16,
-    /// Headers.
-    pub headers: HeaderMap,
-    /// The body as JSON (a JSON string holding the text when it is not JSON; null when empty).
-    pub body: Value,
-    /// From sending to the whole body read.
-    pub elapsed: Duration,
-    /// When the body was read (wall clock).
-    pub done_at: SystemTime,
-}
-
-impl Reply {
-    /// The structured `error.code`, if any.
-    pub fn error_code(&self) -> Option<&str> {
-        self.body.pointer("/error/code").and_then(Value::as_str)
-    }
-
-    /// A header's value, if present and text.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
 /// An execute request as sent, so it can be sent again.
 #[derive(Debug, Clone)]
 pub struct Sent {
@@ -190,7 +163,7 @@ pub struct Execution {
     /// The user it was for.
     pub user: String,
     /// The executor's answer (none when it came through Core).
-    pub reply: Option<Reply>,
+    pub reply: Option<TestResponse>,
 }
 
 /// Core's answer to `POST /handle_task`.
@@ -199,7 +172,7 @@ pub struct CoreReply {
     /// `task_id`, the trace id of any dispatched workflow.
     pub task_id: String,
     /// The whole answer.
-    pub reply: Reply,
+    pub reply: TestResponse,
 }
 
 /// A journal entry, as the in-process journal and the control API both serialize it.
@@ -363,9 +336,9 @@ pub struct BhivWorld {
     /// Every workflow asked for, in order.
     pub executions: Vec<Execution>,
     /// The last answer of any request a step made to the executor or a pillar.
-    pub last: Option<Reply>,
+    pub last: Option<TestResponse>,
     /// The answers of a batch of concurrent requests.
-    pub batch: Vec<Reply>,
+    pub batch: Vec<TestResponse>,
     /// The last execute request, to send it again.
     pub last_sent: Option<Sent>,
     /// Core's answers, in order.
@@ -563,28 +536,12 @@ impl BhivWorld {
     // ----- HTTP -----
 
     /// Sends a request and reads the whole answer.
-    pub async fn request(&self, request: reqwest::RequestBuilder) -> Reply {
-        let started = Instant::now();
-        let response = request.send().await.unwrap_or_else(|e| {
-            if e.is_timeout() {
-                panic!("no answer within 10 s: {e}");
-            }
-            panic!("request failed: {e}")
-        });
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.unwrap_or_else(|e| panic!("answer body unreadable: {e}"));
-        let elapsed = started.elapsed();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        Reply { status, headers, body, elapsed, done_at: SystemTime::now() }
+    pub async fn request(&self, request: reqwest::RequestBuilder) -> TestResponse {
+        TestResponse::send(request).await
     }
 
     /// `GET` a URL and read the answer.
-    pub async fn get(&self, url: &str) -> Reply {
+    pub async fn get(&self, url: &str) -> TestResponse {
         self.request(self.http.get(url)).await
     }
 
