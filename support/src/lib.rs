@@ -2,8 +2,9 @@
 //! simulator's tests, the contract snapshots and the Cucumber features).
 //!
 //! - [`eventually`]: polling with a deadline, the one way a test waits.
-//! - [`executor`]: the fast executor settings ([`FAST_EXECUTOR`]) and a [`pillar_sim::Stack`] of
-//!   fakes for an executor of the test's own ([`neighbours_builder`]).
+//! - [`executor`]: the fast executor settings ([`FAST_EXECUTOR`]), a [`pillar_sim::Stack`] of
+//!   fakes for an executor of the test's own ([`neighbours_builder`]), and its routes called
+//!   the same way everywhere ([`ExecutorClient`]).
 //! - [`process`]: the executor binary as a child process ([`ExecutorProcess`]).
 //! - [`response`]: an executor's answer ([`TestResponse`]) and the contract's assertions on it.
 //! - [`metrics`]: Prometheus text looked up by name and labels ([`MetricsText`]).
@@ -18,7 +19,7 @@ pub mod postgres;
 pub mod process;
 pub mod response;
 
-pub use executor::{FAST_EXECUTOR, neighbours_builder};
+pub use executor::{ExecutorClient, FAST_EXECUTOR, neighbours_builder};
 pub use metrics::MetricsText;
 pub use poll::{Probe, eventually};
 pub use process::{ExecutorProcess, NotServing};

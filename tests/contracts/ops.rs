@@ -88,7 +88,7 @@ async fn health_status_and_metrics_report_degraded_pillars() {
     );
     refused.expect_status(503);
 
-    let families = metric_families(&app.metrics_text().await);
+    let families = metric_families(&app.metrics().await.0);
     assert_contract(
         "metrics_families",
         "GET /metrics: every metric family (name, type, label names) after executions, rejections, \

@@ -141,7 +141,7 @@ async fn concurrent_duplicates_get_409_and_overload_gets_503() {
     app.stack.faults().set(slow).expect("a valid fault rule");
     let slow_request = |trace: &str| {
         let body = workflow(trace, json!({"action_type": "whatsapp", "recipient": "+919876543210", "message": "hi"}));
-        let (http, url) = (app.http.clone(), app.executor_url("/api/workflow/execute"));
+        let (http, url) = (app.http.clone(), app.url("/api/workflow/execute"));
         spawn(async move { TestResponse::send(http.post(url).json(&body)).await })
     };
     let in_flight = async |n: f64| {

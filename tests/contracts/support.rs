@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use pillar_sim::{JournalEntry, JournalQuery, Pillar, Stack, StackBuilder};
 use serde_json::{Map, Value, json};
-use test_support::{TestResponse, eventually, read_raw_answer};
+use test_support::{ExecutorClient, TestResponse, eventually, read_raw_answer};
 
 /// How long anything the tests wait for may take.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -35,13 +35,20 @@ pub const SEED: u64 = 7;
 /// Response headers left out of snapshots: they change on every answer and are not contract.
 const VOLATILE_HEADERS: [&str; 2] = ["date", "content-length"];
 
-/// A stack with the executor, and a client to talk to it.
+/// A stack with the executor; the executor's routes are called through the [`ExecutorClient`]
+/// it dereferences to (a plain client: no proxy, bounded by [`WAIT`]).
 pub struct TestStack {
     /// The running stack.
     pub stack: Stack,
-    /// A plain client (no proxy, bounded by [`WAIT`]).
-    pub http: reqwest::Client,
-    executor: String,
+    executor: ExecutorClient,
+}
+
+impl std::ops::Deref for TestStack {
+    type Target = ExecutorClient;
+
+    fn deref(&self) -> &ExecutorClient {
+        &self.executor
+    }
 }
 
 /// What the snapshots see of an answer.
@@ -77,9 +84,9 @@ impl TestStack {
     pub async fn start(builder: StackBuilder) -> Self {
         let stack = builder.seed(SEED).executor(true).start().await.expect("the stack starts");
         stack.journal().clear();
-        let executor = stack.executor_url().expect("the stack runs the executor");
+        let url = stack.executor_url().expect("the stack runs the executor");
         let http = reqwest::Client::builder().no_proxy().timeout(WAIT).build().expect("a plain client builds");
-        Self { stack, http, executor }
+        Self { stack, executor: ExecutorClient::new(url, http) }
     }
 
     /// A stack with every default.
@@ -87,42 +94,9 @@ impl TestStack {
         Self::start(Stack::builder()).await
     }
 
-    /// The executor's URL for `path`.
-    pub fn executor_url(&self, path: &str) -> String {
-        format!("{}{path}", self.executor)
-    }
-
     /// The control API's URL for `path`.
     pub fn control_url(&self, path: &str) -> String {
         format!("{}{path}", self.stack.control_url().expect("the control API is served"))
-    }
-
-    /// `POST /api/workflow/execute` with a JSON body.
-    pub async fn execute(&self, body: &Value) -> TestResponse {
-        self.execute_with(body, &[]).await
-    }
-
-    /// `POST /api/workflow/execute` with a JSON body and extra headers.
-    pub async fn execute_with(&self, body: &Value, headers: &[(&str, &str)]) -> TestResponse {
-        let bytes = serde_json::to_vec(body).expect("a JSON value serializes");
-        self.execute_raw(bytes, Some("application/json"), headers).await
-    }
-
-    /// `POST /api/workflow/execute` with any bytes and content type.
-    pub async fn execute_raw(
-        &self,
-        body: Vec<u8>,
-        content_type: Option<&str>,
-        headers: &[(&str, &str)],
-    ) -> TestResponse {
-        let mut request = self.http.post(self.executor_url("/api/workflow/execute")).body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        TestResponse::send(request).await
     }
 
     /// Sends `head` (a request line and headers, no body) to the executor over a plain TCP
@@ -130,7 +104,7 @@ impl TestStack {
     /// declared `Content-Length`): a client that also sent the body could meet a reset instead.
     pub async fn execute_head_only(&self, head: &str) -> TestResponse {
         use tokio::io::AsyncWriteExt;
-        let addr = self.executor.trim_start_matches("http://");
+        let addr = self.url("").trim_start_matches("http://").to_owned();
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the executor accepts");
         stream.write_all(head.as_bytes()).await.expect("the request head is sent");
         read_raw_answer(&mut stream).await
@@ -145,25 +119,14 @@ impl TestStack {
         TestResponse::send(request).await
     }
 
-    /// `GET` on the executor.
-    pub async fn get(&self, path: &str) -> TestResponse {
-        self.request(reqwest::Method::GET, self.executor_url(path), None).await
-    }
-
     /// A control-API request.
     pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> TestResponse {
         self.request(method, self.control_url(path), body).await
     }
 
-    /// The executor's Prometheus text.
-    pub async fn metrics_text(&self) -> String {
-        let response = self.http.get(self.executor_url("/metrics")).send().await.expect("metrics answer");
-        response.text().await.expect("metrics text")
-    }
-
     /// The value of a metric sample without labels (e.g. `workflow_in_flight_requests`).
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.metrics_text().await;
+        let text = self.metrics().await.0;
         text.lines()
             .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
             .find_map(|value| value.trim().parse().ok())

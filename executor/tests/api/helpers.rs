@@ -26,7 +26,7 @@ use workflow_executor::{Application, Settings, StartError};
 
 pub use test_support::executor::{AI_KEY, WHATSAPP_TOKEN};
 pub use test_support::{
-    ExecutorProcess, MetricsText, NotServing, TestResponse, assert_traceparent, eventually, read_raw_answer,
+    ExecutorClient, ExecutorProcess, NotServing, TestResponse, assert_traceparent, eventually, read_raw_answer,
 };
 
 /// The executor binary, for [`ExecutorProcess`].
@@ -385,15 +385,16 @@ pub async fn spawn_app_in(fakes: Fakes, data_dir: TempDir, env: &[(&str, &str)])
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("an HTTP client");
-    TestApp { address, http, fakes, data_dir, cancel_on_drop: shutdown.clone().drop_guard(), shutdown, server }
+    let client = ExecutorClient::new(format!("http://{address}"), http);
+    TestApp { address, client, fakes, data_dir, cancel_on_drop: shutdown.clone().drop_guard(), shutdown, server }
 }
 
-/// A running executor and its fakes.
+/// A running executor and its fakes; its routes are called through the [`ExecutorClient`] it
+/// dereferences to.
 pub struct TestApp {
     /// Where the executor listens.
     pub address: SocketAddr,
-    /// The client tests call it with.
-    pub http: reqwest::Client,
+    client: ExecutorClient,
     /// Its neighbours.
     pub fakes: Fakes,
     data_dir: TempDir,
@@ -412,6 +413,14 @@ pub struct Stopped {
     pub result: Result<(), StartError>,
 }
 
+impl std::ops::Deref for TestApp {
+    type Target = ExecutorClient;
+
+    fn deref(&self) -> &ExecutorClient {
+        &self.client
+    }
+}
+
 impl TestApp {
     /// Bucket, as the executor's audit sink.
     pub fn bucket(&self) -> Sink<'_> {
@@ -421,39 +430,6 @@ impl TestApp {
     /// Karma, as the executor's behavioural sink.
     pub fn karma(&self) -> Sink<'_> {
         self.fakes.karma()
-    }
-
-    /// `http://host:port` of the executor.
-    pub fn url(&self, route: &str) -> String {
-        format!("http://{}{route}", self.address)
-    }
-
-    /// `POST /api/workflow/execute` with a JSON body.
-    pub async fn execute(&self, body: &Value) -> TestResponse {
-        self.execute_with(body, &[]).await
-    }
-
-    /// `POST /api/workflow/execute` with a JSON body and extra headers.
-    pub async fn execute_with(&self, body: &Value, headers: &[(&str, &str)]) -> TestResponse {
-        let bytes = serde_json::to_vec(body).expect("serializable");
-        self.execute_raw(bytes, Some("application/json"), headers).await
-    }
-
-    /// `POST /api/workflow/execute` with any bytes, content type and headers.
-    pub async fn execute_raw(
-        &self,
-        body: impl Into<reqwest::Body>,
-        content_type: Option<&str>,
-        headers: &[(&str, &str)],
-    ) -> TestResponse {
-        let mut request = self.http.post(self.url("/api/workflow/execute")).body(body);
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        TestResponse::send(request).await
     }
 
     /// `POST /api/workflow/execute` with a chunked body (no `Content-Length`), over a raw
@@ -479,24 +455,17 @@ impl TestApp {
 
     /// `GET /healthz`.
     pub async fn healthz(&self) -> TestResponse {
-        TestResponse::send(self.http.get(self.url("/healthz"))).await
+        self.get("/healthz").await
     }
 
     /// `GET /api/integration/status`.
     pub async fn status(&self) -> TestResponse {
-        TestResponse::send(self.http.get(self.url("/api/integration/status"))).await
+        self.get("/api/integration/status").await
     }
 
     /// `GET /api/integration/dead-letters?{query}`.
     pub async fn dead_letters(&self, query: &str) -> TestResponse {
-        TestResponse::send(self.http.get(self.url(&format!("/api/integration/dead-letters?{query}")))).await
-    }
-
-    /// `GET /metrics`.
-    pub async fn metrics(&self) -> MetricsText {
-        let response = self.http.get(self.url("/metrics")).send().await.expect("metrics answer");
-        assert_eq!(response.status(), 200);
-        MetricsText(response.text().await.expect("metrics text"))
+        self.get(&format!("/api/integration/dead-letters?{query}")).await
     }
 
     /// Waits until every event the executor committed has been acknowledged by both sinks.
