@@ -6,6 +6,7 @@ use std::time::Duration;
 use pillar_sim::Stack;
 use reqwest::StatusCode;
 use serde_json::Value;
+use test_support::TestResponse;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,18 +20,19 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client")
 }
 
-/// POSTs JSON; returns status and JSON body (`Null` when the body is not JSON).
+/// POSTs JSON; returns the status and the body (see [`TestResponse::body`]).
 pub async fn post(url: impl AsRef<str>, body: &Value) -> (StatusCode, Value) {
-    let response = client().post(url.as_ref()).json(body).send().await.expect("request sent");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    status_and_body(client().post(url.as_ref()).json(body)).await
 }
 
-/// GETs JSON; returns status and JSON body (`Null` when the body is not JSON).
+/// GETs; returns the status and the body (see [`TestResponse::body`]).
 pub async fn get(url: impl AsRef<str>) -> (StatusCode, Value) {
-    let response = client().get(url.as_ref()).send().await.expect("request sent");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    status_and_body(client().get(url.as_ref())).await
+}
+
+async fn status_and_body(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let answer = TestResponse::send(request).await;
+    (StatusCode::from_u16(answer.status).expect("an HTTP status"), answer.body)
 }
 
 /// Sends raw bytes and reads until the server closes (or the read fails).
