@@ -5,7 +5,8 @@
 //! - [`executor`]: the fast executor settings ([`FAST_EXECUTOR`]), a [`pillar_sim::Stack`] of
 //!   fakes for an executor of the test's own ([`neighbours_builder`]), and its routes called
 //!   the same way everywhere ([`ExecutorClient`]).
-//! - [`process`]: the executor binary as a child process ([`ExecutorProcess`]).
+//! - [`process`]: the executor binary as a child process ([`ExecutorProcess`]);
+//!   [`in_process`]: the executor on a task of the test process ([`InProcessExecutor`]).
 //! - [`response`]: an executor's answer ([`TestResponse`]) and the contract's assertions on it.
 //! - [`metrics`]: Prometheus text looked up by name and labels ([`MetricsText`]).
 //! - [`postgres`]: a real PostgreSQL server started on demand.
@@ -13,6 +14,7 @@
 //! Nothing here waits a fixed time or uses a fixed port.
 
 pub mod executor;
+pub mod in_process;
 pub mod metrics;
 mod poll;
 pub mod postgres;
@@ -20,6 +22,7 @@ pub mod process;
 pub mod response;
 
 pub use executor::{ExecutorClient, FAST_EXECUTOR, neighbours_builder};
+pub use in_process::InProcessExecutor;
 pub use metrics::MetricsText;
 pub use poll::{Probe, eventually};
 pub use process::{ExecutorProcess, NotServing};

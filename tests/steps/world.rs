@@ -29,9 +29,7 @@ use std::time::Duration;
 use pillar_sim::{FaultRule, JournalQuery, Pillar, Stack, StackBuilder};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use test_support::TestResponse;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use test_support::{InProcessExecutor, TestResponse};
 
 use super::params::{Action, Measure};
 use super::stub::{HangingService, RenamingProxy};
@@ -295,19 +293,19 @@ pub struct MailView {
 
 /// An executor the scenario started itself (the start-up order scenario).
 pub struct OwnExecutor {
-    /// Its base URL.
-    pub url: String,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    executor: InProcessExecutor,
     data_dir: PathBuf,
+}
+
+impl OwnExecutor {
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        self.executor.url()
+    }
 }
 
 impl Drop for OwnExecutor {
     fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
@@ -491,7 +489,7 @@ impl BhivWorld {
     /// The executor's base URL.
     pub fn executor_url(&self) -> String {
         if let Some(own) = &self.own_executor {
-            return own.url.clone();
+            return own.url();
         }
         match &self.external {
             Some(e) => e.executor.clone(),
@@ -781,22 +779,11 @@ impl BhivWorld {
         let stack = self.stack();
         let data_dir = std::env::temp_dir().join(format!("bhiv-bdd-executor-{}", self.id));
         std::fs::create_dir_all(&data_dir).expect("a temporary directory");
-        let mut env: HashMap<String, String> =
-            scenario_executor_env().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
-        env.extend(stack.neighbours_env().into_iter().map(|(name, value)| (name.to_owned(), value)));
-        env.insert("EXECUTOR_BIND".to_owned(), "127.0.0.1:0".to_owned());
-        env.insert("EXECUTOR_DATA_DIR".to_owned(), data_dir.display().to_string());
-        let settings = workflow_executor::Settings::from_lookup(|name| env.get(name).cloned()).expect("valid settings");
-        let app =
-            bounded("building the executor", Duration::from_secs(30), workflow_executor::Application::build(settings))
-                .await
-                .expect("the executor builds");
-        let url = format!("http://{}", app.local_addr());
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let _ = app.run_until_stopped(token).await;
-        });
-        self.own_executor = Some(OwnExecutor { url, stop, task: Some(task), data_dir });
+        let vars = scenario_executor_env()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .chain(stack.neighbours_env().into_iter().map(|(name, value)| (name.to_owned(), value)))
+            .chain([("EXECUTOR_DATA_DIR".to_owned(), data_dir.display().to_string())]);
+        let executor = InProcessExecutor::start(vars).await;
+        self.own_executor = Some(OwnExecutor { executor, data_dir });
     }
 }

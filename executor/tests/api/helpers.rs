@@ -21,12 +21,12 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, DropGuard};
-use workflow_executor::{Application, Settings, StartError};
+use workflow_executor::StartError;
 
 pub use test_support::executor::{AI_KEY, WHATSAPP_TOKEN};
 pub use test_support::{
-    ExecutorClient, ExecutorProcess, NotServing, TestResponse, assert_traceparent, eventually, read_raw_answer,
+    ExecutorClient, ExecutorProcess, InProcessExecutor, NotServing, TestResponse, assert_traceparent, eventually,
+    read_raw_answer,
 };
 
 /// The executor binary, for [`ExecutorProcess`].
@@ -371,22 +371,14 @@ pub async fn spawn_app_with(fakes: Fakes, env: &[(&str, &str)]) -> TestApp {
 
 /// Starts an executor against `fakes` on an existing data directory (a restart).
 pub async fn spawn_app_in(fakes: Fakes, data_dir: TempDir, env: &[(&str, &str)]) -> TestApp {
-    let mut vars: BTreeMap<String, String> = test_support::FAST_EXECUTOR
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    let vars = (test_support::FAST_EXECUTOR.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
         .chain(fakes.env().into_iter().map(|(k, v)| (k.to_owned(), v)))
-        .collect();
-    vars.insert("EXECUTOR_BIND".into(), "127.0.0.1:0".into());
-    vars.insert("EXECUTOR_DATA_DIR".into(), data_dir.path().display().to_string());
-    vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let settings = Settings::from_lookup(|name| vars.get(name).cloned()).expect("valid test settings");
-    let application = Application::build(settings).await.expect("the executor starts");
-    let address = application.local_addr();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(application.run_until_stopped(shutdown.clone()));
+        .chain([("EXECUTOR_DATA_DIR".to_owned(), data_dir.path().display().to_string())])
+        .chain(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let executor = InProcessExecutor::start(vars).await;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("an HTTP client");
-    let client = ExecutorClient::new(format!("http://{address}"), http);
-    TestApp { address, client, fakes, data_dir, cancel_on_drop: shutdown.clone().drop_guard(), shutdown, server }
+    let client = ExecutorClient::new(executor.url(), http);
+    TestApp { address: executor.address(), client, fakes, data_dir, executor }
 }
 
 /// A running executor and its fakes; its routes are called through the [`ExecutorClient`] it
@@ -398,9 +390,7 @@ pub struct TestApp {
     /// Its neighbours.
     pub fakes: Fakes,
     data_dir: TempDir,
-    shutdown: CancellationToken,
-    cancel_on_drop: DropGuard,
-    server: JoinHandle<Result<(), StartError>>,
+    executor: InProcessExecutor,
 }
 
 /// What is left of a stopped executor: its data directory and its fakes, for a restart.
@@ -478,15 +468,9 @@ impl TestApp {
         .await;
     }
 
-    /// Cancels the shutdown token and waits for `run_until_stopped` to return.
+    /// Stops the executor and waits for how its run ended.
     pub async fn stop(self) -> Stopped {
-        let TestApp { fakes, data_dir, shutdown, server, cancel_on_drop, .. } = self;
-        shutdown.cancel();
-        drop(cancel_on_drop);
-        let result = tokio::time::timeout(Duration::from_secs(15), server)
-            .await
-            .expect("run_until_stopped returns in time")
-            .expect("the server task does not panic");
-        Stopped { data_dir, fakes, result }
+        let TestApp { fakes, data_dir, executor, .. } = self;
+        Stopped { data_dir, fakes, result: executor.stop().await }
     }
 }
