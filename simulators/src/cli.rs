@@ -12,7 +12,8 @@
 //!   receiver unless `OTEL_EXPORTER_OTLP_ENDPOINT` says otherwise; empty turns export off).
 //! - `pillar-sim fault <pillar> <kind> [--status N] [--probability P] [--retry-after S]
 //!   [--ms N | --dist D --min-ms/--max-ms/--mean-ms/--stddev-ms/--p50-ms/--p99-ms]
-//!   [--bytes-per-sec N] [--bytes N] [--for 30s] [--count N] [--route /path] [--method POST] [--id ID]`
+//!   [--bytes-per-sec N] [--bytes N] [--body JSON] [--for 30s] [--count N] [--route /path]
+//!   [--method POST] [--id ID]`
 //!   sets a rule; `pillar-sim fault list`, `pillar-sim fault clear [ID]`.
 //! - `pillar-sim scenario run FILE [--wait]`, `scenario list`, `scenario cancel ID`.
 //! - `pillar-sim journal [--pillar P] [--trace ID] [--limit N] [--json]`.
@@ -206,14 +207,18 @@ pub struct FaultRuleArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pillar: Option<String>,
     /// latency, http_error, refuse, blackhole, reset, slow_body, truncated_body, malformed_json,
-    /// drop_after.
+    /// drop_after, answer.
     #[arg(required = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    /// HTTP status for http_error.
+    /// HTTP status for http_error and answer.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// The JSON body answer sends (`'{"success": false}'`).
+    #[arg(long, value_name = "JSON", value_parser = parse_json)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
     /// Chance that a matching request is hit (0 to 1).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -282,6 +287,11 @@ pub struct FaultRuleArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+}
+
+/// A flag's value as JSON.
+fn parse_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))
 }
 
 impl FaultRuleArgs {
@@ -929,6 +939,27 @@ mod tests {
         let list = Cli::parse_from(["pillar-sim", "fault", "list"]);
         assert!(matches!(list.command, Command::Fault(args) if matches!(args.action, Some(FaultAction::List))));
         assert_eq!(flag_for("retry_after_s").as_deref(), Some("--retry-after"));
+    }
+
+    #[test]
+    fn the_answer_body_flag_is_parsed_as_json() {
+        let cli = Cli::parse_from([
+            "pillar-sim",
+            "fault",
+            "bucket",
+            "answer",
+            "--status",
+            "200",
+            "--body",
+            r#"{"success": false}"#,
+        ]);
+        let Command::Fault(args) = cli.command else { panic!("a fault command") };
+        let rule = pillar_sim::FaultRule::from_json(&args.rule.to_json()).expect("valid rule");
+        assert_eq!(rule.fault, pillar_sim::Fault::answer(200, serde_json::json!({"success": false})));
+        let error =
+            Cli::try_parse_from(["pillar-sim", "fault", "bucket", "answer", "--status", "200", "--body", "{oops"])
+                .expect_err("not JSON");
+        assert!(error.to_string().contains("--body") && error.to_string().contains("not valid JSON"), "{error}");
     }
 
     #[tokio::test]

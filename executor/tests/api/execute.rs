@@ -281,11 +281,15 @@ async fn a_refused_provider_port_is_provider_unavailable() {
 
 #[tokio::test]
 async fn a_provider_answer_without_the_expected_fields_is_provider_bad_response() {
-    // A 200 whose body does not parse has no message id and no completion either.
+    // WhatsApp: valid JSON without `messages`; the AI: a 200 whose body does not parse.
     let app = spawn_app(&[]).await;
-    app.fakes.set(FaultRule::new(Pillar::Providers, Fault::MalformedJson));
+    let no_messages = Fault::answer(200, json!({"messaging_product": "whatsapp"}));
+    app.fakes.set(FaultRule::new(Pillar::Providers, no_messages).route(WHATSAPP_PATH));
+    app.fakes.set(FaultRule::new(Pillar::Providers, Fault::MalformedJson).route(AI_PATH));
 
     app.execute(&whatsapp_request(&trace_id())).await.assert_failed("provider_bad_response");
+    let sends = app.fakes.whatsapp_calls();
+    assert_eq!((sends.len(), sends[0].status, sends[0].faults[0].kind), (1, Some(200), "answer"), "one valid 200");
     app.execute(&workflow(&trace_id(), json!({"action_type": "ai", "prompt": "hi"})))
         .await
         .assert_failed("provider_bad_response");

@@ -3,23 +3,21 @@
 //! ([`Fakes`]: Bucket, Karma, the WhatsApp and OpenAI-compatible providers and the SMTP sink), and
 //! [`TestApp`] offers one method per endpoint.
 //!
-//! A fake misbehaves through the simulator's fault rules (a [`Sink`] hangs, fails or refuses its
-//! port; a provider is slow or answers an error) and is observed through the simulator's journal
+//! A fake misbehaves through the simulator's fault rules (a [`Sink`] hangs, fails, answers
+//! something else or refuses its port; a provider is slow or answers an error) and is observed through the simulator's journal
 //! and stores. Nothing waits a fixed time: [`eventually`] polls with a deadline. The real binary
 //! runs as a [`test_support::ExecutorProcess`], for tests that kill it or damage its data
 //! directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use pillar_sim::{Fault, FaultRule, JournalEntry, JournalQuery, Outcome, Pillar, Stack, StackBuilder};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use workflow_executor::StartError;
 
@@ -219,11 +217,13 @@ impl Sink<'_> {
         entries.into_iter().filter(|e| e.path == self.path).collect()
     }
 
-    /// Events acknowledged so far (with duplicates, if the executor re-sent any).
+    /// Events the fake acknowledged so far (with duplicates, if the executor re-sent any); an
+    /// [`Sink::answer`] is not the fake's.
     pub fn delivered(&self) -> Vec<Delivery> {
         self.entries()
             .into_iter()
             .filter(|e| e.outcome == Outcome::Answered && e.status == Some(200))
+            .filter(|e| !e.faults.iter().any(|f| f.hit && f.kind == "answer"))
             .map(|e| Delivery { body: e.body, headers: e.headers })
             .collect()
     }
@@ -264,6 +264,13 @@ impl Sink<'_> {
         self.stack.faults().set(rule).expect("a valid rule");
     }
 
+    /// From now on, answers every event with `status` and the JSON `body` instead of handling it
+    /// (a sink that says something else than the fake would).
+    pub fn answer(&self, status: u16, body: Value) {
+        let rule = FaultRule::new(self.pillar, Fault::answer(status, body)).id(self.rule_id("answer")).route(self.path);
+        self.stack.faults().set(rule).expect("a valid rule");
+    }
+
     /// Closes the port: connections are refused until [`Sink::come_up`].
     pub fn refuse(&self) {
         self.stack.faults().set(FaultRule::new(self.pillar, Fault::Refuse).id(self.rule_id("refuse"))).expect("a rule");
@@ -274,89 +281,12 @@ impl Sink<'_> {
         self.stack.faults().clear(&self.rule_id("refuse"));
     }
 
-    /// Accepts every event again, after [`Sink::hang`] or [`Sink::fail`].
+    /// Accepts every event again, after [`Sink::hang`], [`Sink::fail`] or [`Sink::answer`].
     pub fn accept(&self) {
-        for what in ["hang", "fail"] {
+        for what in ["hang", "fail", "answer"] {
             self.stack.faults().clear(&self.rule_id(what));
         }
     }
-}
-
-/// A server answering every request with one fixed HTTP answer, for an answer no fake gives
-/// (Bucket's `200 {"success": false}` to a requester it does not know: the executor always
-/// names itself, and Bucket knows it).
-pub struct CannedAnswer {
-    address: SocketAddr,
-    requests: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl CannedAnswer {
-    /// Answers every request with `status` and the JSON `body`, on `127.0.0.1:0`.
-    pub async fn start(status: u16, body: Value) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
-        let address = listener.local_addr().expect("bound");
-        let requests = Arc::new(AtomicUsize::new(0));
-        let body = body.to_string();
-        let answer = format!(
-            "HTTP/1.1 {status} Canned\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let counter = requests.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (answer, counter) = (answer.clone(), counter.clone());
-                tokio::spawn(async move { answer_once(stream, &answer, &counter).await });
-            }
-        });
-        Self { address, requests, task }
-    }
-
-    /// `http://` URL of the server.
-    pub fn uri(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    /// Requests answered so far.
-    pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for CannedAnswer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reads one request (its head and its `Content-Length` body), counts it and answers `answer`.
-async fn answer_once(mut stream: TcpStream, answer: &str, counter: &AtomicUsize) -> std::io::Result<()> {
-    let mut read = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let complete = loop {
-        let n = stream.read(&mut buffer).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        read.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&read);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if read.len() >= end + 4 + length {
-                break true;
-            }
-        }
-    };
-    if complete {
-        counter.fetch_add(1, Ordering::SeqCst);
-        stream.write_all(answer.as_bytes()).await?;
-    }
-    stream.shutdown().await
 }
 
 /// Starts an executor with every fake up; `env` overrides the defaults.

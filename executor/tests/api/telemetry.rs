@@ -211,18 +211,10 @@ async fn responses_stay_fast_and_every_event_arrives_after_a_hanging_sink_recove
 async fn sinks_that_refuse_events_are_dead_lettered_and_reported_while_executions_keep_succeeding() {
     // A generous attempt timeout: a slow answer must not count as "unreachable" here.
     // Bucket refuses an unauthorised requester with 200 `success: false`; the executor always
-    // names itself and the fake Bucket knows it, so a canned answer plays that Bucket here.
-    let refusing_bucket = CannedAnswer::start(
-        200,
-        json!({"success": false, "message": "403: Unauthorized requester: workflow_executor"}),
-    )
-    .await;
-    let app = spawn_app(&[
-        ("EXECUTOR_DELIVERY_MAX_ATTEMPTS", "2"),
-        ("WORKFLOW_TIMEOUT", "2"),
-        ("BUCKET_URL", &refusing_bucket.uri()),
-    ])
-    .await;
+    // names itself and the fake Bucket knows it, so an `answer` rule plays that Bucket here.
+    let fakes = Fakes::start().await;
+    fakes.bucket().answer(200, json!({"success": false, "message": "403: Unauthorized requester: workflow_executor"}));
+    let app = spawn_app_with(fakes, &[("EXECUTOR_DELIVERY_MAX_ATTEMPTS", "2"), ("WORKFLOW_TIMEOUT", "2")]).await;
     app.karma().fail(500);
 
     let traces = execute_tasks(&app, 3, secs(1.0)).await;
@@ -249,7 +241,7 @@ async fn sinks_that_refuse_events_are_dead_lettered_and_reported_while_execution
         "{status}"
     );
     assert!(status["pillars"]["karma"]["last_error"].as_str().unwrap_or_default().contains("500"), "{status}");
-    assert_eq!(refusing_bucket.requests(), 6, "two attempts per event, then dead-lettered");
+    assert_eq!(app.bucket().attempts(), 6, "two attempts per event, then dead-lettered");
     assert_eq!(app.karma().attempts(), 6, "two attempts per event, then dead-lettered");
 
     let metrics = app.metrics().await;

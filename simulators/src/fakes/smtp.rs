@@ -306,8 +306,9 @@ impl Session {
             tokio::time::sleep(decision.latency).await;
         }
         let trace_id = header_in(&data, "x-trace-id").map(str::to_owned);
+        // `answer` does not apply to the sink (its rules are refused), so it leaves mail alone.
         let (status, outcome) = match decision.action {
-            None => (Some(250), Outcome::Answered),
+            None | Some(Action::Answer { .. }) => (Some(250), Outcome::Answered),
             Some(Action::Error { status, .. }) => (Some(status), Outcome::Answered),
             Some(Action::Blackhole) => (None, Outcome::Blackholed),
             Some(Action::Reset) => (None, Outcome::Reset),
@@ -332,7 +333,7 @@ impl Session {
         let status_label = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
         sim.metrics.request(Pillar::Smtp.as_str(), "DATA", "DATA", &status_label, started.elapsed().as_secs_f64());
         match decision.action {
-            None => {
+            None | Some(Action::Answer { .. }) => {
                 let id = sim.token("");
                 let size = ENTRY_OVERHEAD
                     + from.len()

@@ -21,6 +21,7 @@
 //! | `truncated_body` | — | the body stops halfway through its announced `Content-Length` and the connection closes |
 //! | `malformed_json` | — | the body is cut into JSON that does not parse (with a correct `Content-Length`) |
 //! | `drop_after` | `bytes` (0 or more) | the first `bytes` bytes of the answer (head included) are sent, then the connection closes (EOF) |
+//! | `answer` | `status` (200–599), `body` (any JSON value but `null`, at most 64 KiB serialized) | answered with that status and that JSON body (`Content-Type: application/json`) instead of the pillar's handler: a pillar that says something else than it would. HTTP only |
 //!
 //! **Adding a kind.** A kind is its variant of [`Fault`] in `src/faults/fault.rs` (serde derives
 //! its JSON: the variant's snake_case name is `kind`, its fields are the parameters) and its arm
@@ -32,7 +33,7 @@
 //! `route` is an exact path, or a prefix when it ends with `*` (`/core/*`). A `refuse` rule covers
 //! the whole port, so it takes no route, method, probability or count. For the SMTP sink a
 //! "request" is one mail transaction (decided when the message's final `.` arrives), `http_error`'s
-//! status is sent as the SMTP reply code, and the body kinds do not apply.
+//! status is sent as the SMTP reply code, and the body kinds and `answer` do not apply.
 
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ use crate::pillar::Pillar;
 
 /// The longest latency a rule may inject (ten minutes).
 pub(crate) const MAX_LATENCY_MS: f64 = 600_000.0;
+
+/// The largest `answer` body, serialized.
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// z-score of the 99th percentile of the standard normal distribution.
 const Z_99: f64 = 2.326_347_874_040_841;
@@ -137,7 +141,7 @@ fn latency_with_default_dist<'de, D: Deserializer<'de>>(deserializer: D) -> Resu
 
 /// What goes wrong: one variant per fault kind. Its JSON shape (the `kind` tag and its
 /// parameters) is derived; its checks and its effect are its arm in `Fault::define`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Fault {
     /// Delay the answer.
@@ -171,14 +175,29 @@ pub enum Fault {
         /// Bytes of the answer that reach the client, at least 0.
         bytes: u64,
     },
+    /// Answer with this status and JSON body instead of running the pillar's handler.
+    Answer {
+        /// 200–599.
+        status: u16,
+        /// The answer's body (any JSON value but `null`), at most 64 KiB serialized.
+        body: Value,
+    },
 }
 
 /// What ends a request early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Action {
     Blackhole,
     Reset,
-    Error { status: u16, retry_after_s: Option<u64> },
+    Error {
+        status: u16,
+        retry_after_s: Option<u64>,
+    },
+    /// A JSON answer: its status and its serialized body. HTTP only.
+    Answer {
+        status: u16,
+        body: Bytes,
+    },
 }
 
 /// Rewrites an answer on its way out: its head (to adjust), its buffered body, and the
@@ -222,6 +241,11 @@ impl Fault {
         Fault::HttpError { status, retry_after_s: None }
     }
 
+    /// An answer with `status` and the JSON `body`, in place of the pillar's own.
+    pub fn answer(status: u16, body: Value) -> Self {
+        Fault::Answer { status, body }
+    }
+
     /// The `kind` name on the wire.
     pub fn kind(&self) -> &'static str {
         self.define().name
@@ -229,8 +253,8 @@ impl Fault {
 
     /// Each kind once: its name on the wire (as derived), what it checks beyond its JSON shape,
     /// and what it does.
-    pub(crate) fn define(self) -> Definition {
-        let (name, check, effect) = match self {
+    pub(crate) fn define(&self) -> Definition {
+        let (name, check, effect) = match *self {
             Fault::Latency(latency) => ("latency", latency.validate(), Effect::Delay(latency)),
             Fault::HttpError { status, retry_after_s } => (
                 "http_error",
@@ -262,6 +286,11 @@ impl Fault {
                     Body::from(body)
                 })),
             ),
+            Fault::Answer { status, ref body } => {
+                let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+                let check = whole("status", status.into(), 200..=599).and_then(|()| answer_body(body.len()));
+                ("answer", check, Effect::End(Action::Answer { status, body }))
+            }
         };
         Definition { name, check, effect }
     }
@@ -316,6 +345,17 @@ fn whole(field: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Resul
 fn ordered(upper_name: &str, lower_name: &str, lower: f64, upper: f64) -> Result<(), SpecError> {
     if upper < lower {
         return Err(SpecError::new(upper_name, format!("must not be below {lower_name}")));
+    }
+    Ok(())
+}
+
+/// `answer`'s body is at most [`MAX_ANSWER_BYTES`] serialized (a `null` body reads as absent).
+fn answer_body(len: usize) -> Result<(), SpecError> {
+    if len > MAX_ANSWER_BYTES {
+        return Err(SpecError::new(
+            "body",
+            format!("the answer's body must be at most {MAX_ANSWER_BYTES} bytes of JSON, got {len}"),
+        ));
     }
     Ok(())
 }
@@ -516,7 +556,7 @@ impl FaultRule {
             port_wide(self)?;
         }
         if self.pillar == Pillar::Smtp {
-            if matches!(definition.effect, Effect::Body(_)) {
+            if matches!(definition.effect, Effect::Body(_) | Effect::End(Action::Answer { .. })) {
                 return Err(SpecError::new(
                     "kind",
                     format!(
@@ -555,7 +595,7 @@ impl FaultRule {
             .map(|(name, v)| (name.clone(), v.clone()))
             .collect();
         let fault = Fault::from_params(params.clone())?;
-        let known = serde_json::to_value(fault).unwrap_or_default();
+        let known = serde_json::to_value(&fault).unwrap_or_default();
         if let Some(unknown) = params.keys().find(|name| known.get(name.as_str()).is_none()) {
             let mut allowed: Vec<&str> = RULE_FIELDS
                 .iter()
@@ -587,7 +627,7 @@ impl FaultRule {
         if let Some(method) = &self.method {
             out.insert("method".into(), json!(method));
         }
-        if let Ok(Value::Object(fault)) = serde_json::to_value(self.fault) {
+        if let Ok(Value::Object(fault)) = serde_json::to_value(&self.fault) {
             out.extend(fault);
         }
         if self.probability < 1.0 {
@@ -694,11 +734,13 @@ mod tests {
             Fault::TruncatedBody,
             Fault::MalformedJson,
             Fault::DropAfter { bytes: 7 },
+            Fault::answer(200, json!({"success": false, "message": "403: Unauthorized requester"})),
         ];
         for fault in kinds {
+            let kind = fault.kind();
             let rule = FaultRule::new(Pillar::Bucket, fault);
             let json = rule.to_json();
-            assert_eq!(json["kind"], fault.kind(), "{json}");
+            assert_eq!(json["kind"], kind, "{json}");
             assert_eq!(FaultRule::from_json(&json).expect("round trip"), rule, "{json}");
         }
         let drop = json!({"pillar": "bucket", "kind": "drop_after", "bytes": 3});
@@ -712,6 +754,16 @@ mod tests {
             (json!({"pillar": "bucket", "kind": "drop_after", "bytes": 3, "bytes_per_sec": 1}), "bytes_per_sec"),
             (json!({"pillar": "smtp", "kind": "drop_after", "bytes": 3}), "kind"),
             (json!({"pillar": "bucket", "kind": "latency", "dist": "gamma", "ms": 1}), "dist"),
+            (json!({"pillar": "bucket", "kind": "answer", "body": {}}), "status"),
+            (json!({"pillar": "bucket", "kind": "answer", "status": 200}), "body"),
+            (json!({"pillar": "bucket", "kind": "answer", "status": 200, "body": null}), "body"),
+            (json!({"pillar": "bucket", "kind": "answer", "status": 199, "body": {}}), "status"),
+            (json!({"pillar": "bucket", "kind": "answer", "status": 600, "body": {}}), "status"),
+            (
+                json!({"pillar": "bucket", "kind": "answer", "status": 200, "body": "x".repeat(MAX_ANSWER_BYTES)}),
+                "body",
+            ),
+            (json!({"pillar": "smtp", "kind": "answer", "status": 250, "body": {}}), "kind"),
         ] {
             assert_eq!(FaultRule::from_json(&input).expect_err(&input.to_string()).field, field, "{input}");
         }

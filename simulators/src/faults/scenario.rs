@@ -177,7 +177,15 @@ fn parse_step(step: &Value, scenario: &str, index: usize) -> Result<Step, SpecEr
         }
         (None, None) => return Err(SpecError::new("fault", "a step needs a `fault` to set or a `clear`")),
         (Some(fault), None) => {
-            let mut rule = FaultRule::from_json(fault).map_err(|e| e.within("fault"))?;
+            // `body` names the whole input only when the fault is not an object; in an object it
+            // is a field (`answer`'s body).
+            let mut rule = FaultRule::from_json(fault).map_err(|e| {
+                if fault.is_object() {
+                    SpecError::new(format!("fault.{}", e.field), e.message)
+                } else {
+                    e.within("fault")
+                }
+            })?;
             rule.id.get_or_insert_with(|| format!("{scenario}-{index}"));
             if let Some(lasting) = lasting {
                 if rule.lasting.is_some() {
@@ -375,6 +383,11 @@ mod tests {
                 "steps[1].fault.status",
             ),
             (json!({"steps": [{"at": "0s"}]}), "steps[0].fault"),
+            (json!({"steps": [{"at": "0s", "fault": "reset"}]}), "steps[0].fault"),
+            (
+                json!({"steps": [{"at": "0s", "fault": {"pillar": "bucket", "kind": "answer", "status": 200}}]}),
+                "steps[0].fault.body",
+            ),
             (json!({"steps": [{"at": "0s", "clear": "some"}]}), "steps[0].clear"),
             (json!({"steps": [{"at": "0s", "clear": {"pillar": "mars"}}]}), "steps[0].clear.pillar"),
             (json!({"steps": [{"at": "soon", "clear": "all"}]}), "steps[0].at"),
@@ -426,7 +439,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.steps[0].at, Duration::ZERO);
         let StepAction::Fault(rule) = &s.steps[0].action else { panic!("a fault step") };
-        assert_eq!((rule.id.as_deref(), rule.fault), (Some("flaky-1"), Fault::Refuse));
+        assert_eq!((rule.id.as_deref(), &rule.fault), (Some("flaky-1"), &Fault::Refuse));
         assert_eq!(s.duration(), Duration::from_secs(30));
     }
 

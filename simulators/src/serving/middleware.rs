@@ -2,7 +2,7 @@
 //! request's fate, applies it, and journals and counts what happened.
 //!
 //! Order per request: read the body (bounded), decide (a brief read lock), sleep any latency
-//! (holding nothing), then either end the request (blackhole, reset, injected error) or run the
+//! (holding nothing), then either end the request (blackhole, reset, injected error or answer) or run the
 //! fake's handler, journal the answer's head, and finally spoil the body on its way out if a body
 //! fault hit (slow, truncated, malformed). A fault-free request costs one body read, one
 //! uncontended read lock and one journal push.
@@ -96,7 +96,7 @@ async fn handle(State(layer): State<Layer>, request: Request, next: Next) -> Res
         received_at,
         started,
     };
-    let decision = layer.sim.faults.decide(layer.pillar, &seen.method, parts.uri.path());
+    let mut decision = layer.sim.faults.decide(layer.pillar, &seen.method, parts.uri.path());
     for hit in decision.hits() {
         layer.sim.metrics.fault(layer.pillar.as_str(), &seen.route, hit.kind);
     }
@@ -104,7 +104,7 @@ async fn handle(State(layer): State<Layer>, request: Request, next: Next) -> Res
         tokio::time::sleep(decision.latency).await;
     }
     let connection = parts.extensions.get::<Connection>().cloned();
-    let response = match decision.action {
+    let response = match decision.action.take() {
         Some(Action::Blackhole) => {
             layer.record(&seen, None, None, Outcome::Blackholed, &decision);
             return std::future::pending().await;
@@ -120,6 +120,7 @@ async fn handle(State(layer): State<Layer>, request: Request, next: Next) -> Res
             let fbtrace = layer.sim.token("A");
             wire::injected_error(layer.pillar, status, retry_after_s, parts.uri.path(), &fbtrace)
         }
+        Some(Action::Answer { status, body }) => wire::injected_answer(status, body),
         None => next.run(Request::from_parts(parts, Body::from(seen.body.clone()))).await,
     };
     let trace = response.extensions().get::<TraceId>().map(|t| t.0.clone());

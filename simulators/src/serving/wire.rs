@@ -258,6 +258,12 @@ pub(crate) fn openai_error(
     json_response(status, &json!({"error": {"message": message, "type": kind, "param": param, "code": code}}))
 }
 
+/// The answer of an `answer` fault: `status` with the JSON `body`, serialized already.
+pub(crate) fn injected_answer(status: u16, body: Bytes) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
 /// The answer for an injected `http_error`, in the pillar's own error shape, with `Retry-After`
 /// for 429 and 503 (1 s unless the rule says otherwise) or whenever the rule gives one.
 pub(crate) fn injected_error(

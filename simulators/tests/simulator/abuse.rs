@@ -57,7 +57,7 @@ async fn a_taken_rule_id_is_409_unless_the_request_says_replace() {
     third["replace"] = json!(true);
     assert_eq!(post(format!("{control}/faults"), &third).await.0, StatusCode::CREATED);
     let rules = stack.faults().list();
-    assert_eq!((rules.len(), rules[0].rule.fault), (1, pillar_sim::Fault::http_error(500)));
+    assert_eq!((rules.len(), &rules[0].rule.fault), (1, &pillar_sim::Fault::http_error(500)));
     let (status, error) = post(format!("{control}/faults?replace=maybe"), &second).await;
     assert_eq!((status, error["error"]["field"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("replace")));
 }
@@ -107,6 +107,41 @@ async fn odd_route_patterns_are_refused_by_name() {
     let (status, _) =
         post(format!("{control}/faults"), &json!({"pillar": "core", "kind": "reset", "route": "/core/*"})).await;
     assert_eq!(status, StatusCode::CREATED, "a trailing '*' is a prefix");
+    still_serving(&control).await;
+}
+
+#[tokio::test]
+async fn answer_rules_with_a_bad_status_or_body_or_for_the_smtp_sink_are_refused_by_name() {
+    let stack = stack().await;
+    let control = stack.control_url().unwrap();
+    let huge = "x".repeat(64 * 1024);
+    for (rule, field) in [
+        (json!({"pillar": "bucket", "kind": "answer", "status": 200}), "body"),
+        (json!({"pillar": "bucket", "kind": "answer", "status": 200, "body": null}), "body"),
+        (json!({"pillar": "bucket", "kind": "answer", "status": 200, "body": huge}), "body"),
+        (json!({"pillar": "bucket", "kind": "answer", "body": {}}), "status"),
+        (json!({"pillar": "bucket", "kind": "answer", "status": 101, "body": {}}), "status"),
+        (json!({"pillar": "bucket", "kind": "answer", "status": 600, "body": {}}), "status"),
+        (json!({"pillar": "bucket", "kind": "answer", "status": "200", "body": {}}), "status"),
+        (json!({"pillar": "smtp", "kind": "answer", "status": 250, "body": {}}), "kind"),
+    ] {
+        let (status, content_type, error) =
+            send(reqwest::Method::POST, format!("{control}/faults"), rule.to_string().into_bytes()).await;
+        assert!(content_type.starts_with("application/json"), "{content_type}");
+        assert_eq!(
+            (status, error["error"]["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{field}: {error}"
+        );
+    }
+    let (_, _, error) = send(
+        reqwest::Method::POST,
+        format!("{control}/faults"),
+        json!({"pillar": "smtp", "kind": "answer", "status": 250, "body": {}}).to_string().into_bytes(),
+    )
+    .await;
+    assert!(error["error"]["message"].as_str().unwrap().contains("does not apply to the SMTP sink"), "{error}");
+    assert!(stack.faults().list().is_empty());
     still_serving(&control).await;
 }
 

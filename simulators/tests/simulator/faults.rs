@@ -207,6 +207,44 @@ async fn drop_after_lets_n_bytes_out_then_closes_set_by_the_control_api_and_the_
 }
 
 #[tokio::test]
+async fn answer_replaces_the_pillars_answer_set_by_the_control_api_and_the_cli() {
+    let stack = stack().await;
+    let control = stack.control_url().unwrap();
+    let lie = json!({"success": false, "message": "403: Unauthorized requester: workflow_executor"});
+
+    // Through the control API: the rule's JSON comes back as it was sent.
+    let rule = json!({"id": "lie", "pillar": "bucket", "route": "/core/write-event", "method": "POST",
+        "kind": "answer", "status": 200, "body": lie});
+    let (status, body) = crate::support::post(format!("{control}/faults"), &rule).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["rule"], rule);
+    let event = json!({"requester_id": "workflow_executor", "event_data": {"trace_id": "t-answer"}});
+    let response = client().post(format!("{}/core/write-event", stack.bucket_url())).json(&event).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.json::<Value>().await.unwrap(), lie, "exactly the rule's body");
+    let entry = stack.journal().query(&JournalQuery::all().pillar(Pillar::Bucket)).pop().unwrap();
+    assert_eq!((entry.outcome, entry.status, entry.faults[0].kind), (Outcome::Answered, Some(200), "answer"));
+    assert_eq!(stack.faults().list()[0].matched, 1);
+    // Other routes keep their own answers.
+    let (status, health) = get(format!("{}/health", stack.bucket_url())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(health, lie);
+
+    // Through the CLI flags: any JSON value, any status from 200 to 599.
+    let args = ["fault", "providers", "answer", "--status", "503", "--body", r#"["not", "an", "object"]"#];
+    let out = crate::cli::pillar_sim(&control, &[&args[..], &["--route", "/health", "--id", "cli-lie"]].concat()).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, body) = get(format!("{}/health", stack.providers_url())).await;
+    assert_eq!((status, body), (StatusCode::SERVICE_UNAVAILABLE, json!(["not", "an", "object"])));
+    let out =
+        crate::cli::pillar_sim(&control, &["fault", "providers", "answer", "--status", "200", "--body", "{nope"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--body") && stderr.contains("not valid JSON"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_count_window_closes_after_n_matching_requests() {
     let stack = stack().await;
     stack.faults().set(FaultRule::new(Pillar::Bucket, Fault::http_error(503)).route("/health").times(2)).unwrap();
