@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use workflow_executor::StartError;
 
 pub use test_support::executor::{AI_KEY, WHATSAPP_TOKEN};
