@@ -24,7 +24,7 @@
 #   6. peak RSS of the executor (over the whole run, and during the open-loop phases at RATE) and
 #      of the simulator;
 #   7. the PostgreSQL store (when PostgreSQL is installed; PG=0 skips it, PG_ONLY=1 runs only the
-#      baseline, the simulator and this phase): one executor, then three replicas, on a throwaway
+#      baseline and this phase; SIM_ONLY=1 runs only the baseline and phase 5): one executor, then three replicas, on a throwaway
 #      local server with its default durability (fsync and synchronous commit on), task adapter,
 #      telemetry on. Throughput with wrk against the wrk baseline (three wrk at once, one per
 #      replica, summed); p99 open-loop at PG_RATE req/s in all; CPU time per request of the
@@ -40,6 +40,7 @@ RECOVERY_RATE=${RECOVERY_RATE:-500}
 WRK_ROUNDS=${WRK_ROUNDS:-7}       # interleaved baseline/executor rounds of the wrk comparison
 PG=${PG:-1}                       # the PostgreSQL phase (7)
 PG_ONLY=${PG_ONLY:-0}
+SIM_ONLY=${SIM_ONLY:-0}            # 1: only the baseline and the simulator (phases 1, 5 and its RSS)
 PG_RATE=${PG_RATE:-1000}          # open-loop rate of the PostgreSQL phase
 BASELINE_ADDR=${BASELINE_ADDR:-127.0.0.1:8099}
 OUT_DIR=${OUT_DIR:-bench-results}
@@ -107,7 +108,7 @@ if command -v wrk > /dev/null; then
   wrk_rate() { wrk -t2 -c"$CONNS" -d"${DURATION}s" -s scripts/wrk-execute.lua "$1" | awk '/Requests\/sec/ {print $2}'; }
 fi
 
-if command -v wrk > /dev/null && [ "$PG_ONLY" != 1 ]; then
+if command -v wrk > /dev/null && [ "$PG_ONLY" != 1 ] && [ "$SIM_ONLY" != 1 ]; then
   # The baseline comparison with wrk, a lighter load tool (more of the machine left to the
   # server), before anything else runs. The machine's speed drifts between runs (the same binary
   # ranges over about 10%), so each of WRK_ROUNDS rounds measures the baseline right before a
@@ -143,7 +144,7 @@ EXE_PID=$!
 PIDS+=($EXE_PID)
 wait_http "$EXECUTOR/healthz" executor
 
-if [ "$PG_ONLY" != 1 ]; then
+if [ "$PG_ONLY" != 1 ] && [ "$SIM_ONLY" != 1 ]; then
 echo "==> 2a. executor without telemetry (sinks disabled), task adapter"
 EXECUTOR_BIND=127.0.0.1:8004 EXECUTOR_BUCKET_ENABLED=false EXECUTOR_KARMA_ENABLED=false \
   EXECUTOR_DATA_DIR="$WORK/executor-solo" RUST_LOG=warn "$EXE" > "$WORK/executor-solo.log" 2>&1 &
@@ -212,6 +213,9 @@ drain=$(python3 -c "import time; print(f'{time.time()-$start:.1f}')")
   --json "$WORK/outage-check.json" > /dev/null
 row "| recovery: ${OUTAGE}s Bucket outage at $RECOVERY_RATE req/s ($(field "$WORK/outage.json" report.ok) executions) | drained in ${drain} s after the outage | | p99 during outage $(printf %.2f "$(field "$WORK/outage.json" report.latency_ms.p99)") ms | lost $(field "$WORK/outage-check.json" check.lost_total) |"
 
+fi
+
+if [ "$PG_ONLY" != 1 ]; then
 echo "==> 5. the simulator"
 drive sim-bucket --target http://127.0.0.1:8001 --kind bucket --concurrency "$CONNS" --duration "${DURATION}s"
 sim_tput=$(field "$WORK/sim-bucket.json" report.throughput)
@@ -222,7 +226,11 @@ drive sim-latency --target http://127.0.0.1:8001 --kind bucket --rate 1000 --dur
 row "| simulator: injected fixed 50 ms at 1,000 req/s | p50 $(printf %.2f "$(field "$WORK/sim-latency.json" report.latency_ms.p50)") ms | | p99 $(printf %.2f "$(field "$WORK/sim-latency.json" report.latency_ms.p99)") ms | |"
 
 echo "==> 6. memory"
-row "| peak RSS | executor at $RATE req/s (phase 3) $PEAK_AT_RATE MiB; over the closed-loop phases $PEAK_BEFORE_OPEN_LOOP MiB | | simulator $(peak_rss_mib "$SIM_PID") MiB | outbox on disk: $(du -sh "$WORK/executor" | cut -f1) |"
+if [ "$SIM_ONLY" = 1 ]; then
+  row "| peak RSS | | | simulator $(peak_rss_mib "$SIM_PID") MiB | |"
+else
+  row "| peak RSS | executor at $RATE req/s (phase 3) $PEAK_AT_RATE MiB; over the closed-loop phases $PEAK_BEFORE_OPEN_LOOP MiB | | simulator $(peak_rss_mib "$SIM_PID") MiB | outbox on disk: $(du -sh "$WORK/executor" | cut -f1) |"
+fi
 
 fi
 
@@ -257,7 +265,7 @@ start_pg_executor() { # port, log name; its pid in PG_EXE_PID
 }
 
 PG_BIN=$( (command -v initdb > /dev/null && dirname "$(command -v initdb)") || (ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1) || true)
-if [ "$PG" = 1 ] && [ -n "$PG_BIN" ] && command -v wrk > /dev/null; then
+if [ "$PG" = 1 ] && [ "$SIM_ONLY" != 1 ] && [ -n "$PG_BIN" ] && command -v wrk > /dev/null; then
   echo "==> 7. the PostgreSQL store: one executor, then three replicas (task, telemetry on)"
   wrk_pg() { # connections, url -> req/s
     wrk -t1 -c"$1" -d"${DURATION}s" -s scripts/wrk-execute.lua "$2" | awk '/Requests\/sec/ {print $2}'
@@ -310,7 +318,7 @@ if [ "$PG" = 1 ] && [ -n "$PG_BIN" ] && command -v wrk > /dev/null; then
   for pid in "${REPLICAS[@]}"; do kill "$pid"; done
   wait "${REPLICAS[@]}" 2>/dev/null || true
   stop_pg
-elif [ "$PG" = 1 ]; then
+elif [ "$PG" = 1 ] && [ "$SIM_ONLY" != 1 ]; then
   echo "==> 7. skipped: PostgreSQL (initdb) or wrk not found"
 fi
 
@@ -320,7 +328,9 @@ report="$OUT_DIR/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
   echo "### Benchmark $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); load driver on the same machine."
-  if [ "$PG_ONLY" = 1 ]; then
+  if [ "$SIM_ONLY" = 1 ]; then
+    echo "Command: \`SIM_ONLY=1 DURATION=$DURATION CONNS=$CONNS scripts/bench.sh\`"
+  elif [ "$PG_ONLY" = 1 ]; then
     echo "Command: \`PG_ONLY=1 DURATION=$DURATION CONNS=$CONNS PG_RATE=$PG_RATE scripts/bench.sh\`"
   else
     echo "Command: \`DURATION=$DURATION CONNS=$CONNS RATE=$RATE scripts/bench.sh\`"
