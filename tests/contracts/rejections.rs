@@ -146,7 +146,7 @@ async fn concurrent_duplicates_get_409_and_overload_gets_503() {
     };
     let in_flight = async |n: f64| {
         eventually(WAIT, &format!("{n} execute requests are in flight"), async || {
-            (app.metric("workflow_in_flight_requests").await == Some(n)).then_some(())
+            (app.metrics().await.get("workflow_in_flight_requests", &[]) == n).then_some(())
         })
         .await;
     };

@@ -124,14 +124,6 @@ impl TestStack {
         self.request(method, self.control_url(path), body).await
     }
 
-    /// The value of a metric sample without labels (e.g. `workflow_in_flight_requests`).
-    pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.metrics().await.0;
-        text.lines()
-            .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .find_map(|value| value.trim().parse().ok())
-    }
-
     /// Waits until the journal holds a `pillar` request carrying `trace_id`, and returns it.
     pub async fn journaled(&self, pillar: Pillar, trace_id: &str) -> JournalEntry {
         let found = self

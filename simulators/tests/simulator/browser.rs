@@ -12,6 +12,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use pillar_sim::Stack;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::eventually;
 
 use crate::support::{get, post};
 
@@ -101,37 +102,26 @@ async fn browser(driver: &Driver, profile: &std::path::Path) -> Client {
 
 /// Polls an element's attribute until it has `want`.
 async fn wait_attr(client: &Client, css: &str, attribute: &str, want: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut last = None;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(element) = client.find(Locator::Css(css)).await {
-            last = element.attr(attribute).await.ok().flatten();
-            if last.as_deref() == Some(want) {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{css} [{attribute}] never became {want:?} (last: {last:?})");
+    eventually(WAIT, &format!("{css} [{attribute}] becomes {want:?}"), async || {
+        let element = client.find(Locator::Css(css)).await.map_err(|e| format!("not found: {e}"))?;
+        let last = element.attr(attribute).await.ok().flatten();
+        if last.as_deref() == Some(want) { Ok(()) } else { Err(format!("last: {last:?}")) }
+    })
+    .await;
 }
 
 /// Polls until `css` matches elements whose `attribute` values satisfy `want`; returns them.
 async fn wait_all(client: &Client, css: &str, attribute: &str, want: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut values = Vec::new();
-    while tokio::time::Instant::now() < deadline {
-        values.clear();
+    eventually(WAIT, &format!("{css}: as wanted"), async || {
+        let mut values = Vec::new();
         for element in client.find_all(Locator::Css(css)).await.unwrap_or_default() {
             if let Ok(Some(value)) = element.attr(attribute).await {
                 values.push(value);
             }
         }
-        if want(&values) {
-            return values;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{css}: never as wanted (last {attribute}s: {values:?})");
+        if want(&values) { Ok(values) } else { Err(format!("last {attribute}s: {values:?}")) }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
