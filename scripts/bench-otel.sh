@@ -15,6 +15,8 @@
 # received are then not counted). Rounds alternate which side goes first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
@@ -46,16 +48,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() { # url, what
-  for _ in $(seq 1 200); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "$2 did not become ready at $1" >&2
-  exit 1
-}
-
-
 "$SIM" up --no-executor --ip "$IP" > "$WORK/sim.log" 2>&1 &
 SIM_PID=$!
 PIDS+=($SIM_PID)
@@ -63,7 +55,6 @@ wait_http "$CONTROL/health" simulator
 
 # CPU time (user + system, clock ticks) a process used so far: less sensitive than throughput
 # to what else the machine runs.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 spans() { curl -fsS "$CONTROL/traces?limit=0" | python3 -c "import json,sys; print(json.load(sys.stdin)['stats']['spans_received'])"; }

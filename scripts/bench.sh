@@ -31,6 +31,8 @@
 #      executors and of PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 DURATION=${DURATION:-10}          # seconds per throughput phase
 CONNS=${CONNS:-32}                # closed-loop connections
@@ -70,14 +72,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() { # url, what
-  for _ in $(seq 1 200); do
-    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "$2 did not become ready at $1" >&2
-  exit 1
-}
 
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 
@@ -236,13 +230,6 @@ fi
 
 # ----- 7. the PostgreSQL store -----
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-cpu_ticks() { # pids... -> utime+stime summed, in clock ticks
-  local total=0 pid
-  for pid in "$@"; do
-    [ -r "/proc/$pid/stat" ] && total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-  done
-  echo "$total"
-}
 pg_pids() { pgrep -f "postgres.*$PG_DATA" 2>/dev/null; pgrep -P "$(head -1 "$PG_DATA/postmaster.pid")" 2>/dev/null; }
 start_pg() { # a fresh cluster in $WORK/<name>; sets PG_DATA and PG_URL
   PG_DATA="$WORK/$1"
