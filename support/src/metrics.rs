@@ -18,6 +18,18 @@ impl MetricsText {
             .map(|(_, _, value)| value)
             .sum()
     }
+
+    /// The value of the one sample written `series` (`name` or `name{label="value",...}`, labels
+    /// in any order); `None` when there is no sample with exactly that name and those labels.
+    pub fn series(&self, series: &str) -> Option<f64> {
+        let (name, labels, _) = parse_sample(&format!("{} 0", series.trim()))?;
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(parse_sample)
+            .find(|(n, l, _)| *n == name && *l == labels)
+            .map(|(_, _, value)| value)
+    }
 }
 
 fn parse_sample(line: &str) -> Option<(String, HashMap<String, String>, f64)> {
@@ -30,7 +42,7 @@ fn parse_sample(line: &str) -> Option<(String, HashMap<String, String>, f64)> {
                 .trim_end_matches('}')
                 .split(',')
                 .filter_map(|pair| pair.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
                 .collect();
             (name.to_owned(), labels)
         }
@@ -41,6 +53,16 @@ fn parse_sample(line: &str) -> Option<(String, HashMap<String, String>, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_series_is_found_by_its_exact_labels_in_any_order() {
+        let text = MetricsText("# TYPE a counter\na{x=\"1\",y=\"2\"} 3\na{x=\"1\"} 4\nb 5\n".into());
+        assert_eq!(text.series(r#"a{y="2", x="1"}"#), Some(3.0));
+        assert_eq!(text.series(r#"a{x="1"}"#), Some(4.0));
+        assert_eq!(text.series("b"), Some(5.0));
+        assert_eq!(text.series("a"), None);
+        assert_eq!(text.series(r#"a{x="2"}"#), None);
+    }
 
     #[test]
     fn samples_are_summed_over_matching_labels() {

@@ -5,10 +5,11 @@
 use cucumber::then;
 use pillar_sim::Pillar;
 use serde_json::{Value, json};
+use test_support::MetricsText;
 
 use super::BhivWorld;
 use super::params::{PillarArg, Service, pillar_name};
-use super::support::{WAIT, eventually, metric_value};
+use super::support::{WAIT, eventually};
 
 /// The executor's name for a sink.
 fn sink(pillar: Pillar) -> &'static str {
@@ -134,8 +135,7 @@ async fn no_alerts(w: &mut BhivWorld) {
 #[then(expr = "(eventually )the metric {string} reads {float}")]
 async fn metric_reads(w: &mut BhivWorld, series: String, value: f64) {
     eventually(WAIT, &format!("{series} to read {value}"), || async {
-        let text = w.executor_metrics().await;
-        match metric_value(&text, &series) {
+        match MetricsText(w.executor_metrics().await).series(&series) {
             Some(v) if (v - value).abs() < 1e-9 => Ok(()),
             other => Err(format!("it reads {other:?}")),
         }
@@ -146,8 +146,7 @@ async fn metric_reads(w: &mut BhivWorld, series: String, value: f64) {
 #[then(expr = "(eventually )the metric {string} is at least {float}")]
 async fn metric_at_least(w: &mut BhivWorld, series: String, value: f64) {
     eventually(WAIT, &format!("{series} to reach {value}"), || async {
-        let text = w.executor_metrics().await;
-        match metric_value(&text, &series) {
+        match MetricsText(w.executor_metrics().await).series(&series) {
             Some(v) if v >= value => Ok(()),
             other => Err(format!("it reads {other:?}")),
         }

@@ -111,25 +111,3 @@ pub fn matches_text(value: &Value, expected: &str) -> bool {
         other => expected.parse::<Value>().is_ok_and(|e| e == *other),
     }
 }
-
-/// The value of one series in a Prometheus text exposition (`name{label="x"}`), if present.
-pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    let wanted = normalize_series(series);
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (name, value) = line.rsplit_once(' ')?;
-        (normalize_series(name) == wanted).then(|| value.parse().ok()).flatten()
-    })
-}
-
-/// Series names with their labels sorted, so `a{x="1",y="2"}` equals `a{y="2",x="1"}`.
-fn normalize_series(series: &str) -> String {
-    match series.split_once('{') {
-        None => series.trim().to_owned(),
-        Some((name, labels)) => {
-            let mut parts: Vec<&str> =
-                labels.trim_end_matches('}').split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
-            parts.sort_unstable();
-            format!("{}{{{}}}", name.trim(), parts.join(","))
-        }
-    }
-}
