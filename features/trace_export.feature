@@ -24,5 +24,6 @@ Feature: Trace export — the executor's spans reach the simulator's OTLP receiv
   Scenario: Delivery attempts during an outage are spans of the execution's trace
     Given Bucket is refused
     When I execute a task workflow
-    And Bucket recovers
+    Then eventually the trace of that execution shows a failed delivery attempt to Bucket
+    When Bucket recovers
     Then the trace of that execution shows failed delivery attempts to Bucket before the delivery

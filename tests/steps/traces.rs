@@ -60,6 +60,23 @@ async fn trace_shows_call_and_deliveries(w: &mut BhivWorld) {
     }
 }
 
+fn failed<'a>(spans: &'a [Value], sink: &str) -> Vec<&'a Value> {
+    deliveries(spans, sink).into_iter().filter(|s| s["status"] == "error").collect()
+}
+
+/// Waits for the executor to have tried Bucket during the outage (refused connections never reach
+/// the simulator's journal, so the failed attempt's span is the evidence): recovering before that
+/// would let the first attempt succeed.
+#[then("eventually the trace of that execution shows a failed delivery attempt to Bucket")]
+async fn trace_shows_a_failed_attempt(w: &mut BhivWorld) {
+    let trace = w.last_execution_trace();
+    eventually(WAIT, "a failed delivery span for Bucket reaches the simulator", || async {
+        let spans = w.spans(&trace).await;
+        if failed(&spans, "bucket").is_empty() { Err(format!("spans so far: {spans:?}")) } else { Ok(()) }
+    })
+    .await;
+}
+
 #[then("the trace of that execution shows failed delivery attempts to Bucket before the delivery")]
 async fn trace_shows_failed_attempts(w: &mut BhivWorld) {
     let trace = w.last_execution_trace();
@@ -70,8 +87,8 @@ async fn trace_shows_failed_attempts(w: &mut BhivWorld) {
     .await;
     let bucket = deliveries(&spans, "bucket");
     let done = bucket.iter().find(|s| s["attributes"]["outcome"] == "delivered").expect("delivered");
-    let failed: Vec<_> = bucket.iter().filter(|s| s["status"] == "error").collect();
-    assert!(!failed.is_empty(), "failed attempts are spans too: {bucket:#?}");
+    let failures = failed(&spans, "bucket");
+    assert!(!failures.is_empty(), "failed attempts are spans too: {bucket:#?}");
     let start = |s: &Value| s["start_unix_nano"].as_u64().unwrap_or(0);
-    assert!(failed.iter().all(|s| start(s) < start(done)), "the failures came first: {bucket:#?}");
+    assert!(failures.iter().all(|s| start(s) < start(done)), "the failures came first: {bucket:#?}");
 }
