@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -114,16 +115,23 @@ impl Profile {
             Profile::AsBuilt => "as-built",
         }
     }
+}
 
-    pub(crate) fn from_u8(v: u8) -> Self {
-        if v == 1 { Profile::AsBuilt } else { Profile::Spec }
+/// A fake's profile, switchable while it serves (read on every request, so lock-free).
+#[derive(Debug)]
+pub(crate) struct ProfileCell(AtomicBool);
+
+impl ProfileCell {
+    pub(crate) fn new(profile: Profile) -> Self {
+        Self(AtomicBool::new(profile == Profile::AsBuilt))
     }
 
-    pub(crate) fn to_u8(self) -> u8 {
-        match self {
-            Profile::Spec => 0,
-            Profile::AsBuilt => 1,
-        }
+    pub(crate) fn get(&self) -> Profile {
+        if self.0.load(Ordering::Relaxed) { Profile::AsBuilt } else { Profile::Spec }
+    }
+
+    pub(crate) fn set(&self, profile: Profile) {
+        self.0.store(profile == Profile::AsBuilt, Ordering::Relaxed);
     }
 }
 

@@ -33,7 +33,7 @@
 //! taken on trust), and a duplicate is recognised while its original is kept.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -46,7 +46,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::pillar::Profile;
+use crate::pillar::{Profile, ProfileCell};
 use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::serving::wire::{self, Expect, TraceId};
 
@@ -131,7 +131,7 @@ impl Store {
 /// The Bucket fake's state; reach it through [`crate::Stack::bucket`].
 #[derive(Debug)]
 pub struct Bucket {
-    profile: AtomicU8,
+    profile: ProfileCell,
     workflow_events_enabled: AtomicBool,
     limits: Limits,
     store: Mutex<Store>,
@@ -182,7 +182,7 @@ fn link_hash(prev_hash: &str, canonical: &[u8]) -> String {
 impl Bucket {
     pub(crate) fn new(profile: Profile, workflow_events_enabled: bool, limits: Limits) -> Self {
         Self {
-            profile: AtomicU8::new(profile.to_u8()),
+            profile: ProfileCell::new(profile),
             workflow_events_enabled: AtomicBool::new(workflow_events_enabled),
             limits,
             store: Mutex::new(Store::new(limits)),
@@ -195,12 +195,12 @@ impl Bucket {
 
     /// The current profile.
     pub fn profile(&self) -> Profile {
-        Profile::from_u8(self.profile.load(Ordering::Relaxed))
+        self.profile.get()
     }
 
     /// Switches the profile (takes effect on the next request).
     pub fn set_profile(&self, profile: Profile) {
-        self.profile.store(profile.to_u8(), Ordering::Relaxed);
+        self.profile.set(profile);
     }
 
     /// Whether workflow events are accepted (`WORKFLOW_EVENTS_ENABLED`; read in `spec` only).

@@ -34,7 +34,7 @@
 //! and dispatches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -48,7 +48,7 @@ use serde_json::{Map, Value, json};
 use workflow_executor::client::{ClientSettings, WorkflowClient};
 use workflow_executor::config::ConfigError;
 
-use crate::pillar::Profile;
+use crate::pillar::{Profile, ProfileCell};
 use crate::serving::wire::{self, Expect, TraceId};
 
 /// The agents Core lists as available.
@@ -139,7 +139,7 @@ struct Counters {
 /// The Core fake's state; reach it through [`crate::Stack::core`].
 #[derive(Debug)]
 pub struct Core {
-    profile: AtomicU8,
+    profile: ProfileCell,
     started: Instant,
     counters: Counters,
     /// The `spec` and `as-built` clients, once the executor's address is known.
@@ -149,7 +149,7 @@ pub struct Core {
 impl Core {
     pub(crate) fn new(profile: Profile) -> Self {
         Self {
-            profile: AtomicU8::new(profile.to_u8()),
+            profile: ProfileCell::new(profile),
             started: Instant::now(),
             counters: Counters::default(),
             clients: RwLock::new(None),
@@ -158,12 +158,12 @@ impl Core {
 
     /// The current profile.
     pub fn profile(&self) -> Profile {
-        Profile::from_u8(self.profile.load(Ordering::Relaxed))
+        self.profile.get()
     }
 
     /// Switches the profile (takes effect on the next request).
     pub fn set_profile(&self, profile: Profile) {
-        self.profile.store(profile.to_u8(), Ordering::Relaxed);
+        self.profile.set(profile);
     }
 
     /// (Re)configures dispatch from Core's environment (`ENABLE_WORKFLOW_EXECUTION`,

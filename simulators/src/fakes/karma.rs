@@ -54,7 +54,7 @@
 //! paap from sources other than the balances' fields.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -67,7 +67,7 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::pillar::Profile;
+use crate::pillar::{Profile, ProfileCell};
 use crate::record::bounded::{ENTRY_OVERHEAD, Limits, Page, Ring};
 use crate::serving::wire::{self, Expect, TraceId};
 
@@ -361,7 +361,7 @@ impl Ledger {
 /// The Karma fake's state; reach it through [`crate::Stack::karma`].
 #[derive(Debug)]
 pub struct Karma {
-    profile: AtomicU8,
+    profile: ProfileCell,
     tracking: AtomicBool,
     limits: KarmaLimits,
     ledger: Mutex<Ledger>,
@@ -381,7 +381,7 @@ struct Refusal(StatusCode, String);
 impl Karma {
     pub(crate) fn new(profile: Profile, behavioral_tracking: bool, limits: KarmaLimits) -> Self {
         Self {
-            profile: AtomicU8::new(profile.to_u8()),
+            profile: ProfileCell::new(profile),
             tracking: AtomicBool::new(behavioral_tracking),
             limits,
             ledger: Mutex::new(Ledger::new(limits)),
@@ -394,12 +394,12 @@ impl Karma {
 
     /// The current profile.
     pub fn profile(&self) -> Profile {
-        Profile::from_u8(self.profile.load(Ordering::Relaxed))
+        self.profile.get()
     }
 
     /// Switches the profile (takes effect on the next request).
     pub fn set_profile(&self, profile: Profile) {
-        self.profile.store(profile.to_u8(), Ordering::Relaxed);
+        self.profile.set(profile);
     }
 
     /// Whether workflow events are tracked (`WORKFLOW_BEHAVIORAL_TRACKING`; read in `spec` only).
